@@ -1,0 +1,210 @@
+//! CPU kernels and the slice-level API.
+//!
+//! The portable kernel is the radix-2 butterfly written plainly; it is the reference the SIMD kernels are tested
+//! against. Batches of rows are spread over rayon's thread pool.
+
+use super::check_len;
+use crate::error::Error;
+use candle_core::{backend::BackendStorage, CpuStorage, Layout, Result};
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+/// Instruction sets the CPU kernels can use. [`Isa::detect`] picks the best one this CPU has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// Plain Rust, any target.
+    Portable,
+    /// x86-64 AVX2 + FMA (256-bit registers).
+    Avx2,
+    /// x86-64 AVX-512F (512-bit registers).
+    Avx512,
+}
+
+impl Isa {
+    /// Every instruction set, from the most portable to the widest.
+    pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2, Isa::Avx512];
+
+    /// Whether this CPU can run kernels for `self`.
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => std::is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The widest instruction set this CPU supports.
+    pub fn detect() -> Isa {
+        Isa::ALL
+            .into_iter()
+            .rev()
+            .find(|isa| isa.is_available())
+            .unwrap_or(Isa::Portable)
+    }
+}
+
+/// Element types of the slice API: `f32` and `f64`.
+pub trait FwhtFloat: Copy + Send + Sync + sealed::Sealed + 'static {
+    #[doc(hidden)]
+    fn transform_row(isa: Isa, row: &mut [Self], scale: Self);
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
+macro_rules! impl_fwht_float {
+    ($t:ty) => {
+        impl FwhtFloat for $t {
+            fn transform_row(isa: Isa, row: &mut [$t], scale: $t) {
+                match isa {
+                    // SIMD kernels plug in here.
+                    Isa::Portable | Isa::Avx2 | Isa::Avx512 => portable(row, scale),
+                }
+            }
+        }
+    };
+}
+impl_fwht_float!(f32);
+impl_fwht_float!(f64);
+
+/// The radix-2 butterfly, in place, then the scale.
+fn portable<T>(x: &mut [T], scale: T)
+where
+    T: Copy + std::ops::Add<Output = T> + std::ops::Sub<Output = T> + std::ops::Mul<Output = T>,
+{
+    let n = x.len();
+    let mut h = 1;
+    while h < n {
+        for block in x.chunks_exact_mut(2 * h) {
+            let (a, b) = block.split_at_mut(h);
+            for (u, v) in a.iter_mut().zip(b.iter_mut()) {
+                let (p, q) = (*u, *v);
+                *u = p + q;
+                *v = p - q;
+            }
+        }
+        h *= 2;
+    }
+    for v in x.iter_mut() {
+        *v = *v * scale;
+    }
+}
+
+/// `x ← scale · x · H_n` for one vector of length `n = x.len()` (a power of two up to 2^24), on this thread.
+///
+/// ```
+/// let mut x = [1f32, 2., 3., 4.];
+/// candle_structured::fwht::fwht_inplace(&mut x, 1.0)?;
+/// assert_eq!(x, [10., -2., -4., 0.]);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn fwht_inplace<T: FwhtFloat>(x: &mut [T], scale: T) -> Result<()> {
+    check_len(x.len())?;
+    T::transform_row(Isa::detect(), x, scale);
+    Ok(())
+}
+
+/// `row ← scale · row · H_n` for every contiguous row of length `n` in `data`, spread over rayon's threads.
+pub fn fwht_rows_inplace<T: FwhtFloat>(data: &mut [T], n: usize, scale: T) -> Result<()> {
+    fwht_rows_inplace_with(Isa::detect(), true, data, n, scale)
+}
+
+/// [`fwht_rows_inplace`] with an explicit instruction set (an unavailable one falls back to
+/// [`Isa::Portable`]) and threading, for tests and benchmarks.
+pub fn fwht_rows_inplace_with<T: FwhtFloat>(
+    isa: Isa,
+    parallel: bool,
+    data: &mut [T],
+    n: usize,
+    scale: T,
+) -> Result<()> {
+    check_len(n)?;
+    if data.len() % n != 0 {
+        return Err(Error::RaggedRows { len: data.len(), n }.into());
+    }
+    let isa = if isa.is_available() {
+        isa
+    } else {
+        Isa::Portable
+    };
+    // Below ~16K elements the thread hand-off costs more than the work.
+    if parallel && data.len() > n && data.len() >= 1 << 14 {
+        data.par_chunks_mut(n)
+            .for_each(|row| T::transform_row(isa, row, scale));
+    } else {
+        data.chunks_exact_mut(n)
+            .for_each(|row| T::transform_row(isa, row, scale));
+    }
+    Ok(())
+}
+
+/// Copies the (possibly strided) input into a fresh contiguous buffer, converting on the way.
+fn gather<T: Copy, U>(src: &[T], layout: &Layout, f: impl Fn(T) -> U) -> Vec<U> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => src[start..end].iter().map(|&v| f(v)).collect(),
+        None => {
+            // Odometer over the dimensions in row-major order, the last one innermost.
+            let (dims, strides) = (layout.dims(), layout.stride());
+            let inner = *dims.last().unwrap_or(&1);
+            let inner_stride = *strides.last().unwrap_or(&1);
+            let mut out = Vec::with_capacity(layout.shape().elem_count());
+            let mut index = vec![0usize; dims.len().saturating_sub(1)];
+            let mut base = layout.start_offset();
+            loop {
+                out.extend((0..inner).map(|j| f(src[base + j * inner_stride])));
+                // Advance the outer index, carrying into earlier dimensions.
+                let mut d = index.len();
+                loop {
+                    if d == 0 {
+                        return out;
+                    }
+                    d -= 1;
+                    index[d] += 1;
+                    base += strides[d];
+                    if index[d] < dims[d] {
+                        break;
+                    }
+                    base -= strides[d] * dims[d];
+                    index[d] = 0;
+                }
+            }
+        }
+    }
+}
+
+/// The candle op's CPU forward: `storage` viewed through `layout`, rows of the last dimension transformed.
+pub(super) fn forward(storage: &CpuStorage, layout: &Layout, scale: f64) -> Result<CpuStorage> {
+    let n = layout.shape().dims().last().copied().unwrap_or(1);
+    Ok(match storage {
+        CpuStorage::F32(v) => {
+            let mut out = gather(v, layout, |x| x);
+            fwht_rows_inplace(&mut out, n, scale as f32)?;
+            CpuStorage::F32(out)
+        }
+        CpuStorage::F64(v) => {
+            let mut out = gather(v, layout, |x| x);
+            fwht_rows_inplace(&mut out, n, scale)?;
+            CpuStorage::F64(out)
+        }
+        CpuStorage::F16(v) => {
+            let mut out = gather(v, layout, f16::to_f32);
+            fwht_rows_inplace(&mut out, n, scale as f32)?;
+            CpuStorage::F16(out.into_iter().map(f16::from_f32).collect())
+        }
+        CpuStorage::BF16(v) => {
+            let mut out = gather(v, layout, bf16::to_f32);
+            fwht_rows_inplace(&mut out, n, scale as f32)?;
+            CpuStorage::BF16(out.into_iter().map(bf16::from_f32).collect())
+        }
+        other => return Err(Error::UnsupportedDType(other.dtype()).into()),
+    })
+}

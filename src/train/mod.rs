@@ -1,0 +1,1 @@
+//! Training: optimizer, LR schedule, loop, checkpoints (filled in by the training work).
