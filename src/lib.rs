@@ -13,6 +13,7 @@
 pub mod error;
 pub mod fwht;
 pub mod layers;
+pub mod ops;
 pub mod params;
 
 #[cfg(feature = "train")]

@@ -1,0 +1,88 @@
+//! Slow, obviously-correct twins of [`super`]'s ops, built only from differentiable candle primitives.
+
+use candle_core::{DType, Device, Result, Tensor, D};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// See [`super::layer_norm`].
+pub fn layer_norm(
+    xs: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
+    let mean = xs.mean_keepdim(D::Minus1)?;
+    let centered = xs.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    let mut ys = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
+    if let Some(w) = weight {
+        ys = ys.broadcast_mul(w)?;
+    }
+    if let Some(b) = bias {
+        ys = ys.broadcast_add(b)?;
+    }
+    Ok(ys)
+}
+
+/// See [`super::gelu`].
+pub fn gelu(xs: &Tensor) -> Result<Tensor> {
+    xs.gelu_erf()
+}
+
+/// See [`super::rotary`].
+pub fn rotary(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = xs.dim(D::Minus1)? / 2;
+    let x1 = xs.narrow(D::Minus1, 0, half)?;
+    let x2 = xs.narrow(D::Minus1, half, half)?;
+    let cos = Tensor::cat(&[cos, cos], D::Minus1)?;
+    let sin = Tensor::cat(&[sin, sin], D::Minus1)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    xs.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+}
+
+/// See [`super::causal_attention`].
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    dropout: f32,
+    train: bool,
+) -> Result<Tensor> {
+    let (_, _, seq, head_dim) = q.dims4()?;
+    let scores = (q.matmul(&k.t()?)? * (1.0 / (head_dim as f64).sqrt()))?;
+    let mask = causal_mask(seq, scores.dtype(), scores.device())?;
+    let scores = scores.broadcast_add(&mask)?;
+    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    let probs = super::dropout(&probs, dropout, train)?;
+    probs.matmul(&v.contiguous()?)
+}
+
+/// An additive causal mask `(seq, seq)`: 0 on and below the diagonal, -inf above. Cached per size, dtype and
+/// device, so it is built once per sequence length.
+pub fn causal_mask(seq: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    type Key = (usize, DType, String);
+    static CACHE: Mutex<Option<HashMap<Key, Tensor>>> = Mutex::new(None);
+    let key = (seq, dtype, format!("{:?}", device.location()));
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    let cache = cache.get_or_insert_with(HashMap::new);
+    if let Some(mask) = cache.get(&key) {
+        return Ok(mask.clone());
+    }
+    let data: Vec<f32> = (0..seq * seq)
+        .map(|k| {
+            if k % seq > k / seq {
+                f32::NEG_INFINITY
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let mask = Tensor::from_vec(data, (seq, seq), device)?.to_dtype(dtype)?;
+    cache.insert(key, mask.clone());
+    Ok(mask)
+}
+
+/// See [`super::cross_entropy`].
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    candle_nn::loss::cross_entropy(logits, targets)
+}
