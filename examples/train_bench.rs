@@ -1,0 +1,407 @@
+//! Training-step throughput of the issue's GPT models on the CPU, beside PyTorch eager.
+//!
+//! Times full training steps (forward, backward, global-norm clipping, AdamW) of pre-LN GPTs with rotary attention
+//! (head dim 32), a 4·d GELU MLP, dropout 0.1, an untied head, vocabulary 4096, context 256, batch 16, fp32 and
+//! random token ids, for (layers, d_model) = (3, 128), (6, 128), (12, 128), (4, 256). Prints tokens/s per config
+//! (median of the timed steps, with min–max), for 2 threads and for 1 thread.
+//!
+//! The thread count of candle's CPU backend (rayon's global pool and gemm's parallelism) is read once from
+//! `RAYON_NUM_THREADS`, so the benchmark re-runs itself as a child process per thread count.
+//!
+//! ```text
+//! cargo run --release --example train_bench                       # all configs, 2 and 1 threads
+//! cargo run --release --example train_bench -- --threads 2 --configs 3x128 --steps 5
+//! cargo run --release --example train_bench -- --slow             # the slow twins, for comparison
+//! ```
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{Optimizer, VarBuilder, VarMap};
+use candle_structured::ops;
+use clap::Parser;
+use rand::{Rng, SeedableRng};
+use std::time::Instant;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// PyTorch 2.15 eager on this machine, same models (issue 7): tokens/s at (2 threads, 1 thread).
+const PYTORCH: [((usize, usize), (f64, f64)); 4] = [
+    ((3, 128), (9350.0, 5560.0)),
+    ((6, 128), (5680.0, 3480.0)),
+    ((12, 128), (3230.0, 2040.0)),
+    ((4, 256), (4110.0, 2440.0)),
+];
+
+#[derive(Parser, Debug)]
+#[command(about = "Training-step throughput (tokens/s) of the issue-7 GPT configs")]
+struct Args {
+    /// Thread counts to run, each in its own process.
+    #[arg(long, value_delimiter = ',', default_value = "2,1")]
+    threads: Vec<usize>,
+    /// Configs as LAYERSxDMODEL.
+    #[arg(long, value_delimiter = ',', default_value = "3x128,6x128,12x128,4x256")]
+    configs: Vec<String>,
+    /// Timed steps per config (the median is reported).
+    #[arg(long, default_value_t = 7)]
+    steps: usize,
+    /// Untimed warm-up steps per config.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Use the slow twins (`ops::slow`) instead of the fused ops.
+    #[arg(long)]
+    slow: bool,
+    /// Print the forward / backward / optimiser split of each step.
+    #[arg(long)]
+    split: bool,
+    /// Internal: run in this process (the parent sets RAYON_NUM_THREADS and passes this).
+    #[arg(long, hide = true)]
+    child: bool,
+}
+
+const VOCAB: usize = 4096;
+const CONTEXT: usize = 256;
+const BATCH: usize = 16;
+const HEAD_DIM: usize = 32;
+const DROPOUT: f32 = 0.1;
+
+/// `x · Wᵀ + b` on 2-D activations `(rows, in)`.
+struct Linear {
+    w: Tensor,
+    b: Option<Tensor>,
+}
+
+impl Linear {
+    fn new(vb: VarBuilder, i: usize, o: usize, bias: bool) -> Result<Self> {
+        let bound = 1.0 / (i as f64).sqrt();
+        let w = vb.get_with_hints(
+            (o, i),
+            "weight",
+            candle_nn::Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        )?;
+        let b = if bias {
+            Some(vb.get_with_hints(
+                o,
+                "bias",
+                candle_nn::Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+            )?)
+        } else {
+            None
+        };
+        Ok(Self { w, b })
+    }
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = x.matmul(&self.w.t()?)?;
+        match &self.b {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+struct Norm {
+    w: Tensor,
+    b: Tensor,
+}
+
+impl Norm {
+    fn new(vb: VarBuilder, d: usize) -> Result<Self> {
+        Ok(Self {
+            w: vb.get_with_hints(d, "weight", candle_nn::Init::Const(1.0))?,
+            b: vb.get_with_hints(d, "bias", candle_nn::Init::Const(0.0))?,
+        })
+    }
+}
+
+struct Block {
+    ln1: Norm,
+    qkv: Linear,
+    proj: Linear,
+    ln2: Norm,
+    fc: Linear,
+    out: Linear,
+}
+
+struct Gpt {
+    wte: Tensor,
+    blocks: Vec<Block>,
+    ln_f: Norm,
+    head: Linear,
+    cos: Tensor,
+    sin: Tensor,
+    d: usize,
+    slow: bool,
+}
+
+impl Gpt {
+    fn new(vb: VarBuilder, layers: usize, d: usize, slow: bool, dev: &Device) -> Result<Self> {
+        let wte = vb.get_with_hints(
+            (VOCAB, d),
+            "wte",
+            candle_nn::Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
+        )?;
+        let blocks = (0..layers)
+            .map(|l| {
+                let vb = vb.pp(format!("h{l}"));
+                Ok(Block {
+                    ln1: Norm::new(vb.pp("ln1"), d)?,
+                    qkv: Linear::new(vb.pp("qkv"), d, 3 * d, true)?,
+                    proj: Linear::new(vb.pp("proj"), d, d, true)?,
+                    ln2: Norm::new(vb.pp("ln2"), d)?,
+                    fc: Linear::new(vb.pp("fc"), d, 4 * d, true)?,
+                    out: Linear::new(vb.pp("out"), 4 * d, d, true)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let half = HEAD_DIM / 2;
+        let inv: Vec<f32> = (0..half)
+            .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / HEAD_DIM as f32))
+            .collect();
+        let mut cos = Vec::with_capacity(CONTEXT * half);
+        let mut sin = Vec::with_capacity(CONTEXT * half);
+        for t in 0..CONTEXT {
+            for f in &inv {
+                cos.push((t as f32 * f).cos());
+                sin.push((t as f32 * f).sin());
+            }
+        }
+        Ok(Self {
+            wte,
+            blocks,
+            ln_f: Norm::new(vb.pp("ln_f"), d)?,
+            head: Linear::new(vb.pp("head"), d, VOCAB, false)?,
+            cos: Tensor::from_vec(cos, (CONTEXT, half), dev)?,
+            sin: Tensor::from_vec(sin, (CONTEXT, half), dev)?,
+            d,
+            slow,
+        })
+    }
+
+    fn dropout(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if self.slow {
+            ops::slow::dropout(x, DROPOUT, true)
+        } else {
+            ops::dropout(x, DROPOUT, true)
+        }
+    }
+
+    fn ln(&self, x: &Tensor, n: &Norm) -> candle_core::Result<Tensor> {
+        if self.slow {
+            ops::slow::layer_norm(x, Some(&n.w), Some(&n.b), 1e-5)
+        } else {
+            ops::layer_norm(x, Some(&n.w), Some(&n.b), 1e-5)
+        }
+    }
+
+    /// Mean cross-entropy of next-token prediction; `ids`, `targets`: `(batch, context)` u32.
+    fn loss(&self, ids: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let (d, h) = (self.d, self.d / HEAD_DIM);
+        let n = b * t;
+        let mut x = self.wte.embedding(&ids.flatten_all()?)?; // (n, d)
+        x = self.dropout(&x)?;
+        for blk in &self.blocks {
+            let a = self.ln(&x, &blk.ln1)?;
+            let qkv = blk.qkv.forward(&a)?.reshape((b, t, 3, h, HEAD_DIM))?;
+            let q = qkv.narrow(2, 0, 1)?.squeeze(2)?.transpose(1, 2)?;
+            let k = qkv.narrow(2, 1, 1)?.squeeze(2)?.transpose(1, 2)?;
+            let v = qkv.narrow(2, 2, 1)?.squeeze(2)?.transpose(1, 2)?;
+            let (q, k, y) = if self.slow {
+                let q = ops::slow::rotary(&q.contiguous()?, &self.cos, &self.sin)?;
+                let k = ops::slow::rotary(&k.contiguous()?, &self.cos, &self.sin)?;
+                let y = ops::slow::causal_attention(&q, &k, &v.contiguous()?, DROPOUT, true)?;
+                (q, k, y)
+            } else {
+                let q = ops::rotary(&q, &self.cos, &self.sin)?;
+                let k = ops::rotary(&k, &self.cos, &self.sin)?;
+                let y = ops::causal_attention(&q, &k, &v, DROPOUT, true)?;
+                (q, k, y)
+            };
+            drop((q, k));
+            let y = y.transpose(1, 2)?.reshape((n, d))?;
+            let y = self.dropout(&blk.proj.forward(&y)?)?;
+            x = (x + y)?;
+            let a = self.ln(&x, &blk.ln2)?;
+            let a = blk.fc.forward(&a)?;
+            let a = if self.slow {
+                ops::slow::gelu(&a)?
+            } else {
+                ops::gelu(&a)?
+            };
+            let y = self.dropout(&blk.out.forward(&a)?)?;
+            x = (x + y)?;
+        }
+        let x = self.ln(&x, &self.ln_f)?;
+        let logits = self.head.forward(&x)?;
+        let targets = targets.flatten_all()?;
+        if self.slow {
+            ops::slow::cross_entropy(&logits, &targets)
+        } else {
+            ops::cross_entropy(&logits, &targets)
+        }
+    }
+}
+
+/// Scales all gradients so that their global L2 norm is at most `max_norm`; returns the norm before clipping.
+fn clip_grad_norm(
+    vars: &[Var],
+    grads: &mut candle_core::backprop::GradStore,
+    max_norm: f64,
+) -> Result<f64> {
+    let mut sq = 0f64;
+    for v in vars {
+        if let Some(g) = grads.get(v) {
+            sq += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        }
+    }
+    let norm = sq.sqrt();
+    if norm > max_norm {
+        let s = max_norm / (norm + 1e-6);
+        for v in vars {
+            if let Some(g) = grads.remove(v) {
+                grads.insert(v, (g * s)?);
+            }
+        }
+    }
+    Ok(norm)
+}
+
+fn stats(xs: &mut [f64]) -> (f64, f64, f64) {
+    xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = xs.len();
+    let med = if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        0.5 * (xs[n / 2 - 1] + xs[n / 2])
+    };
+    (med, xs[0], xs[n - 1])
+}
+
+fn run_child(args: &Args) -> Result<()> {
+    let dev = Device::Cpu;
+    let threads = candle_core::utils::get_num_threads();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for cfg in &args.configs {
+        let (layers, d) = parse_cfg(cfg)?;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let model = Gpt::new(vb, layers, d, args.slow, &dev)?;
+        let vars = varmap.all_vars();
+        let mut opt = candle_nn::AdamW::new(
+            vars.clone(),
+            candle_nn::ParamsAdamW {
+                lr: 3e-4,
+                weight_decay: 0.1,
+                ..Default::default()
+            },
+        )?;
+        let mut tps = Vec::new();
+        let (mut tf, mut tb, mut to) = (Vec::new(), Vec::new(), Vec::new());
+        let mut last_loss = 0f32;
+        for step in 0..args.warmup + args.steps {
+            let ids: Vec<u32> = (0..BATCH * CONTEXT)
+                .map(|_| rng.random_range(0..VOCAB as u32))
+                .collect();
+            let tg: Vec<u32> = (0..BATCH * CONTEXT)
+                .map(|_| rng.random_range(0..VOCAB as u32))
+                .collect();
+            let ids = Tensor::from_vec(ids, (BATCH, CONTEXT), &dev)?;
+            let tg = Tensor::from_vec(tg, (BATCH, CONTEXT), &dev)?;
+            let t0 = Instant::now();
+            let loss = model.loss(&ids, &tg)?;
+            last_loss = loss.to_scalar::<f32>()?;
+            let t1 = Instant::now();
+            let mut grads = loss.backward()?;
+            let t2 = Instant::now();
+            clip_grad_norm(&vars, &mut grads, 1.0)?;
+            opt.step(&grads)?;
+            drop(grads);
+            let t3 = Instant::now();
+            if step >= args.warmup {
+                let dt = (t3 - t0).as_secs_f64();
+                tps.push((BATCH * CONTEXT) as f64 / dt);
+                tf.push((t1 - t0).as_secs_f64());
+                tb.push((t2 - t1).as_secs_f64());
+                to.push((t3 - t2).as_secs_f64());
+            }
+        }
+        let (med, lo, hi) = stats(&mut tps);
+        let torch = PYTORCH
+            .iter()
+            .find(|(c, _)| *c == (layers, d))
+            .map(|(_, t)| if threads == 1 { t.1 } else { t.0 });
+        let ratio = torch
+            .map(|t| format!("{:.2}x PyTorch ({t:.0})", med / t))
+            .unwrap_or_default();
+        println!(
+            "threads {threads}  {layers:>2}x{d:<3}  {med:>8.0} tok/s  (min {lo:.0}, max {hi:.0}, {} steps)  {ratio}  loss {last_loss:.3}",
+            args.steps
+        );
+        if args.split {
+            let (f, _, _) = stats(&mut tf);
+            let (b, _, _) = stats(&mut tb);
+            let (o, _, _) = stats(&mut to);
+            println!("    median split: forward {f:.3} s, backward {b:.3} s, clip+AdamW {o:.3} s");
+        }
+    }
+    Ok(())
+}
+
+fn parse_cfg(s: &str) -> Result<(usize, usize)> {
+    let (l, d) = s
+        .split_once('x')
+        .with_context(|| format!("config {s:?} is not LAYERSxDMODEL"))?;
+    let (l, d): (usize, usize) = (l.parse()?, d.parse()?);
+    if d % HEAD_DIM != 0 {
+        bail!("d_model {d} is not a multiple of the head dim {HEAD_DIM}");
+    }
+    Ok((l, d))
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.child {
+        return run_child(&args);
+    }
+    for c in &args.configs {
+        parse_cfg(c)?;
+    }
+    let exe = std::env::current_exe()?;
+    println!(
+        "train_bench: batch {BATCH} x context {CONTEXT}, vocab {VOCAB}, fp32, {} ops; {} warm-up + {} timed steps",
+        if args.slow { "slow" } else { "fused" },
+        args.warmup,
+        args.steps
+    );
+    for &t in &args.threads {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.env("RAYON_NUM_THREADS", t.to_string())
+            .arg("--child")
+            .arg("--configs")
+            .arg(args.configs.join(","))
+            .arg("--steps")
+            .arg(args.steps.to_string())
+            .arg("--warmup")
+            .arg(args.warmup.to_string());
+        if args.slow {
+            cmd.arg("--slow");
+        }
+        if args.split {
+            cmd.arg("--split");
+        }
+        let status = cmd.status()?;
+        if !status.success() {
+            bail!("benchmark child with {t} threads failed: {status}");
+        }
+    }
+    Ok(())
+}
