@@ -275,6 +275,16 @@ fn clip_grad_norm(
     Ok(norm)
 }
 
+/// CPU time (user + system, all threads) of this process in seconds, from `/proc/self/stat` (10 ms ticks);
+/// `None` off Linux.
+fn cpu_seconds() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 fn stats(xs: &mut [f64]) -> (f64, f64, f64) {
     xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = xs.len();
@@ -307,6 +317,8 @@ fn run_child(args: &Args) -> Result<()> {
         let mut tps = Vec::new();
         let (mut tf, mut tb, mut to) = (Vec::new(), Vec::new(), Vec::new());
         let mut last_loss = 0f32;
+        let mut cpu0 = None;
+        let mut wall0 = Instant::now();
         for step in 0..args.warmup + args.steps {
             let ids: Vec<u32> = (0..BATCH * CONTEXT)
                 .map(|_| rng.random_range(0..VOCAB as u32))
@@ -316,6 +328,10 @@ fn run_child(args: &Args) -> Result<()> {
                 .collect();
             let ids = Tensor::from_vec(ids, (BATCH, CONTEXT), &dev)?;
             let tg = Tensor::from_vec(tg, (BATCH, CONTEXT), &dev)?;
+            if step == args.warmup {
+                cpu0 = cpu_seconds();
+                wall0 = Instant::now();
+            }
             let t0 = Instant::now();
             let loss = model.loss(&ids, &tg)?;
             last_loss = loss.to_scalar::<f32>()?;
@@ -334,6 +350,8 @@ fn run_child(args: &Args) -> Result<()> {
                 to.push((t3 - t2).as_secs_f64());
             }
         }
+        let wall = wall0.elapsed().as_secs_f64();
+        let cpu = cpu0.zip(cpu_seconds()).map(|(a, b)| b - a);
         let (med, lo, hi) = stats(&mut tps);
         let torch = PYTORCH
             .iter()
@@ -346,6 +364,13 @@ fn run_child(args: &Args) -> Result<()> {
             "threads {threads}  {layers:>2}x{d:<3}  {med:>8.0} tok/s  (min {lo:.0}, max {hi:.0}, {} steps)  {ratio}  loss {last_loss:.3}",
             args.steps
         );
+        if let Some(cpu) = cpu {
+            println!(
+                "    CPU time {:.3} s/step ({:.2} cores busy on average; a loaded machine shows as < threads)",
+                cpu / args.steps as f64,
+                cpu / wall
+            );
+        }
         if args.split {
             let (f, _, _) = stats(&mut tf);
             let (b, _, _) = stats(&mut tb);
@@ -384,6 +409,11 @@ fn main() -> Result<()> {
     );
     for &t in &args.threads {
         let mut cmd = std::process::Command::new(&exe);
+        // mimalloc would otherwise give freed memory back to the OS after 10 ms and take zeroed pages again at the
+        // next step (a third of the CPU time went to the kernel's page clearing).
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            cmd.env("MIMALLOC_PURGE_DELAY", "-1");
+        }
         cmd.env("RAYON_NUM_THREADS", t.to_string())
             .arg("--child")
             .arg("--configs")
