@@ -227,10 +227,14 @@ fn attention_matches_slow_without_dropout() {
         compare("attention f64", &fast, &slow, &qkv(DType::F64, 2, 3, t, hd), &[true; 3], 1e-10);
         compare("attention f32", &fast, &slow, &qkv(DType::F32, 2, 3, t, hd), &[true; 3], 2e-5);
     }
-    let ins = qkv(DType::F64, 1, 2, 11, 8);
-    for which in 0..3 {
-        check_fd("attention", &fast, &ins, which, 1e-7);
+    // Head dims 8 (generic kernel), 32 and 64 (specialised kernels).
+    for hd in [8, 32, 64] {
+        let ins = qkv(DType::F64, 1, 2, 19, hd);
+        for which in 0..3 {
+            check_fd("attention", &fast, &ins, which, 1e-7);
+        }
     }
+    compare("attention hd64", &fast, &slow, &qkv(DType::F64, 1, 2, 70, 64), &[true; 3], 1e-10);
     // Transposed (strided) inputs give the same result as contiguous ones.
     let ins = qkv(DType::F32, 2, 3, 12, 8);
     let tr: Vec<Tensor> = ins
@@ -244,11 +248,13 @@ fn attention_matches_slow_without_dropout() {
 
 #[test]
 fn attention_dropout_is_consistent_and_unbiased() {
-    let ins = qkv(DType::F64, 1, 2, 13, 8);
     let seeded = |t: &[Tensor]| ops::causal_attention_seeded(&t[0], &t[1], &t[2], 0.3, 1234).unwrap();
     // The backward regenerates the forward's mask: finite differences agree.
-    for which in 0..3 {
-        check_fd("attention+dropout", &seeded, &ins, which, 1e-7);
+    for hd in [8, 32] {
+        let ins = qkv(DType::F64, 1, 2, 21, hd);
+        for which in 0..3 {
+            check_fd("attention+dropout", &seeded, &ins, which, 1e-7);
+        }
     }
     // Averaged over many masks, dropout leaves the output unbiased: with v = 1 every row of the output is the
     // mean of the kept scaled probabilities, whose expectation is 1.

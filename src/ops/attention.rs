@@ -241,6 +241,235 @@ multiversion! {
     }
 }
 
+
+/// `s[j] = scale · Σ_d q[d] kt[d][j]` over whole 16-blocks of `s` (`s.len()` a multiple of 16); `kt` is `(hd, tp)`
+/// row-major with `tp` a multiple of 16 and zero padding past the sequence. Four blocks at a time keep four
+/// independent accumulator chains in registers.
+#[inline(always)]
+fn scores_blocked<T: Real>(q: &[T], kt: &[T], tp: usize, scale: T, s: &mut [T]) {
+    let n = s.len();
+    let mut j0 = 0;
+    while j0 + 64 <= n {
+        let mut acc = [T::ZERO; 64];
+        for (d, &qd) in q.iter().enumerate() {
+            let row = &kt[d * tp + j0..d * tp + j0 + 64];
+            for l in 0..64 {
+                acc[l] += qd * row[l];
+            }
+        }
+        for l in 0..64 {
+            s[j0 + l] = acc[l] * scale;
+        }
+        j0 += 64;
+    }
+    while j0 < n {
+        let mut acc = [T::ZERO; 16];
+        for (d, &qd) in q.iter().enumerate() {
+            let row = &kt[d * tp + j0..d * tp + j0 + 16];
+            for l in 0..16 {
+                acc[l] += qd * row[l];
+            }
+        }
+        for l in 0..16 {
+            s[j0 + l] = acc[l] * scale;
+        }
+        j0 += 16;
+    }
+}
+
+/// Transposes the `(t, HD)` rows of one head into `(HD, tp)` with zero padding.
+#[inline(always)]
+fn load_transposed<T: Real>(src: &[T], v: &View4, ib: usize, ih: usize, tp: usize) -> Vec<T> {
+    let [_, _, t, hd] = v.dims;
+    let mut out = vec![T::ZERO; hd * tp];
+    for j in 0..t {
+        let r = &src[v.row(ib, ih, j)..][..hd];
+        for d in 0..hd {
+            out[d * tp + j] = r[d];
+        }
+    }
+    out
+}
+
+/// Forward of one head with a compile-time head dim.
+#[inline(always)]
+fn fwd_head_const<T: Real, const HD: usize>(
+    io: &HeadIo<'_, T>,
+    ib: usize,
+    ih: usize,
+    p_drop: f32,
+    seed: u64,
+    o: SendPtr<T>,
+) {
+    let [_, h, t, _] = io.vq.dims;
+    let tp = t.div_ceil(16) * 16;
+    let scale = T::c(1.0 / (HD as f64).sqrt());
+    let kt = load_transposed(io.k, &io.vk, ib, ih, tp);
+    let mut s = vec![T::ZERO; tp];
+    let mut keep = vec![T::ZERO; tp];
+    let drop = p_drop > 0.0;
+    let threshold = (p_drop as f64 * 4_294_967_296.0).min(4_294_967_295.0) as u32;
+    let kscale = T::c(1.0 / (1.0 - p_drop as f64));
+    let head = (ib * h + ih) as u64;
+    for i in 0..t {
+        let n = i + 1;
+        let nb = n.div_ceil(16) * 16;
+        let qr = &io.q[io.vq.row(ib, ih, i)..][..HD];
+        scores_blocked(qr, &kt, tp, scale, &mut s[..nb]);
+        let s = &mut s[..n];
+        softmax_row(s);
+        if drop {
+            let keep = &mut keep[..n];
+            dropout_row(row_key(seed, head * t as u64 + i as u64), threshold, kscale, keep);
+            for (x, &k) in s.iter_mut().zip(keep.iter()) {
+                *x *= k;
+            }
+        }
+        let mut a0 = [T::ZERO; HD];
+        let mut a1 = [T::ZERO; HD];
+        let mut j = 0;
+        while j + 2 <= n {
+            let v0 = &io.v[io.vv.row(ib, ih, j)..][..HD];
+            let v1 = &io.v[io.vv.row(ib, ih, j + 1)..][..HD];
+            let (p0, p1) = (s[j], s[j + 1]);
+            for d in 0..HD {
+                a0[d] += p0 * v0[d];
+                a1[d] += p1 * v1[d];
+            }
+            j += 2;
+        }
+        if j < n {
+            let v0 = &io.v[io.vv.row(ib, ih, j)..][..HD];
+            for d in 0..HD {
+                a0[d] += s[j] * v0[d];
+            }
+        }
+        for d in 0..HD {
+            a0[d] += a1[d];
+        }
+        let off = ((ib * t + i) * h + ih) * HD;
+        // SAFETY: row (ib, i, ih) belongs to this task's head only; the buffer holds b·t·h·hd elements.
+        let dst = unsafe { std::slice::from_raw_parts_mut(o.0.add(off), HD) };
+        dst.copy_from_slice(&a0);
+    }
+}
+
+/// Backward of one head with a compile-time head dim.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn bwd_head_const<T: Real, const HD: usize>(
+    io: &HeadIo<'_, T>,
+    g: &[T],
+    vg: View4,
+    ib: usize,
+    ih: usize,
+    p_drop: f32,
+    seed: u64,
+    dq: &mut [T],
+    dk: &mut [T],
+    dv: &mut [T],
+) {
+    let [_, h, t, _] = io.vq.dims;
+    let tp = t.div_ceil(16) * 16;
+    let scale = T::c(1.0 / (HD as f64).sqrt());
+    let kt = load_transposed(io.k, &io.vk, ib, ih, tp);
+    let vt = load_transposed(io.v, &io.vv, ib, ih, tp);
+    let mut p = vec![T::ZERO; tp];
+    let mut da = vec![T::ZERO; tp];
+    let mut keep = vec![T::ZERO; tp];
+    let drop = p_drop > 0.0;
+    let threshold = (p_drop as f64 * 4_294_967_296.0).min(4_294_967_295.0) as u32;
+    let kscale = T::c(1.0 / (1.0 - p_drop as f64));
+    let head = (ib * h + ih) as u64;
+    for i in 0..t {
+        let n = i + 1;
+        let nb = n.div_ceil(16) * 16;
+        let qr: &[T; HD] = io.q[io.vq.row(ib, ih, i)..][..HD].try_into().unwrap();
+        let gr: &[T; HD] = g[vg.row(ib, ih, i)..][..HD].try_into().unwrap();
+        scores_blocked(qr, &kt, tp, scale, &mut p[..nb]);
+        let p = &mut p[..n];
+        softmax_row(p);
+        scores_blocked(gr, &vt, tp, T::ONE, &mut da[..nb]);
+        let da = &mut da[..n];
+        if drop {
+            let keep = &mut keep[..n];
+            dropout_row(row_key(seed, head * t as u64 + i as u64), threshold, kscale, keep);
+            for (x, &k) in da.iter_mut().zip(keep.iter()) {
+                *x *= k; // dP_j
+            }
+        }
+        let mut dsum = [T::ZERO; 16];
+        let mut pc = p.chunks_exact(16);
+        let mut dc = da.chunks_exact(16);
+        for (a, b) in (&mut pc).zip(&mut dc) {
+            for l in 0..16 {
+                dsum[l] += a[l] * b[l];
+            }
+        }
+        let mut dd = T::ZERO;
+        for (&a, &b) in pc.remainder().iter().zip(dc.remainder()) {
+            dd += a * b;
+        }
+        for x in dsum {
+            dd += x;
+        }
+        let mut q0 = [T::ZERO; HD];
+        let mut q1 = [T::ZERO; HD];
+        let mut j = 0;
+        while j < n {
+            let pj = p[j];
+            let ds = pj * (da[j] - dd) * scale;
+            let aj = if drop { pj * keep[j] } else { pj };
+            let kr: &[T; HD] = io.k[io.vk.row(ib, ih, j)..][..HD].try_into().unwrap();
+            let dkj: &mut [T; HD] = (&mut dk[j * HD..(j + 1) * HD]).try_into().unwrap();
+            let acc = if j % 2 == 0 { &mut q0 } else { &mut q1 };
+            for d in 0..HD {
+                acc[d] += ds * kr[d];
+                dkj[d] += ds * qr[d];
+            }
+            let dvj: &mut [T; HD] = (&mut dv[j * HD..(j + 1) * HD]).try_into().unwrap();
+            for d in 0..HD {
+                dvj[d] += aj * gr[d];
+            }
+            j += 1;
+        }
+        for d in 0..HD {
+            q0[d] += q1[d];
+        }
+        dq[i * HD..(i + 1) * HD].copy_from_slice(&q0);
+    }
+}
+
+multiversion! {
+    fn fwd_head_32<T: Real>(io: &HeadIo<'_, T>, ib: usize, ih: usize, p_drop: f32, seed: u64, o: SendPtr<T>) {
+        fwd_head_const::<T, 32>(io, ib, ih, p_drop, seed, o)
+    }
+}
+
+multiversion! {
+    fn fwd_head_64<T: Real>(io: &HeadIo<'_, T>, ib: usize, ih: usize, p_drop: f32, seed: u64, o: SendPtr<T>) {
+        fwd_head_const::<T, 64>(io, ib, ih, p_drop, seed, o)
+    }
+}
+
+multiversion! {
+    fn bwd_head_32<T: Real>(
+        io: &HeadIo<'_, T>, g: &[T], vg: View4, ib: usize, ih: usize, p_drop: f32, seed: u64,
+        dq: &mut [T], dk: &mut [T], dv: &mut [T],
+    ) {
+        bwd_head_const::<T, 32>(io, g, vg, ib, ih, p_drop, seed, dq, dk, dv)
+    }
+}
+
+multiversion! {
+    fn bwd_head_64<T: Real>(
+        io: &HeadIo<'_, T>, g: &[T], vg: View4, ib: usize, ih: usize, p_drop: f32, seed: u64,
+        dq: &mut [T], dk: &mut [T], dv: &mut [T],
+    ) {
+        bwd_head_const::<T, 64>(io, g, vg, ib, ih, p_drop, seed, dq, dk, dv)
+    }
+}
+
 fn view(l: &Layout, what: &str) -> Result<View4> {
     View4::from_layout(l).ok_or_else(|| {
         candle_core::Error::Msg(format!(
@@ -270,7 +499,12 @@ impl CausalAttention {
         let ptr = SendPtr(o.as_mut_ptr());
         (0..b * h).into_par_iter().for_each(|bh| {
             let ptr = ptr;
-            fwd_head(io, bh / h, bh % h, self.p_drop, self.seed, ptr)
+            let (ib, ih) = (bh / h, bh % h);
+            match hd {
+                32 => fwd_head_32(io, ib, ih, self.p_drop, self.seed, ptr),
+                64 => fwd_head_64(io, ib, ih, self.p_drop, self.seed, ptr),
+                _ => fwd_head(io, ib, ih, self.p_drop, self.seed, ptr),
+            }
         });
         o
     }
@@ -286,7 +520,13 @@ impl CausalAttention {
             .zip(dv.par_chunks_mut(t * hd))
             .enumerate()
             .for_each(|(bh, ((dq, dk), dv))| {
-                bwd_head(io, g, vg, bh / h, bh % h, self.p_drop, self.seed, dq, dk, dv)
+                let (ib, ih) = (bh / h, bh % h);
+                let (p, s) = (self.p_drop, self.seed);
+                match hd {
+                    32 => bwd_head_32(io, g, vg, ib, ih, p, s, dq, dk, dv),
+                    64 => bwd_head_64(io, g, vg, ib, ih, p, s, dq, dk, dv),
+                    _ => bwd_head(io, g, vg, ib, ih, p, s, dq, dk, dv),
+                }
             });
         packed
     }
