@@ -254,7 +254,7 @@ fn scores_blocked<T: Real>(q: &[T], kt: &[T], tp: usize, scale: T, s: &mut [T]) 
         for (d, &qd) in q.iter().enumerate() {
             let row = &kt[d * tp + j0..d * tp + j0 + 64];
             for l in 0..64 {
-                acc[l] += qd * row[l];
+                acc[l] = qd.fma(row[l], acc[l]);
             }
         }
         for l in 0..64 {
@@ -267,7 +267,7 @@ fn scores_blocked<T: Real>(q: &[T], kt: &[T], tp: usize, scale: T, s: &mut [T]) 
         for (d, &qd) in q.iter().enumerate() {
             let row = &kt[d * tp + j0..d * tp + j0 + 16];
             for l in 0..16 {
-                acc[l] += qd * row[l];
+                acc[l] = qd.fma(row[l], acc[l]);
             }
         }
         for l in 0..16 {
@@ -333,8 +333,8 @@ fn fwd_head_const<T: Real, const HD: usize>(
             let v1 = &io.v[io.vv.row(ib, ih, j + 1)..][..HD];
             let (p0, p1) = (s[j], s[j + 1]);
             for d in 0..HD {
-                a0[d] += p0 * v0[d];
-                a1[d] += p1 * v1[d];
+                a0[d] = p0.fma(v0[d], a0[d]);
+                a1[d] = p1.fma(v1[d], a1[d]);
             }
             j += 2;
         }
@@ -417,21 +417,40 @@ fn bwd_head_const<T: Real, const HD: usize>(
         let mut q1 = [T::ZERO; HD];
         let mut j = 0;
         while j < n {
-            let pj = p[j];
-            let ds = pj * (da[j] - dd) * scale;
-            let aj = if drop { pj * keep[j] } else { pj };
-            let kr: &[T; HD] = io.k[io.vk.row(ib, ih, j)..][..HD].try_into().unwrap();
-            let dkj: &mut [T; HD] = (&mut dk[j * HD..(j + 1) * HD]).try_into().unwrap();
-            let acc = if j % 2 == 0 { &mut q0 } else { &mut q1 };
+            // Two key rows per iteration, alternating the dq accumulators (independent FMA chains).
+            let j1 = (j + 1).min(n - 1);
+            let two = j + 1 < n;
+            let (p0, p1) = (p[j], p[j1]);
+            let ds0 = p0 * (da[j] - dd) * scale;
+            let ds1 = if two { p1 * (da[j1] - dd) * scale } else { T::ZERO };
+            let a0 = if drop { p0 * keep[j] } else { p0 };
+            let a1 = if !two {
+                T::ZERO
+            } else if drop {
+                p1 * keep[j1]
+            } else {
+                p1
+            };
+            let k0: &[T; HD] = io.k[io.vk.row(ib, ih, j)..][..HD].try_into().unwrap();
+            let k1: &[T; HD] = io.k[io.vk.row(ib, ih, j1)..][..HD].try_into().unwrap();
             for d in 0..HD {
-                acc[d] += ds * kr[d];
-                dkj[d] += ds * qr[d];
+                q0[d] = ds0.fma(k0[d], q0[d]);
+                q1[d] = ds1.fma(k1[d], q1[d]);
             }
-            let dvj: &mut [T; HD] = (&mut dv[j * HD..(j + 1) * HD]).try_into().unwrap();
-            for d in 0..HD {
-                dvj[d] += aj * gr[d];
+            for (jj, ds, a) in [(j, ds0, a0), (j1, ds1, a1)] {
+                if jj == j1 && !two {
+                    break;
+                }
+                let dkj: &mut [T; HD] = (&mut dk[jj * HD..(jj + 1) * HD]).try_into().unwrap();
+                for d in 0..HD {
+                    dkj[d] = ds.fma(qr[d], dkj[d]);
+                }
+                let dvj: &mut [T; HD] = (&mut dv[jj * HD..(jj + 1) * HD]).try_into().unwrap();
+                for d in 0..HD {
+                    dvj[d] = a.fma(gr[d], dvj[d]);
+                }
             }
-            j += 1;
+            j += 2;
         }
         for d in 0..HD {
             q0[d] += q1[d];

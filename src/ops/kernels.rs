@@ -30,6 +30,9 @@ pub(crate) trait Real:
     /// `erf`, vectorisable for `f32` (abs. error < 2e-7), accurate for `f64`.
     fn verf(self) -> Self;
     fn sqrt(self) -> Self;
+    /// `self · a + b`, fused (one rounding). Compiles to an FMA instruction in the AVX2/AVX-512 code paths; the
+    /// portable path calls libm.
+    fn fma(self, a: Self, b: Self) -> Self;
     fn ln(self) -> Self;
     fn vmax(self, o: Self) -> Self;
     fn vmin(self, o: Self) -> Self;
@@ -59,6 +62,10 @@ impl Real for f32 {
     #[inline(always)]
     fn sqrt(self) -> Self {
         f32::sqrt(self)
+    }
+    #[inline(always)]
+    fn fma(self, a: Self, b: Self) -> Self {
+        f32::mul_add(self, a, b)
     }
     #[inline(always)]
     fn ln(self) -> Self {
@@ -110,6 +117,10 @@ impl Real for f64 {
     #[inline(always)]
     fn sqrt(self) -> Self {
         f64::sqrt(self)
+    }
+    #[inline(always)]
+    fn fma(self, a: Self, b: Self) -> Self {
+        f64::mul_add(self, a, b)
     }
     #[inline(always)]
     fn ln(self) -> Self {
