@@ -28,7 +28,7 @@ pub use fwht::{hadamard_transform, hadamard_transform_ref};
 pub use layers::{
     adaptive_fastfood, adaptive_fastfood_no_bias, block_hadamard_mlp, derive_seed,
     frozen_random_mlp, projection, rotary_gpt_block, rotary_tables, seeded_linear,
-    AdaptiveFastFood, BlockConfig, BlockHadamardMlp, BlockKind, FrozenRandomMlp, LinearKind,
-    Projection, RotaryGptBlock,
+    AdaptiveFastFood, BlockConfig, BlockHadamardMlp, BlockKind, BlockMlp, FrozenRandomMlp,
+    LinearKind, Projection, RotaryGptBlock,
 };
 pub use params::{CountParams, ParamCount, ParamCounts};

@@ -26,4 +26,6 @@ pub use fastfood::{adaptive_fastfood, adaptive_fastfood_no_bias, AdaptiveFastFoo
 pub use frozen_mlp::{frozen_random_mlp, FrozenRandomMlp};
 pub use init::derive_seed;
 pub use linear::{projection, seeded_linear, LinearKind, Projection};
-pub use rotary_block::{rotary_gpt_block, rotary_tables, BlockConfig, BlockKind, RotaryGptBlock};
+pub use rotary_block::{
+    rotary_gpt_block, rotary_tables, BlockConfig, BlockKind, BlockMlp, RotaryGptBlock,
+};

@@ -106,26 +106,34 @@ impl BlockConfig {
     }
 }
 
+/// The MLP of a [`RotaryGptBlock`].
 #[derive(Debug, Clone)]
-enum Mlp {
-    Linear { fc: Projection, proj: Projection },
+pub enum BlockMlp {
+    /// `proj(GELU(fc(h)))`, dense or FastFood projections `d → hidden → d`.
+    Linear {
+        /// `d → hidden` (`mlp.c_fc`).
+        fc: Projection,
+        /// `hidden → d` (`mlp.c_proj`).
+        proj: Projection,
+    },
+    /// A block-diagonal MLP with Hadamard mixing (`mlp`).
     BlockHadamard(BlockHadamardMlp),
 }
 
-impl Module for Mlp {
+impl Module for BlockMlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         match self {
-            Mlp::Linear { fc, proj } => proj.forward(&crate::ops::gelu(&fc.forward(xs)?)?),
-            Mlp::BlockHadamard(m) => m.forward(xs),
+            BlockMlp::Linear { fc, proj } => proj.forward(&crate::ops::gelu(&fc.forward(xs)?)?),
+            BlockMlp::BlockHadamard(m) => m.forward(xs),
         }
     }
 }
 
-impl CountParams for Mlp {
+impl CountParams for BlockMlp {
     fn param_counts(&self) -> ParamCounts {
         match self {
-            Mlp::Linear { fc, proj } => fc.param_counts() + proj.param_counts(),
-            Mlp::BlockHadamard(m) => m.param_counts(),
+            BlockMlp::Linear { fc, proj } => fc.param_counts() + proj.param_counts(),
+            BlockMlp::BlockHadamard(m) => m.param_counts(),
         }
     }
 }
@@ -227,7 +235,7 @@ pub struct RotaryGptBlock {
     proj: Projection,
     ln2_w: Tensor,
     ln2_b: Tensor,
-    mlp: Mlp,
+    mlp: BlockMlp,
 }
 
 /// Builds a [`RotaryGptBlock`] from its configuration, its variables under `vb`'s prefix.
@@ -264,31 +272,28 @@ impl RotaryGptBlock {
         )?;
         let proj = projection(d, d, linear_kind, seed("attn.c_proj"), attn.pp("c_proj"))?;
         let mlp_vb = vb.pp("mlp");
-        let mlp = match cfg.kind {
-            BlockKind::BlockHadamard { n_blocks } => Mlp::BlockHadamard(block_hadamard_mlp(
-                d,
-                cfg.hidden,
-                n_blocks,
-                seed("mlp"),
-                mlp_vb,
-            )?),
-            _ => Mlp::Linear {
-                fc: projection(
-                    d,
-                    cfg.hidden,
-                    linear_kind,
-                    seed("mlp.c_fc"),
-                    mlp_vb.pp("c_fc"),
-                )?,
-                proj: projection(
-                    cfg.hidden,
-                    d,
-                    linear_kind,
-                    seed("mlp.c_proj"),
-                    mlp_vb.pp("c_proj"),
-                )?,
-            },
-        };
+        let mlp =
+            match cfg.kind {
+                BlockKind::BlockHadamard { n_blocks } => BlockMlp::BlockHadamard(
+                    block_hadamard_mlp(d, cfg.hidden, n_blocks, seed("mlp"), mlp_vb)?,
+                ),
+                _ => BlockMlp::Linear {
+                    fc: projection(
+                        d,
+                        cfg.hidden,
+                        linear_kind,
+                        seed("mlp.c_fc"),
+                        mlp_vb.pp("c_fc"),
+                    )?,
+                    proj: projection(
+                        cfg.hidden,
+                        d,
+                        linear_kind,
+                        seed("mlp.c_proj"),
+                        mlp_vb.pp("c_proj"),
+                    )?,
+                },
+            };
         Ok(Self {
             cfg: cfg.clone(),
             ln1_w,
@@ -304,6 +309,26 @@ impl RotaryGptBlock {
     /// The configuration the block was built with.
     pub fn config(&self) -> &BlockConfig {
         &self.cfg
+    }
+    /// `LN_1` gain and shift, each `(d,)`.
+    pub fn ln_1(&self) -> (&Tensor, &Tensor) {
+        (&self.ln1_w, &self.ln1_b)
+    }
+    /// `LN_2` gain and shift, each `(d,)`.
+    pub fn ln_2(&self) -> (&Tensor, &Tensor) {
+        (&self.ln2_w, &self.ln2_b)
+    }
+    /// The fused `d → 3d` query/key/value projection (outputs q, k, v in that order, heads contiguous).
+    pub fn qkv_projection(&self) -> &Projection {
+        &self.qkv
+    }
+    /// The attention output projection `d → d`.
+    pub fn out_projection(&self) -> &Projection {
+        &self.proj
+    }
+    /// The MLP.
+    pub fn mlp(&self) -> &BlockMlp {
+        &self.mlp
     }
 
     /// The attention branch `Attn(LN_1(x))` (before its residual dropout), `x` `(batch, seq, d)`.
