@@ -98,7 +98,14 @@ fn main() -> Result<()> {
         ckpt.meta.tokens,
         prompt.len()
     );
-    let out = model.generate(&prompt, args.max_tokens, args.temperature, args.top_k, args.seed, &device)?;
+    let out = model.generate(
+        &prompt,
+        args.max_tokens,
+        args.temperature,
+        args.top_k,
+        args.seed,
+        &device,
+    )?;
     let text = tokenizer
         .decode(&out, true)
         .map_err(|e| anyhow::anyhow!("cannot decode: {e}"))

@@ -17,7 +17,13 @@ fn tmp_dir(name: &str) -> PathBuf {
 
 fn text(lines: usize) -> String {
     (0..lines)
-        .map(|i| format!("Ligne numéro {i} : le paquet {} dépend de libc{}.\n", i * 7 % 13, i % 5))
+        .map(|i| {
+            format!(
+                "Ligne numéro {i} : le paquet {} dépend de libc{}.\n",
+                i * 7 % 13,
+                i % 5
+            )
+        })
         .collect()
 }
 
@@ -30,7 +36,10 @@ fn single_file_gz_folder_and_tokens_roundtrip() {
     let dir = tmp_dir("ok");
     // A gzip file: decompressed, split 90/5/5 at line boundaries.
     let gz = dir.join("corpus.txt.gz");
-    let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&gz).unwrap(), flate2::Compression::fast());
+    let mut enc = flate2::write::GzEncoder::new(
+        std::fs::File::create(&gz).unwrap(),
+        flate2::Compression::fast(),
+    );
     let body = text(2000);
     enc.write_all(body.as_bytes()).unwrap();
     enc.finish().unwrap();
@@ -104,7 +113,10 @@ fn bad_inputs_get_clear_errors() {
     latin.extend_from_slice(b"caf\xe9\n");
     std::fs::write(dir.join("latin1.txt"), &latin).unwrap();
     let err = err_of(&opts(dir.join("latin1.txt")));
-    assert!(err.contains("not UTF-8") && err.contains("latin1.txt"), "{err}");
+    assert!(
+        err.contains("not UTF-8") && err.contains("latin1.txt"),
+        "{err}"
+    );
     // A missing tokenizer file, and a broken one.
     std::fs::write(dir.join("ok.txt"), text(300)).unwrap();
     let mut o = opts(dir.join("ok.txt"));

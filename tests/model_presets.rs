@@ -21,12 +21,24 @@ fn ff(i: usize, o: usize) -> usize {
 #[test]
 fn paper_presets_match_hand_counts() {
     // Table 1.
-    for (name, layers, d) in [("xxsmall", 3, 768), ("xsmall", 6, 768), ("small", 12, 768), ("medium", 24, 1024)] {
+    for (name, layers, d) in [
+        ("xxsmall", 3, 768),
+        ("xsmall", 6, 768),
+        ("small", 12, 768),
+        ("medium", 24, 1024),
+    ] {
         let p = preset(name).unwrap();
         let c = p.model.param_counts();
-        assert_eq!(c.non_embedding.trainable, layers * dense_block(d) + 2 * d, "{name}");
+        assert_eq!(
+            c.non_embedding.trainable,
+            layers * dense_block(d) + 2 * d,
+            "{name}"
+        );
         assert_eq!(c.non_embedding.frozen, 0, "{name}");
-        assert_eq!(c.non_embedding.emulated, c.non_embedding.trainable, "{name}");
+        assert_eq!(
+            c.non_embedding.emulated, c.non_embedding.trainable,
+            "{name}"
+        );
         assert_eq!(c.embedding.trainable, 50_262 * d, "{name}");
         assert_eq!(p.model.context, 1024);
         assert_eq!(p.train.batch_size, 80);
@@ -37,7 +49,12 @@ fn paper_presets_match_hand_counts() {
         assert_eq!(p.model.dropout, 0.1);
     }
     // "small: about 85M non-embedding trainable" = 12 · 12 · 768² ≈ 84.9M plus biases and norms.
-    let small = preset("small").unwrap().model.param_counts().non_embedding.trainable;
+    let small = preset("small")
+        .unwrap()
+        .model
+        .param_counts()
+        .non_embedding
+        .trainable;
     assert_eq!(small, 85_056_000);
     assert!((small as f64 - 12.0 * 12.0 * 768.0 * 768.0).abs() / (small as f64) < 0.002);
     assert_eq!(preset("medium").unwrap().train.lr, 3e-4);
@@ -45,15 +62,31 @@ fn paper_presets_match_hand_counts() {
     assert_eq!(preset("small").unwrap().train.decay_tokens, 32_800_000_000);
 
     // Table 2: alternating, first and last trainable, frozen MLP hidden 6·d (2·d·6d weights + a frozen LayerNorm).
-    for (name, t, f, d) in [("doped-xsmall", 3, 2, 768), ("doped-small", 6, 5, 768), ("doped-medium", 12, 11, 1024)] {
+    for (name, t, f, d) in [
+        ("doped-xsmall", 3, 2, 768),
+        ("doped-small", 6, 5, 768),
+        ("doped-medium", 12, 11, 1024),
+    ] {
         let p = preset(name).unwrap();
         assert_eq!(p.model.n_layers(), t + f, "{name}");
         assert!(matches!(p.model.layers[0], LayerSpec::Block(_)));
         assert!(matches!(p.model.layers[t + f - 1], LayerSpec::Block(_)));
         let c = p.model.param_counts();
-        assert_eq!(c.non_embedding.trainable, t * dense_block(d) + 2 * d, "{name}");
-        assert_eq!(c.non_embedding.frozen, f * (2 * d * 6 * d + 2 * d), "{name}");
-        assert_eq!(c.non_embedding.emulated, c.non_embedding.trainable + c.non_embedding.frozen, "{name}");
+        assert_eq!(
+            c.non_embedding.trainable,
+            t * dense_block(d) + 2 * d,
+            "{name}"
+        );
+        assert_eq!(
+            c.non_embedding.frozen,
+            f * (2 * d * 6 * d + 2 * d),
+            "{name}"
+        );
+        assert_eq!(
+            c.non_embedding.emulated,
+            c.non_embedding.trainable + c.non_embedding.frozen,
+            "{name}"
+        );
     }
 
     // Table 3, d = 1024, 12 layers, 16 heads.
@@ -61,13 +94,19 @@ fn paper_presets_match_hand_counts() {
     let p = preset("fastfood").unwrap();
     let c = p.model.param_counts();
     let per_layer = ff(d, 3 * d) + ff(d, d) + ff(d, 4 * d) + ff(4 * d, d) + 4 * d;
-    assert_eq!(per_layer, 3 * 1024 * 3 + 3072 + 3 * 1024 + 1024 + 3 * 1024 * 4 + 4096 + 3 * 4096 + 1024 + 4096);
+    assert_eq!(
+        per_layer,
+        3 * 1024 * 3 + 3072 + 3 * 1024 + 1024 + 3 * 1024 * 4 + 4096 + 3 * 4096 + 1024 + 4096
+    );
     assert_eq!(c.non_embedding.trainable, 12 * per_layer + 2 * d);
     assert_eq!(c.non_embedding.emulated, 12 * dense_block(d) + 2 * d);
     let p = preset("blockdiag").unwrap();
     let c = p.model.param_counts();
     // Attention dense (4d² + 4d), MLP two block-diagonal matrices with 4 blocks (2·d·4d/4) + biases (4d + d).
-    assert_eq!(c.non_embedding.trainable, 12 * (4 * d * d + 4 * d + 2 * d * d + 5 * d + 4 * d) + 2 * d);
+    assert_eq!(
+        c.non_embedding.trainable,
+        12 * (4 * d * d + 4 * d + 2 * d * d + 5 * d + 4 * d) + 2 * d
+    );
     assert_eq!(c.non_embedding.emulated, 12 * dense_block(d) + 2 * d);
     assert_eq!(p.train.lr, 5e-4);
 }
@@ -110,7 +149,10 @@ fn cpu_twins_keep_the_pattern() {
 #[test]
 fn unknown_preset_is_a_clear_error() {
     let err = preset("huge").unwrap_err().to_string();
-    assert!(err.contains("unknown preset") && err.contains("small-cpu"), "{err}");
+    assert!(
+        err.contains("unknown preset") && err.contains("small-cpu"),
+        "{err}"
+    );
 }
 
 /// Trainable scalars registered in the VarMap.
@@ -122,16 +164,29 @@ fn varmap_total(vm: &VarMap) -> usize {
 fn analytic_counts_equal_built_models() {
     let dev = Device::Cpu;
     let mut configs = Vec::new();
-    for kind in [BlockKind::Dense, BlockKind::FastFood, BlockKind::BlockHadamard { n_blocks: 4 }] {
+    for kind in [
+        BlockKind::Dense,
+        BlockKind::FastFood,
+        BlockKind::BlockHadamard { n_blocks: 4 },
+    ] {
         let mut c = GptConfig::dense(50, 16, 48, 3, 3);
-        c.layers = vec![LayerSpec::Block(kind), LayerSpec::Frozen { hidden: 6 * 48 }, LayerSpec::Block(kind)];
+        c.layers = vec![
+            LayerSpec::Block(kind),
+            LayerSpec::Frozen { hidden: 6 * 48 },
+            LayerSpec::Block(kind),
+        ];
         configs.push(c.clone());
         c.tie_embeddings = false;
         c.frozen_trainable_ln = true;
         configs.push(c);
     }
     // The CPU twins themselves (small sizes).
-    for name in ["small-cpu", "doped-small-cpu", "fastfood-cpu", "blockdiag-cpu"] {
+    for name in [
+        "small-cpu",
+        "doped-small-cpu",
+        "fastfood-cpu",
+        "blockdiag-cpu",
+    ] {
         configs.push(preset(name).unwrap().model);
     }
     for cfg in configs {
@@ -160,7 +215,19 @@ fn forward_shapes_and_context_check() {
     // Same seed, same model.
     let vm2 = VarMap::new();
     let model2 = gpt(&cfg, VarBuilder::from_varmap(&vm2, DType::F32, &dev)).unwrap();
-    let a: Vec<f32> = model.forward_t(&ids, false).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-    let b: Vec<f32> = model2.forward_t(&ids, false).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let a: Vec<f32> = model
+        .forward_t(&ids, false)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let b: Vec<f32> = model2
+        .forward_t(&ids, false)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     assert_eq!(a, b);
 }

@@ -5,12 +5,18 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use candle_structured::model::{gpt, preset, GptConfig};
 use candle_structured::train::{
-    clip_grad_norm, global_grad_norm, named_vars, pf_days, training_flops, AdamW, AdamWConfig, LrSchedule,
+    clip_grad_norm, global_grad_norm, named_vars, pf_days, training_flops, AdamW, AdamWConfig,
+    LrSchedule,
 };
 
 #[test]
 fn lr_schedule_equals_hand_computation() {
-    let s = LrSchedule { peak: 1e-3, min_fraction: 0.1, warmup_tokens: 100, decay_tokens: 1100 };
+    let s = LrSchedule {
+        peak: 1e-3,
+        min_fraction: 0.1,
+        warmup_tokens: 100,
+        decay_tokens: 1100,
+    };
     let close = |a: f64, b: f64| assert!((a - b).abs() < 1e-15, "{a} vs {b}");
     close(s.lr(0), 0.0);
     close(s.lr(25), 2.5e-4);
@@ -18,7 +24,10 @@ fn lr_schedule_equals_hand_computation() {
     // Halfway through the decay: floor + (peak − floor)·½(1 + cos(π/2)) = 1e-4 + 4.5e-4.
     close(s.lr(600), 5.5e-4);
     // A quarter: 1e-4 + 9e-4·½(1 + cos(π/4)).
-    close(s.lr(350), 1e-4 + 9e-4 * 0.5 * (1.0 + std::f64::consts::FRAC_1_SQRT_2));
+    close(
+        s.lr(350),
+        1e-4 + 9e-4 * 0.5 * (1.0 + std::f64::consts::FRAC_1_SQRT_2),
+    );
     close(s.lr(1100), 1e-4);
     close(s.lr(10_000), 1e-4);
     // Monotone decay after warmup.
@@ -37,14 +46,22 @@ fn lr_schedule_equals_hand_computation() {
 #[test]
 fn compute_accounting_equals_hand_computation() {
     // small: N = 85,056,000, 32G tokens: C = 6 · N · T.
-    let n = preset("small").unwrap().model.param_counts().non_embedding.trainable;
+    let n = preset("small")
+        .unwrap()
+        .model
+        .param_counts()
+        .non_embedding
+        .trainable;
     let c = training_flops(n, 32_000_000_000);
     assert_eq!(c, 6.0 * 85_056_000.0 * 32e9);
     assert!((pf_days(c) - 6.0 * 85_056_000.0 * 32e9 / (1e15 * 86_400.0)).abs() < 1e-12);
     assert!((pf_days(c) - 0.18901).abs() < 1e-4);
     // Frozen parameters are not part of N.
     let doped = preset("doped-small").unwrap().model;
-    let six_dense = GptConfig { layers: doped.layers.iter().copied().step_by(2).collect(), ..doped.clone() };
+    let six_dense = GptConfig {
+        layers: doped.layers.iter().copied().step_by(2).collect(),
+        ..doped.clone()
+    };
     assert_eq!(doped.flops_per_token(), six_dense.flops_per_token());
     assert!(doped.param_counts().non_embedding.frozen > 0);
 }
@@ -54,7 +71,12 @@ fn adamw_and_clipping_equal_hand_computation() {
     let dev = Device::Cpu;
     let w = Var::from_tensor(&Tensor::new(&[[1.0f64, -2.0], [0.5, 3.0]], &dev).unwrap()).unwrap();
     let b = Var::from_tensor(&Tensor::new(&[0.25f64, -0.5], &dev).unwrap()).unwrap();
-    let cfg = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+    let cfg = AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    };
     let mut opt = AdamW::new(vec![("w".into(), w.clone()), ("b".into(), b.clone())], cfg).unwrap();
     // params() is sorted by name: b, w.
     let gb = [3.0f64, -4.0];
@@ -101,7 +123,10 @@ fn adamw_and_clipping_equal_hand_computation() {
     for i in 0..2 {
         assert!((got_b[i] - hb[i]).abs() < 1e-12, "{got_b:?} vs {hb:?}");
         for j in 0..2 {
-            assert!((got_w[i][j] - hw[i][j]).abs() < 1e-12, "{got_w:?} vs {hw:?}");
+            assert!(
+                (got_w[i][j] - hw[i][j]).abs() < 1e-12,
+                "{got_w:?} vs {hw:?}"
+            );
         }
     }
     assert_eq!(opt.step_count(), 2);
@@ -118,13 +143,22 @@ fn tiny_model_overfits_a_fixed_batch() {
     let mut state = 12345u64;
     let mut toks = Vec::new();
     for _ in 0..4 * 17 {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         toks.push(((state >> 33) % 32) as u32);
     }
     let (x, y) = candle_structured::data::windows_to_tensors(&toks, 4, 16, &dev).unwrap();
     let mut opt = AdamW::new(named_vars(&vm), AdamWConfig::default()).unwrap();
-    let first = model.loss(&x, &y, true).unwrap().to_scalar::<f32>().unwrap();
-    assert!((first - (32f32).ln()).abs() < 0.5, "initial loss {first} should be near ln 32");
+    let first = model
+        .loss(&x, &y, true)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        (first - (32f32).ln()).abs() < 0.5,
+        "initial loss {first} should be near ln 32"
+    );
     let mut last = first;
     for _ in 0..300 {
         let loss = model.loss(&x, &y, true).unwrap();

@@ -5,7 +5,9 @@ use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use candle_structured::data::{Corpus, CorpusOptions};
 use candle_structured::model::{gpt, GptConfig, TrainSpec};
-use candle_structured::train::{load_checkpoint, named_vars, previous_path, train, TrainOptions, TrainReport};
+use candle_structured::train::{
+    load_checkpoint, named_vars, previous_path, train, TrainOptions, TrainReport,
+};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -19,17 +21,50 @@ fn tmp_dir(name: &str) -> PathBuf {
 /// ~40 KB of pseudo-French from a seeded generator.
 fn synthetic_text(seed: u64) -> String {
     const WORDS: &[&str] = &[
-        "le", "paquet", "est", "installé", "dans", "le", "système", "avec", "la", "commande", "apt", "de",
-        "Debian", "pour", "les", "utilisateurs", "fichier", "configuration", "serveur", "noyau", "une", "mise",
-        "à", "jour", "sécurité", "réseau", "et", "des", "sources", "vers", "répertoire", "options",
+        "le",
+        "paquet",
+        "est",
+        "installé",
+        "dans",
+        "le",
+        "système",
+        "avec",
+        "la",
+        "commande",
+        "apt",
+        "de",
+        "Debian",
+        "pour",
+        "les",
+        "utilisateurs",
+        "fichier",
+        "configuration",
+        "serveur",
+        "noyau",
+        "une",
+        "mise",
+        "à",
+        "jour",
+        "sécurité",
+        "réseau",
+        "et",
+        "des",
+        "sources",
+        "vers",
+        "répertoire",
+        "options",
     ];
     let mut s = seed;
     let mut out = String::new();
     while out.len() < 40_000 {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let n = 6 + (s >> 60) as usize;
         for k in 0..n {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             out.push_str(WORDS[(s >> 33) as usize % WORDS.len()]);
             out.push(if k + 1 == n { '.' } else { ' ' });
         }
@@ -88,7 +123,11 @@ fn run(cfg: &GptConfig, spec: &TrainSpec, o: &TrainOptions, scramble: bool) -> T
         let mut other = cfg.clone();
         other.seed = 99;
         let vm2 = VarMap::new();
-        gpt(&other, VarBuilder::from_varmap(&vm2, DType::F32, &Device::Cpu)).unwrap();
+        gpt(
+            &other,
+            VarBuilder::from_varmap(&vm2, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
         let theirs = named_vars(&vm2);
         for ((n1, v1), (n2, v2)) in named_vars(&vm).iter().zip(&theirs) {
             assert_eq!(n1, n2);
@@ -132,15 +171,34 @@ fn interrupted_and_resumed_equals_uninterrupted() {
     for (x, y) in a.losses.iter().zip(&b) {
         assert_eq!(x.to_bits(), y.to_bits(), "{:?} vs {:?}", a.losses, b);
     }
-    assert_eq!(a.valid.unwrap().loss.to_bits(), b2.valid.unwrap().loss.to_bits());
-    assert_eq!(a.test.unwrap().loss.to_bits(), b2.test.unwrap().loss.to_bits());
+    assert_eq!(
+        a.valid.unwrap().loss.to_bits(),
+        b2.valid.unwrap().loss.to_bits()
+    );
+    assert_eq!(
+        a.test.unwrap().loss.to_bits(),
+        b2.test.unwrap().loss.to_bits()
+    );
     // The logs read as one run: same step lines (losses, lr, norms, compute, val losses).
-    let keys = ["step", "tokens", "train_loss", "lr", "grad_norm", "flops", "val_loss", "val_bpb"];
+    let keys = [
+        "step",
+        "tokens",
+        "train_loss",
+        "lr",
+        "grad_norm",
+        "flops",
+        "val_loss",
+        "val_bpb",
+    ];
     let steps = |lines: Vec<serde_json::Value>| -> Vec<Vec<serde_json::Value>> {
         lines
             .into_iter()
             .filter(|l| l.get("train_loss").is_some())
-            .map(|l| keys.iter().map(|k| l.get(*k).cloned().unwrap_or_default()).collect())
+            .map(|l| {
+                keys.iter()
+                    .map(|k| l.get(*k).cloned().unwrap_or_default())
+                    .collect()
+            })
             .collect()
     };
     let la = steps(log_lines(&a.log));
@@ -149,7 +207,10 @@ fn interrupted_and_resumed_equals_uninterrupted() {
     assert_eq!(la, lb);
     // Compute accounting in the log: C = 6 · N · tokens.
     let n = cfg.param_counts().non_embedding.trainable as f64;
-    for l in log_lines(&a.log).iter().filter(|l| l.get("train_loss").is_some()) {
+    for l in log_lines(&a.log)
+        .iter()
+        .filter(|l| l.get("train_loss").is_some())
+    {
         let tokens = l["tokens"].as_f64().unwrap();
         assert_eq!(l["flops"].as_f64().unwrap(), 6.0 * n * tokens);
         assert_eq!(l["n_frozen"].as_u64().unwrap(), 0);
@@ -173,7 +234,9 @@ fn bad_checkpoints_and_recipes_get_clear_errors() {
     let try_train = |cfg: &GptConfig, spec: &TrainSpec, o: &TrainOptions| -> String {
         let vm = VarMap::new();
         let model = gpt(cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
-        train(&model, &vm, &c, spec, o, &stop).unwrap_err().to_string()
+        train(&model, &vm, &c, spec, o, &stop)
+            .unwrap_err()
+            .to_string()
     };
 
     // Starting afresh over an existing checkpoint is refused (nothing is lost).
@@ -187,7 +250,10 @@ fn bad_checkpoints_and_recipes_get_clear_errors() {
     let mut o2 = opts(&run_dir);
     o2.resume = true;
     let err = try_train(&other, &spec, &o2);
-    assert!(err.contains("another model configuration") && err.contains("d_model"), "{err}");
+    assert!(
+        err.contains("another model configuration") && err.contains("d_model"),
+        "{err}"
+    );
 
     // Sequence length above the context.
     let mut long = spec.clone();
@@ -216,18 +282,25 @@ fn bad_checkpoints_and_recipes_get_clear_errors() {
     let good = std::fs::read(&ckpt).unwrap();
     std::fs::write(&ckpt, &good[..good.len() / 2]).unwrap();
     let err = try_train(&cfg, &spec, &o2);
-    assert!(err.contains("truncated or corrupt") && err.contains("prev"), "{err}");
+    assert!(
+        err.contains("truncated or corrupt") && err.contains("prev"),
+        "{err}"
+    );
     assert!(load_checkpoint(&prev, &Device::Cpu).is_ok());
     // A corrupt one (one flipped bit in the tensor data): the checksum catches it.
     let mut bad = good.clone();
     let k = bad.len() - 10;
     bad[k] ^= 0x10;
     std::fs::write(&ckpt, &bad).unwrap();
-    let err = load_checkpoint(&ckpt, &Device::Cpu).unwrap_err().to_string();
+    let err = load_checkpoint(&ckpt, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("checksum"), "{err}");
     // Not a checkpoint at all.
     std::fs::write(&ckpt, b"hello").unwrap();
-    let err = load_checkpoint(&ckpt, &Device::Cpu).unwrap_err().to_string();
+    let err = load_checkpoint(&ckpt, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("truncated or corrupt"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

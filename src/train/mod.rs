@@ -22,8 +22,8 @@ mod optim;
 mod schedule;
 
 pub use checkpoint::{
-    checkpoint_bytes, config_differences, load_checkpoint, previous_path, save_checkpoint, Checkpoint,
-    CheckpointMeta, CHECKPOINT_FORMAT,
+    checkpoint_bytes, config_differences, load_checkpoint, previous_path, save_checkpoint,
+    Checkpoint, CheckpointMeta, CHECKPOINT_FORMAT,
 };
 pub use optim::{clip_grad_norm, global_grad_norm, AdamW, AdamWConfig};
 pub use schedule::{pf_days, training_flops, LrSchedule, PF_DAY};
@@ -180,7 +180,8 @@ pub fn evaluate(
 /// layer about `40·d + 5·heads·seq` floats per token are kept for the backward pass, plus `4·vocab` per token for
 /// the logits and their gradient.
 pub fn activation_bytes(cfg: &GptConfig, micro_batch: usize, seq_len: usize) -> u64 {
-    let per_token = cfg.n_layers() * (40 * cfg.d_model + 5 * cfg.n_heads * seq_len) + 4 * cfg.vocab_size;
+    let per_token =
+        cfg.n_layers() * (40 * cfg.d_model + 5 * cfg.n_heads * seq_len) + 4 * cfg.vocab_size;
     (micro_batch * seq_len * per_token * 4) as u64
 }
 
@@ -276,7 +277,12 @@ pub fn named_vars(varmap: &VarMap) -> Vec<(String, Var)> {
 
 /// Loads the weights of a checkpoint into `varmap`'s variables. Errors (and changes nothing) when the checkpoint
 /// was written for another configuration or misses a variable.
-pub fn restore_weights(ckpt: &Checkpoint, cfg: &GptConfig, varmap: &VarMap, path: &Path) -> Result<()> {
+pub fn restore_weights(
+    ckpt: &Checkpoint,
+    cfg: &GptConfig,
+    varmap: &VarMap,
+    path: &Path,
+) -> Result<()> {
     if ckpt.meta.config != *cfg {
         return Err(Error::Checkpoint(format!(
             "{} was written for another model configuration ({})",
@@ -289,7 +295,9 @@ pub fn restore_weights(ckpt: &Checkpoint, cfg: &GptConfig, varmap: &VarMap, path
     let mut values = Vec::with_capacity(vars.len());
     for (name, var) in &vars {
         let Some(t) = ckpt.tensors.get(&format!("model/{name}")) else {
-            return Err(Error::Checkpoint(format!("{} has no weights for {name}", path.display())).into());
+            return Err(
+                Error::Checkpoint(format!("{} has no weights for {name}", path.display())).into(),
+            );
         };
         if t.dims() != var.dims() {
             return Err(Error::Checkpoint(format!(
@@ -457,7 +465,8 @@ pub fn train(
     // The tokenizer travels with the run.
     let tok_copy = opts.run_dir.join(TOKENIZER_FILE);
     if std::fs::canonicalize(&corpus.tokenizer_path).ok() != std::fs::canonicalize(&tok_copy).ok() {
-        let bytes = std::fs::read(&corpus.tokenizer_path).map_err(|e| Error::io(&corpus.tokenizer_path, e))?;
+        let bytes = std::fs::read(&corpus.tokenizer_path)
+            .map_err(|e| Error::io(&corpus.tokenizer_path, e))?;
         crate::data::write_atomic(&tok_copy, &bytes)?;
     }
 
@@ -498,28 +507,29 @@ pub fn train(
         indicatif::ProgressBar::hidden()
     };
 
-    let save = |step: u64, tokens: u64, sampler: BatchSampler, opt: &AdamW, elapsed: f64| -> Result<()> {
-        let (moments, adam_step) = opt.state();
-        let mut tensors: Vec<(String, Tensor)> = Vec::with_capacity(3 * moments.len());
-        for ((name, var), (_, m, v)) in opt.params().iter().zip(moments) {
-            tensors.push((format!("model/{name}"), var.as_tensor().clone()));
-            tensors.push((format!("adam.m/{name}"), m));
-            tensors.push((format!("adam.v/{name}"), v));
-        }
-        let meta = CheckpointMeta {
-            format: CHECKPOINT_FORMAT,
-            step,
-            tokens,
-            sampler,
-            adam_step,
-            config: cfg.clone(),
-            train: spec.clone(),
-            preset: opts.preset.clone(),
-            tokenizer: Some(TOKENIZER_FILE.into()),
-            elapsed_s: elapsed,
+    let save =
+        |step: u64, tokens: u64, sampler: BatchSampler, opt: &AdamW, elapsed: f64| -> Result<()> {
+            let (moments, adam_step) = opt.state();
+            let mut tensors: Vec<(String, Tensor)> = Vec::with_capacity(3 * moments.len());
+            for ((name, var), (_, m, v)) in opt.params().iter().zip(moments) {
+                tensors.push((format!("model/{name}"), var.as_tensor().clone()));
+                tensors.push((format!("adam.m/{name}"), m));
+                tensors.push((format!("adam.v/{name}"), v));
+            }
+            let meta = CheckpointMeta {
+                format: CHECKPOINT_FORMAT,
+                step,
+                tokens,
+                sampler,
+                adam_step,
+                config: cfg.clone(),
+                train: spec.clone(),
+                preset: opts.preset.clone(),
+                tokenizer: Some(TOKENIZER_FILE.into()),
+                elapsed_s: elapsed,
+            };
+            save_checkpoint(&ckpt_path, &meta, &tensors)
         };
-        save_checkpoint(&ckpt_path, &meta, &tensors)
-    };
 
     let mut losses = Vec::new();
     let mut train_time = 0f64;
@@ -539,7 +549,11 @@ pub fn train(
             let (x, y) = sampler.next_batch(&corpus.train, micro, spec.seq_len, &device)?;
             let loss = model.loss(&x, &y, true)?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
-            let scaled = if accum > 1 { (loss / accum as f64)? } else { loss };
+            let scaled = if accum > 1 {
+                (loss / accum as f64)?
+            } else {
+                loss
+            };
             let store = scaled.backward()?;
             for (acc, g) in grads.iter_mut().zip(opt.grads_of(&store)) {
                 *acc = match (acc.take(), g) {
@@ -580,7 +594,15 @@ pub fn train(
             "elapsed_s": elapsed_before + t_start.elapsed().as_secs_f64(),
         });
         if opts.eval_every > 0 && step % opts.eval_every == 0 && step < total_steps {
-            let r = evaluate(model, &corpus.valid, &val_windows, spec.seq_len, micro, &corpus.token_bytes, &device)?;
+            let r = evaluate(
+                model,
+                &corpus.valid,
+                &val_windows,
+                spec.seq_len,
+                micro,
+                &corpus.token_bytes,
+                &device,
+            )?;
             line["val_loss"] = json_f64(r.loss);
             line["val_bpb"] = json_f64(r.bits_per_byte);
             last_val = Some(r);
@@ -596,18 +618,46 @@ pub fn train(
         bar.set_message(msg);
         bar.set_position(step);
         if opts.checkpoint_every > 0 && step % opts.checkpoint_every == 0 && step < total_steps {
-            save(step, tokens, sampler, &opt, elapsed_before + t_start.elapsed().as_secs_f64())?;
+            save(
+                step,
+                tokens,
+                sampler,
+                &opt,
+                elapsed_before + t_start.elapsed().as_secs_f64(),
+            )?;
         }
     }
-    save(step, tokens, sampler, &opt, elapsed_before + t_start.elapsed().as_secs_f64())?;
+    save(
+        step,
+        tokens,
+        sampler,
+        &opt,
+        elapsed_before + t_start.elapsed().as_secs_f64(),
+    )?;
     let (mut valid, mut test) = (None, None);
     if !interrupted {
-        let v = evaluate(model, &corpus.valid, &val_windows, spec.seq_len, micro, &corpus.token_bytes, &device)?;
+        let v = evaluate(
+            model,
+            &corpus.valid,
+            &val_windows,
+            spec.seq_len,
+            micro,
+            &corpus.token_bytes,
+            &device,
+        )?;
         let test_w = eval_windows(corpus.test.len(), spec.seq_len, opts.test_windows);
         let t = if test_w.is_empty() {
             None
         } else {
-            Some(evaluate(model, &corpus.test, &test_w, spec.seq_len, micro, &corpus.token_bytes, &device)?)
+            Some(evaluate(
+                model,
+                &corpus.test,
+                &test_w,
+                spec.seq_len,
+                micro,
+                &corpus.token_bytes,
+                &device,
+            )?)
         };
         let flops = training_flops(n, tokens);
         log.write(&json!({
