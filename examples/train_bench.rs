@@ -40,7 +40,11 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "2,1")]
     threads: Vec<usize>,
     /// Configs as LAYERSxDMODEL.
-    #[arg(long, value_delimiter = ',', default_value = "3x128,6x128,12x128,4x256")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "3x128,6x128,12x128,4x256"
+    )]
     configs: Vec<String>,
     /// Timed steps per config (the median is reported).
     #[arg(long, default_value_t = 7)]
@@ -48,9 +52,13 @@ struct Args {
     /// Untimed warm-up steps per config.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
-    /// Use the slow twins (`ops::slow`) instead of the fused ops.
+    /// Use the slow twins (`ops::slow`) instead of the fused ops (sets `CANDLE_STRUCTURED_SLOW_OPS=1`).
     #[arg(long)]
     slow: bool,
+    /// Which model: `lib` (the library's `model::Gpt`, `train::AdamW` and `train::clip_grad_norm`, as
+    /// `train_small` runs them) or `local` (a self-contained copy in this file, calling `ops` directly).
+    #[arg(long, default_value = "lib")]
+    model: String,
     /// Print the forward / backward / optimiser split of each step.
     #[arg(long)]
     split: bool,
@@ -260,7 +268,11 @@ fn clip_grad_norm(
     let mut sq = 0f64;
     for v in vars {
         if let Some(g) = grads.get(v) {
-            sq += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            sq += g
+                .sqr()?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
         }
     }
     let norm = sq.sqrt();
@@ -286,6 +298,9 @@ fn cpu_seconds() -> Option<f64> {
 }
 
 fn stats(xs: &mut [f64]) -> (f64, f64, f64) {
+    if xs.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
     xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = xs.len();
     let med = if n % 2 == 1 {
@@ -296,7 +311,39 @@ fn stats(xs: &mut [f64]) -> (f64, f64, f64) {
     (med, xs[0], xs[n - 1])
 }
 
+/// One training step of the library's model: forward, backward, global clip at 1.0, AdamW. Returns the loss and
+/// the (forward, backward, clip+optimiser) seconds.
+fn lib_step(
+    model: &candle_structured::model::Gpt,
+    opt: &mut candle_structured::train::AdamW,
+    ids: &Tensor,
+    tg: &Tensor,
+) -> Result<(f32, [f64; 3])> {
+    let t0 = Instant::now();
+    let loss = model.loss(ids, tg, true)?;
+    let l = loss.to_scalar::<f32>()?;
+    let t1 = Instant::now();
+    let store = loss.backward()?;
+    let t2 = Instant::now();
+    let mut grads = opt.grads_of(&store);
+    drop(store);
+    candle_structured::train::clip_grad_norm(&mut grads, 1.0)?;
+    opt.step(&grads, 3e-4)?;
+    let t3 = Instant::now();
+    Ok((
+        l,
+        [
+            (t1 - t0).as_secs_f64(),
+            (t2 - t1).as_secs_f64(),
+            (t3 - t2).as_secs_f64(),
+        ],
+    ))
+}
+
 fn run_child(args: &Args) -> Result<()> {
+    if args.model == "lib" {
+        return run_child_lib(args);
+    }
     let dev = Device::Cpu;
     let threads = candle_core::utils::get_num_threads();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -352,33 +399,120 @@ fn run_child(args: &Args) -> Result<()> {
         }
         let wall = wall0.elapsed().as_secs_f64();
         let cpu = cpu0.zip(cpu_seconds()).map(|(a, b)| b - a);
-        let (med, lo, hi) = stats(&mut tps);
-        let torch = PYTORCH
-            .iter()
-            .find(|(c, _)| *c == (layers, d))
-            .map(|(_, t)| if threads == 1 { t.1 } else { t.0 });
-        let ratio = torch
-            .map(|t| format!("{:.2}x PyTorch ({t:.0})", med / t))
-            .unwrap_or_default();
-        println!(
-            "threads {threads}  {layers:>2}x{d:<3}  {med:>8.0} tok/s  (min {lo:.0}, max {hi:.0}, {} steps)  {ratio}  loss {last_loss:.3}",
-            args.steps
+        report(
+            args,
+            threads,
+            (layers, d),
+            &mut tps,
+            [&mut tf, &mut tb, &mut to],
+            cpu,
+            wall,
+            last_loss,
         );
-        if let Some(cpu) = cpu {
-            println!(
-                "    CPU time {:.3} s/step ({:.2} cores busy on average; a loaded machine shows as < threads)",
-                cpu / args.steps as f64,
-                cpu / wall
-            );
-        }
-        if args.split {
-            let (f, _, _) = stats(&mut tf);
-            let (b, _, _) = stats(&mut tb);
-            let (o, _, _) = stats(&mut to);
-            println!("    median split: forward {f:.3} s, backward {b:.3} s, clip+AdamW {o:.3} s");
-        }
     }
     Ok(())
+}
+
+fn run_child_lib(args: &Args) -> Result<()> {
+    use candle_structured::model::{Gpt as LibGpt, GptConfig};
+    let dev = Device::Cpu;
+    let threads = candle_core::utils::get_num_threads();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for cfg in &args.configs {
+        let (layers, d) = parse_cfg(cfg)?;
+        let mut gcfg = GptConfig::dense(VOCAB, CONTEXT, d, d / HEAD_DIM, layers);
+        gcfg.tie_embeddings = false;
+        gcfg.dropout = DROPOUT;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let model = LibGpt::new(&gcfg, vb)?;
+        let mut opt = candle_structured::train::AdamW::new(
+            candle_structured::train::named_vars(&varmap),
+            candle_structured::train::AdamWConfig {
+                weight_decay: 0.1,
+                ..Default::default()
+            },
+        )?;
+        let (mut tps, mut tf, mut tb, mut to) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut last_loss = 0f32;
+        let mut cpu0 = None;
+        let mut wall0 = Instant::now();
+        for step in 0..args.warmup + args.steps {
+            let ids: Vec<u32> = (0..BATCH * CONTEXT)
+                .map(|_| rng.random_range(0..VOCAB as u32))
+                .collect();
+            let tg: Vec<u32> = (0..BATCH * CONTEXT)
+                .map(|_| rng.random_range(0..VOCAB as u32))
+                .collect();
+            let ids = Tensor::from_vec(ids, (BATCH, CONTEXT), &dev)?;
+            let tg = Tensor::from_vec(tg, (BATCH, CONTEXT), &dev)?;
+            if step == args.warmup {
+                cpu0 = cpu_seconds();
+                wall0 = Instant::now();
+            }
+            let (l, [f, b, o]) = lib_step(&model, &mut opt, &ids, &tg)?;
+            last_loss = l;
+            if step >= args.warmup {
+                tps.push((BATCH * CONTEXT) as f64 / (f + b + o));
+                tf.push(f);
+                tb.push(b);
+                to.push(o);
+            }
+        }
+        let wall = wall0.elapsed().as_secs_f64();
+        let cpu = cpu0.zip(cpu_seconds()).map(|(a, b)| b - a);
+        report(
+            args,
+            threads,
+            (layers, d),
+            &mut tps,
+            [&mut tf, &mut tb, &mut to],
+            cpu,
+            wall,
+            last_loss,
+        );
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report(
+    args: &Args,
+    threads: usize,
+    (layers, d): (usize, usize),
+    tps: &mut [f64],
+    split: [&mut Vec<f64>; 3],
+    cpu: Option<f64>,
+    wall: f64,
+    last_loss: f32,
+) {
+    let (med, lo, hi) = stats(tps);
+    let torch = PYTORCH
+        .iter()
+        .find(|(c, _)| *c == (layers, d))
+        .map(|(_, t)| if threads == 1 { t.1 } else { t.0 });
+    let ratio = torch
+        .map(|t| format!("{:.2}x PyTorch ({t:.0})", med / t))
+        .unwrap_or_default();
+    println!(
+        "threads {threads}  {layers:>2}x{d:<3}  {med:>8.0} tok/s  (min {lo:.0}, max {hi:.0}, {} steps)  {ratio}  loss {last_loss:.3}",
+        args.steps
+    );
+    if let Some(cpu) = cpu {
+        let per = cpu / args.steps as f64;
+        println!(
+            "    CPU time {per:.3} s/step = {:.0} tokens per CPU-second ({:.2} cores busy on average; < threads means a loaded machine)",
+            (BATCH * CONTEXT) as f64 / per,
+            cpu / wall
+        );
+    }
+    if args.split {
+        let [f, b, o] = split;
+        let (f, _, _) = stats(f);
+        let (b, _, _) = stats(b);
+        let (o, _, _) = stats(o);
+        println!("    median split: forward {f:.3} s, backward {b:.3} s, clip+AdamW {o:.3} s");
+    }
 }
 
 fn parse_cfg(s: &str) -> Result<(usize, usize)> {
@@ -394,6 +528,9 @@ fn parse_cfg(s: &str) -> Result<(usize, usize)> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if args.model != "lib" && args.model != "local" {
+        bail!("--model must be `lib` or `local`, got {:?}", args.model);
+    }
     if args.child {
         return run_child(&args);
     }
@@ -402,7 +539,8 @@ fn main() -> Result<()> {
     }
     let exe = std::env::current_exe()?;
     println!(
-        "train_bench: batch {BATCH} x context {CONTEXT}, vocab {VOCAB}, fp32, {} ops; {} warm-up + {} timed steps",
+        "train_bench: batch {BATCH} x context {CONTEXT}, vocab {VOCAB}, fp32, {} model, {} ops; {} warm-up + {} timed steps",
+        args.model,
         if args.slow { "slow" } else { "fused" },
         args.warmup,
         args.steps
@@ -412,7 +550,10 @@ fn main() -> Result<()> {
         // mimalloc would otherwise give freed memory back to the OS after 10 ms and take zeroed pages again at the
         // next step (a third of the CPU time went to the kernel's page clearing).
         // A large arena reservation keeps the 64 MB logit-sized buffers inside mimalloc too.
-        for (k, v) in [("MIMALLOC_PURGE_DELAY", "-1"), ("MIMALLOC_ARENA_RESERVE", "4GiB")] {
+        for (k, v) in [
+            ("MIMALLOC_PURGE_DELAY", "-1"),
+            ("MIMALLOC_ARENA_RESERVE", "4GiB"),
+        ] {
             if std::env::var_os(k).is_none() {
                 cmd.env(k, v);
             }
@@ -425,8 +566,9 @@ fn main() -> Result<()> {
             .arg(args.steps.to_string())
             .arg("--warmup")
             .arg(args.warmup.to_string());
+        cmd.arg("--model").arg(&args.model);
         if args.slow {
-            cmd.arg("--slow");
+            cmd.arg("--slow").env("CANDLE_STRUCTURED_SLOW_OPS", "1");
         }
         if args.split {
             cmd.arg("--split");

@@ -91,7 +91,10 @@ fn compare(
     let (yf, gf) = value_and_grads(fast, inputs, &r);
     let scale = max_abs(&ys).max(1.0);
     let e = max_abs_diff(&yf, &ys);
-    assert!(e <= tol * scale, "{name}: forward differs by {e:e} (scale {scale:e})");
+    assert!(
+        e <= tol * scale,
+        "{name}: forward differs by {e:e} (scale {scale:e})"
+    );
     for (i, (a, b)) in gf.iter().zip(&gs).enumerate() {
         if !grad_of[i] {
             continue;
@@ -107,7 +110,13 @@ fn compare(
 
 /// Central finite differences of `sum(f(inputs) * r)` at a few random coordinates of input `which`, against the
 /// gradient from `backward` (f64).
-fn check_fd(name: &str, f: &dyn Fn(&[Tensor]) -> Tensor, inputs: &[Tensor], which: usize, tol: f64) {
+fn check_fd(
+    name: &str,
+    f: &dyn Fn(&[Tensor]) -> Tensor,
+    inputs: &[Tensor],
+    which: usize,
+    tol: f64,
+) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let y = f(inputs);
     let r = randn(&mut rng, y.dims(), DType::F64);
@@ -142,7 +151,9 @@ fn check_fd(name: &str, f: &dyn Fn(&[Tensor]) -> Tensor, inputs: &[Tensor], whic
 fn layer_norm_case(dtype: DType) -> Vec<Tensor> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     vec![
-        randn(&mut rng, &[3, 5, 48], dtype).affine(2.0, 0.5).unwrap(),
+        randn(&mut rng, &[3, 5, 48], dtype)
+            .affine(2.0, 0.5)
+            .unwrap(),
         randn(&mut rng, &[48], dtype).affine(0.5, 1.0).unwrap(),
         randn(&mut rng, &[48], dtype),
     ]
@@ -152,8 +163,22 @@ fn layer_norm_case(dtype: DType) -> Vec<Tensor> {
 fn layer_norm_matches_slow_and_finite_differences() {
     let fast = |t: &[Tensor]| ops::layer_norm(&t[0], Some(&t[1]), Some(&t[2]), 1e-5).unwrap();
     let slow = |t: &[Tensor]| ops::slow::layer_norm(&t[0], Some(&t[1]), Some(&t[2]), 1e-5).unwrap();
-    compare("layer_norm f64", &fast, &slow, &layer_norm_case(DType::F64), &[true; 3], 1e-10);
-    compare("layer_norm f32", &fast, &slow, &layer_norm_case(DType::F32), &[true; 3], 2e-5);
+    compare(
+        "layer_norm f64",
+        &fast,
+        &slow,
+        &layer_norm_case(DType::F64),
+        &[true; 3],
+        1e-10,
+    );
+    compare(
+        "layer_norm f32",
+        &fast,
+        &slow,
+        &layer_norm_case(DType::F32),
+        &[true; 3],
+        2e-5,
+    );
     let ins = layer_norm_case(DType::F64);
     for which in 0..3 {
         check_fd("layer_norm", &fast, &ins, which, 1e-6);
@@ -161,7 +186,14 @@ fn layer_norm_matches_slow_and_finite_differences() {
     // Without affine parameters.
     let fast0 = |t: &[Tensor]| ops::layer_norm(&t[0], None, None, 1e-5).unwrap();
     let slow0 = |t: &[Tensor]| ops::slow::layer_norm(&t[0], None, None, 1e-5).unwrap();
-    compare("layer_norm plain", &fast0, &slow0, &ins[..1], &[true], 1e-10);
+    compare(
+        "layer_norm plain",
+        &fast0,
+        &slow0,
+        &ins[..1],
+        &[true],
+        1e-10,
+    );
 }
 
 #[test]
@@ -171,7 +203,14 @@ fn gelu_matches_slow_and_finite_differences() {
     let fast = |t: &[Tensor]| ops::gelu(&t[0]).unwrap();
     let slow = |t: &[Tensor]| ops::slow::gelu(&t[0]).unwrap();
     // candle's own gelu_erf backward uses 0.398942 for 1/√(2π), a 1e-6 relative error.
-    compare("gelu f64", &fast, &slow, std::slice::from_ref(&x64), &[true], 5e-6);
+    compare(
+        "gelu f64",
+        &fast,
+        &slow,
+        std::slice::from_ref(&x64),
+        &[true],
+        5e-6,
+    );
     let x32 = x64.to_dtype(DType::F32).unwrap();
     compare("gelu f32", &fast, &slow, &[x32], &[true], 1e-5);
     check_fd("gelu", &fast, &[x64], 0, 1e-7);
@@ -200,11 +239,27 @@ fn rotary_matches_slow_on_strided_views() {
         // A fused-QKV-like buffer (b, t, 3, h, hd); the "query" is a strided (b, h, t, hd) view of it.
         let qkv = randn(&mut rng, &[b, t, 3, h, hd], dtype);
         let (c, s) = rope_tables(t, hd / 2, dtype);
-        let view = |x: &Tensor| x.narrow(2, 1, 1).unwrap().squeeze(2).unwrap().transpose(1, 2).unwrap();
+        let view = |x: &Tensor| {
+            x.narrow(2, 1, 1)
+                .unwrap()
+                .squeeze(2)
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+        };
         let fast = |ts: &[Tensor]| ops::rotary(&view(&ts[0]), &ts[1], &ts[2]).unwrap();
-        let slow = |ts: &[Tensor]| ops::slow::rotary(&view(&ts[0]).contiguous().unwrap(), &ts[1], &ts[2]).unwrap();
+        let slow = |ts: &[Tensor]| {
+            ops::slow::rotary(&view(&ts[0]).contiguous().unwrap(), &ts[1], &ts[2]).unwrap()
+        };
         let tol = if dtype == DType::F64 { 1e-12 } else { 1e-6 };
-        compare("rotary", &fast, &slow, &[qkv.clone(), c.clone(), s.clone()], &[true, false, false], tol);
+        compare(
+            "rotary",
+            &fast,
+            &slow,
+            &[qkv.clone(), c.clone(), s.clone()],
+            &[true, false, false],
+            tol,
+        );
         if dtype == DType::F64 {
             check_fd("rotary", &fast, &[qkv, c, s], 0, 1e-8);
         }
@@ -224,8 +279,22 @@ fn attention_matches_slow_without_dropout() {
     let slow = |t: &[Tensor]| ops::slow::causal_attention(&t[0], &t[1], &t[2], 0.1, false).unwrap();
     // Sequence lengths around the 16-lane reductions, head dims 8 and 32.
     for &(t, hd) in &[(5, 8), (17, 32), (40, 16)] {
-        compare("attention f64", &fast, &slow, &qkv(DType::F64, 2, 3, t, hd), &[true; 3], 1e-10);
-        compare("attention f32", &fast, &slow, &qkv(DType::F32, 2, 3, t, hd), &[true; 3], 2e-5);
+        compare(
+            "attention f64",
+            &fast,
+            &slow,
+            &qkv(DType::F64, 2, 3, t, hd),
+            &[true; 3],
+            1e-10,
+        );
+        compare(
+            "attention f32",
+            &fast,
+            &slow,
+            &qkv(DType::F32, 2, 3, t, hd),
+            &[true; 3],
+            2e-5,
+        );
     }
     // Head dims 8 (generic kernel), 32 and 64 (specialised kernels).
     for hd in [8, 32, 64] {
@@ -234,12 +303,26 @@ fn attention_matches_slow_without_dropout() {
             check_fd("attention", &fast, &ins, which, 1e-7);
         }
     }
-    compare("attention hd64", &fast, &slow, &qkv(DType::F64, 1, 2, 70, 64), &[true; 3], 1e-10);
+    compare(
+        "attention hd64",
+        &fast,
+        &slow,
+        &qkv(DType::F64, 1, 2, 70, 64),
+        &[true; 3],
+        1e-10,
+    );
     // Transposed (strided) inputs give the same result as contiguous ones.
     let ins = qkv(DType::F32, 2, 3, 12, 8);
     let tr: Vec<Tensor> = ins
         .iter()
-        .map(|x| x.transpose(1, 2).unwrap().contiguous().unwrap().transpose(1, 2).unwrap())
+        .map(|x| {
+            x.transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+        })
         .collect();
     let a = fast(&ins);
     let b = fast(&tr);
@@ -248,7 +331,8 @@ fn attention_matches_slow_without_dropout() {
 
 #[test]
 fn attention_dropout_is_consistent_and_unbiased() {
-    let seeded = |t: &[Tensor]| ops::causal_attention_seeded(&t[0], &t[1], &t[2], 0.3, 1234).unwrap();
+    let seeded =
+        |t: &[Tensor]| ops::causal_attention_seeded(&t[0], &t[1], &t[2], 0.3, 1234).unwrap();
     // The backward regenerates the forward's mask: finite differences agree.
     for hd in [8, 32] {
         let ins = qkv(DType::F64, 1, 2, 21, hd);
@@ -275,13 +359,22 @@ fn cross_entropy_matches_slow_and_finite_differences() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(6);
     let (rows, vocab) = (37, 103);
     let logits = (randn(&mut rng, &[rows, vocab], DType::F64) * 3.0).unwrap();
-    let t: Vec<u32> = (0..rows).map(|_| rng.random_range(0..vocab as u32)).collect();
+    let t: Vec<u32> = (0..rows)
+        .map(|_| rng.random_range(0..vocab as u32))
+        .collect();
     let targets = Tensor::from_vec(t, rows, &Device::Cpu).unwrap();
     let tg = targets.clone();
     let fast = move |ts: &[Tensor]| ops::cross_entropy(&ts[0], &tg).unwrap();
     let tg = targets.clone();
     let slow = move |ts: &[Tensor]| ops::slow::cross_entropy(&ts[0], &tg).unwrap();
-    compare("cross_entropy f64", &fast, &slow, std::slice::from_ref(&logits), &[true], 1e-12);
+    compare(
+        "cross_entropy f64",
+        &fast,
+        &slow,
+        std::slice::from_ref(&logits),
+        &[true],
+        1e-12,
+    );
     let l32 = logits.to_dtype(DType::F32).unwrap();
     compare("cross_entropy f32", &fast, &slow, &[l32], &[true], 1e-5);
     check_fd("cross_entropy", &fast, &[logits], 0, 1e-8);
@@ -298,13 +391,27 @@ fn dropout_masks_are_reused_by_the_backward() {
     let f = |t: &[Tensor]| ops::dropout_seeded(&t[0], 0.2, 77).unwrap();
     check_fd("dropout", &f, std::slice::from_ref(&x), 0, 1e-9);
     let y = ops::dropout(&x, 0.2, true).unwrap();
-    let zeros = y.eq(0.0).unwrap().to_dtype(DType::F64).unwrap().mean_all().unwrap();
+    let zeros = y
+        .eq(0.0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .mean_all()
+        .unwrap();
     let frac = zeros.to_scalar::<f64>().unwrap();
     assert!((frac - 0.2).abs() < 0.02, "dropped fraction {frac}");
     // Kept elements are scaled by 1/(1-p).
-    let ratio = (y / &x).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let ratio = (y / &x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
     assert!(ratio.iter().all(|&r| r == 0.0 || (r - 1.25).abs() < 1e-7));
-    assert_eq!(max_abs_diff(&ops::dropout(&x, 0.2, false).unwrap(), &x), 0.0);
+    assert_eq!(
+        max_abs_diff(&ops::dropout(&x, 0.2, false).unwrap(), &x),
+        0.0
+    );
 }
 
 #[test]
@@ -317,13 +424,19 @@ fn half_precision_falls_back_to_the_slow_twins() {
         let a = ops::layer_norm(&x, Some(&w), Some(&b), 1e-5).unwrap();
         let s = ops::slow::layer_norm(&x, Some(&w), Some(&b), 1e-5).unwrap();
         assert_eq!(max_abs_diff(&a, &s), 0.0);
-        assert_eq!(max_abs_diff(&ops::gelu(&x).unwrap(), &ops::slow::gelu(&x).unwrap()), 0.0);
+        assert_eq!(
+            max_abs_diff(&ops::gelu(&x).unwrap(), &ops::slow::gelu(&x).unwrap()),
+            0.0
+        );
         let q = randn(&mut rng, &[1, 2, 6, 8], dtype);
         let y = ops::causal_attention(&q, &q, &q, 0.0, false).unwrap();
         assert_eq!(y.dims(), [1, 2, 6, 8]);
         let (c, s) = rope_tables(6, 4, dtype);
         let r = ops::rotary(&q, &c, &s).unwrap();
-        assert_eq!(max_abs_diff(&r, &ops::slow::rotary(&q, &c, &s).unwrap()), 0.0);
+        assert_eq!(
+            max_abs_diff(&r, &ops::slow::rotary(&q, &c, &s).unwrap()),
+            0.0
+        );
     }
 }
 

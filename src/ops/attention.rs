@@ -241,7 +241,6 @@ multiversion! {
     }
 }
 
-
 /// `s[j] = scale · Σ_d q[d] kt[d][j]` over whole 16-blocks of `s` (`s.len()` a multiple of 16); `kt` is `(hd, tp)`
 /// row-major with `tp` a multiple of 16 and zero padding past the sequence. Four blocks at a time keep four
 /// independent accumulator chains in registers.
@@ -320,7 +319,12 @@ fn fwd_head_const<T: Real, const HD: usize>(
         softmax_row(s);
         if drop {
             let keep = &mut keep[..n];
-            dropout_row(row_key(seed, head * t as u64 + i as u64), threshold, kscale, keep);
+            dropout_row(
+                row_key(seed, head * t as u64 + i as u64),
+                threshold,
+                kscale,
+                keep,
+            );
             for (x, &k) in s.iter_mut().zip(keep.iter()) {
                 *x *= k;
             }
@@ -393,7 +397,12 @@ fn bwd_head_const<T: Real, const HD: usize>(
         let da = &mut da[..n];
         if drop {
             let keep = &mut keep[..n];
-            dropout_row(row_key(seed, head * t as u64 + i as u64), threshold, kscale, keep);
+            dropout_row(
+                row_key(seed, head * t as u64 + i as u64),
+                threshold,
+                kscale,
+                keep,
+            );
             for (x, &k) in da.iter_mut().zip(keep.iter()) {
                 *x *= k; // dP_j
             }
@@ -422,7 +431,11 @@ fn bwd_head_const<T: Real, const HD: usize>(
             let two = j + 1 < n;
             let (p0, p1) = (p[j], p[j1]);
             let ds0 = p0 * (da[j] - dd) * scale;
-            let ds1 = if two { p1 * (da[j1] - dd) * scale } else { T::ZERO };
+            let ds1 = if two {
+                p1 * (da[j1] - dd) * scale
+            } else {
+                T::ZERO
+            };
             let a0 = if drop { p0 * keep[j] } else { p0 };
             let a1 = if !two {
                 T::ZERO
@@ -571,11 +584,25 @@ impl CustomOp3 for CausalAttention {
         let shape = (b, t, h, hd);
         match (s1, s2, s3) {
             (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
-                let io = HeadIo { q, k, v, vq, vk, vv };
+                let io = HeadIo {
+                    q,
+                    k,
+                    v,
+                    vq,
+                    vk,
+                    vv,
+                };
                 Ok(out(self.fwd(&io), shape))
             }
             (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(v)) => {
-                let io = HeadIo { q, k, v, vq, vk, vv };
+                let io = HeadIo {
+                    q,
+                    k,
+                    v,
+                    vq,
+                    vk,
+                    vv,
+                };
                 Ok(out(self.fwd(&io), shape))
             }
             _ => candle_core::bail!("{}: unsupported dtypes", self.name()),
@@ -645,7 +672,12 @@ impl CustomOp3 for AttentionBwdOp<'_> {
         check(&vq, &vk, &vv)?;
         let vg = view(self.g.layout(), "grad")?;
         if vg.dims != vq.dims {
-            candle_core::bail!("{}: gradient shape {:?} != {:?}", self.name(), vg.dims, vq.dims)
+            candle_core::bail!(
+                "{}: gradient shape {:?} != {:?}",
+                self.name(),
+                vg.dims,
+                vq.dims
+            )
         }
         let [b, h, t, hd] = vq.dims;
         let shape = (3, b, h, t, hd);
@@ -656,11 +688,25 @@ impl CustomOp3 for AttentionBwdOp<'_> {
         };
         match (s1, s2, s3, gs) {
             (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v), CpuStorage::F32(g)) => {
-                let io = HeadIo { q, k, v, vq, vk, vv };
+                let io = HeadIo {
+                    q,
+                    k,
+                    v,
+                    vq,
+                    vk,
+                    vv,
+                };
                 Ok(out(self.fwd.bwd_run(&io, g, vg), shape))
             }
             (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(v), CpuStorage::F64(g)) => {
-                let io = HeadIo { q, k, v, vq, vk, vv };
+                let io = HeadIo {
+                    q,
+                    k,
+                    v,
+                    vq,
+                    vk,
+                    vv,
+                };
                 Ok(out(self.fwd.bwd_run(&io, g, vg), shape))
             }
             _ => candle_core::bail!("{}: unsupported dtypes", self.name()),

@@ -167,7 +167,8 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0
-                    + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+                    + r * (1.0 / 24.0
+                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     let scale = f32::from_bits(t.to_bits().wrapping_shl(23).wrapping_add(127 << 23));
     p * scale
 }
@@ -203,7 +204,9 @@ pub(crate) fn isa_level() -> u8 {
         let mut level = 0u8;
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
                 level = 1;
                 if std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512bw")
@@ -265,7 +268,10 @@ pub(crate) fn fused_ok(ts: &[&Tensor]) -> bool {
 }
 
 /// The contiguous slice behind a layout, or `None` when the layout is strided.
-pub(crate) fn contiguous_slice<'a, T: Real>(s: &'a CpuStorage, l: &Layout) -> Result<Option<&'a [T]>> {
+pub(crate) fn contiguous_slice<'a, T: Real>(
+    s: &'a CpuStorage,
+    l: &Layout,
+) -> Result<Option<&'a [T]>> {
     let data = T::slice(s)?;
     Ok(l.contiguous_offsets().map(|(a, b)| &data[a..b]))
 }
@@ -346,4 +352,3 @@ multiversion! {
         }
     }
 }
-

@@ -62,8 +62,12 @@ pub fn layer_norm(
         None => Tensor::zeros(d, xs.dtype(), xs.device())?,
     };
     let x2 = xs.contiguous()?.reshape(((), d))?;
-    x2.apply_op3(&w.contiguous()?, &b.contiguous()?, layer_norm::LayerNorm { eps })?
-        .reshape(xs.shape())
+    x2.apply_op3(
+        &w.contiguous()?,
+        &b.contiguous()?,
+        layer_norm::LayerNorm { eps },
+    )?
+    .reshape(xs.shape())
 }
 
 /// GELU with the exact error function, `x · Φ(x)` (PyTorch's `nn.GELU()` default).
@@ -118,7 +122,9 @@ pub fn causal_attention(
         seed: if p_drop > 0.0 { seed() } else { 0 },
     };
     // The op stores (b, t, h, hd); present it as (b, h, t, hd).
-    view(q)?.apply_op3(&view(k)?, &view(v)?, op)?.transpose(1, 2)
+    view(q)?
+        .apply_op3(&view(k)?, &view(v)?, op)?
+        .transpose(1, 2)
 }
 
 /// Mean cross-entropy in nats of `logits` `(rows, vocab)` against integer `targets` `(rows,)` (u32).
@@ -139,7 +145,8 @@ pub fn dropout(xs: &Tensor, p: f32, train: bool) -> Result<Tensor> {
     if !fused(&[xs]) || !(0.0..1.0).contains(&p) {
         return slow::dropout(xs, p, train);
     }
-    xs.contiguous()?.apply_op1(dropout::Dropout { p, seed: seed() })
+    xs.contiguous()?
+        .apply_op1(dropout::Dropout { p, seed: seed() })
 }
 
 /// [`causal_attention`] in training mode with a given dropout seed instead of a fresh one, so that repeated calls

@@ -94,7 +94,8 @@ multiversion! {
 }
 
 fn rows_per_task(rows: usize) -> usize {
-    rows.div_ceil(4 * rayon::current_num_threads().max(1)).max(1)
+    rows.div_ceil(4 * rayon::current_num_threads().max(1))
+        .max(1)
 }
 
 fn fwd<T: Real>(x: &[T], t: &[usize], vocab: usize) -> T {
