@@ -485,6 +485,7 @@ multiversion! {
 }
 
 multiversion! {
+    #[allow(clippy::too_many_arguments)]
     fn bwd_head_32<T: Real>(
         io: &HeadIo<'_, T>, g: &[T], vg: View4, ib: usize, ih: usize, p_drop: f32, seed: u64,
         dq: &mut [T], dk: &mut [T], dv: &mut [T],
@@ -494,6 +495,7 @@ multiversion! {
 }
 
 multiversion! {
+    #[allow(clippy::too_many_arguments)]
     fn bwd_head_64<T: Real>(
         io: &HeadIo<'_, T>, g: &[T], vg: View4, ib: usize, ih: usize, p_drop: f32, seed: u64,
         dq: &mut [T], dk: &mut [T], dv: &mut [T],
@@ -530,7 +532,6 @@ impl CausalAttention {
         let mut o = vec![T::ZERO; b * h * t * hd];
         let ptr = SendPtr(o.as_mut_ptr());
         (0..b * h).into_par_iter().for_each(|bh| {
-            let ptr = ptr;
             let (ib, ih) = (bh / h, bh % h);
             match hd {
                 32 => fwd_head_32(io, ib, ih, self.p_drop, self.seed, ptr),
