@@ -33,7 +33,11 @@ impl Isa {
                 std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
             }
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => std::is_x86_feature_detected!("avx512f"),
+            Isa::Avx512 => {
+                std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx2")
+                    && std::is_x86_feature_detected!("fma")
+            }
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
@@ -49,10 +53,26 @@ impl Isa {
     }
 }
 
+/// An [`Isa`] checked to be available on this CPU; only this crate can make one.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct Available(Isa);
+
+impl Available {
+    /// `isa` if this CPU has it, else [`Isa::Portable`].
+    fn new(isa: Isa) -> Self {
+        Available(if isa.is_available() {
+            isa
+        } else {
+            Isa::Portable
+        })
+    }
+}
+
 /// Element types of the slice API: `f32` and `f64`.
 pub trait FwhtFloat: Copy + Send + Sync + sealed::Sealed + 'static {
     #[doc(hidden)]
-    fn transform_row(isa: Isa, row: &mut [Self], scale: Self);
+    fn transform_row(isa: Available, row: &mut [Self], scale: Self);
 }
 
 mod sealed {
@@ -62,19 +82,33 @@ mod sealed {
 }
 
 macro_rules! impl_fwht_float {
-    ($t:ty) => {
+    ($t:ty, $avx2:ident, $avx512:ident, $lanes256:literal) => {
         impl FwhtFloat for $t {
-            fn transform_row(isa: Isa, row: &mut [$t], scale: $t) {
-                match isa {
-                    // SIMD kernels plug in here.
-                    Isa::Portable | Isa::Avx2 | Isa::Avx512 => portable(row, scale),
+            #[inline]
+            fn transform_row(isa: Available, row: &mut [$t], scale: $t) {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    let n = row.len();
+                    // SAFETY: `Available` guarantees the CPU has the instruction set (AVX-512 implies AVX2 + FMA
+                    // here), and every kernel handles any power-of-two length of at least its lane count.
+                    match isa.0 {
+                        Isa::Avx512 if n >= 2 * $lanes256 => {
+                            return unsafe { super::simd::$avx512(row, scale) }
+                        }
+                        Isa::Avx512 | Isa::Avx2 if n >= $lanes256 => {
+                            return unsafe { super::simd::$avx2(row, scale) }
+                        }
+                        _ => {}
+                    }
                 }
+                let _ = isa;
+                portable(row, scale)
             }
         }
     };
 }
-impl_fwht_float!(f32);
-impl_fwht_float!(f64);
+impl_fwht_float!(f32, f32_avx2, f32_avx512, 8);
+impl_fwht_float!(f64, f64_avx2, f64_avx512, 4);
 
 /// The radix-2 butterfly, in place, then the scale.
 fn portable<T>(x: &mut [T], scale: T)
@@ -109,7 +143,7 @@ where
 /// ```
 pub fn fwht_inplace<T: FwhtFloat>(x: &mut [T], scale: T) -> Result<()> {
     check_len(x.len())?;
-    T::transform_row(Isa::detect(), x, scale);
+    T::transform_row(Available::new(Isa::detect()), x, scale);
     Ok(())
 }
 
@@ -131,11 +165,7 @@ pub fn fwht_rows_inplace_with<T: FwhtFloat>(
     if data.len() % n != 0 {
         return Err(Error::RaggedRows { len: data.len(), n }.into());
     }
-    let isa = if isa.is_available() {
-        isa
-    } else {
-        Isa::Portable
-    };
+    let isa = Available::new(isa);
     // Below ~16K elements the thread hand-off costs more than the work.
     if parallel && data.len() > n && data.len() >= 1 << 14 {
         data.par_chunks_mut(n)
