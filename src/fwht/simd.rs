@@ -329,14 +329,51 @@ unsafe fn in_cache<V: Vector>(p: *mut V::E, k: u32, rmax: u32, scale: Option<V>)
     passes::<V>(p, nvec, 1 << first, cross - first, rmax, scale);
 }
 
-/// Tuning of one kernel: the widest radix (log2 of the registers held at once) and the L1 block (log2 of elements).
+/// Tuning of one kernel: the widest radix (log2 of the registers held at once), the L1 block and the L2 block
+/// (log2 of elements).
 #[derive(Clone, Copy)]
 struct Plan {
     rmax: u32,
-    block_log: u32,
+    l1_log: u32,
+    l2_log: u32,
+    /// Rows above `2^big_log` elements (beyond L2) take the two-level path.
+    big_log: u32,
 }
 
+/// `2^k` elements at `p` (`V::LOG ≤ k`), for rows that fit in L2: every L1 block in turn, then the stages that
+/// span blocks as radix passes over the whole row.
+#[inline(always)]
+unsafe fn in_l2<V: Vector>(p: *mut V::E, k: u32, plan: Plan, scale: Option<V>) {
+    if k <= plan.l1_log {
+        in_cache::<V>(p, k, plan.rmax, scale);
+        return;
+    }
+    let block = 1usize << plan.l1_log;
+    let n = 1usize << k;
+    let mut start = 0;
+    while start < n {
+        in_cache::<V>(p.add(start), plan.l1_log, plan.rmax, None);
+        start += block;
+    }
+    passes::<V>(
+        p,
+        n >> V::LOG,
+        block >> V::LOG,
+        k - plan.l1_log,
+        plan.rmax,
+        scale,
+    );
+}
+
+/// Size of the column panel copied into L1 for the stages of rows longer than L2.
+const PANEL_BYTES: usize = 256 << 10;
+
 /// `x ← scale · x · H_n` in place, `n = x.len() = 2^k` with `k ≥ V::LOG`.
+///
+/// Rows longer than L2 are seen as an `R × C` matrix with `C = 2^l2_log`: each row of `C` elements is transformed
+/// in L2, then the remaining `log2 R` stages (strides of whole rows) run on column panels copied into a contiguous
+/// L1-sized buffer, so the row is swept about twice however long it is (and power-of-two strides never thrash the
+/// cache sets).
 #[inline(always)]
 unsafe fn transform<V: Vector>(x: &mut [V::E], scale: V::E, plan: Plan) {
     let n = x.len();
@@ -348,43 +385,57 @@ unsafe fn transform<V: Vector>(x: &mut [V::E], scale: V::E, plan: Plan) {
     } else {
         Some(V::splat(scale))
     };
-    if k <= plan.block_log {
-        in_cache::<V>(p, k, plan.rmax, scale);
+    if k <= plan.big_log {
+        in_l2::<V>(p, k, plan, scale);
         return;
     }
-    // Rows longer than a block: every block in L1 first, then the stages that span blocks.
-    let block = 1usize << plan.block_log;
+    let (c_log, r_log) = (plan.l2_log, k - plan.l2_log);
+    let (cols, rows) = (1usize << c_log, 1usize << r_log);
     let mut start = 0;
     while start < n {
-        in_cache::<V>(p.add(start), plan.block_log, plan.rmax, None);
-        start += block;
+        in_l2::<V>(p.add(start), c_log, plan, None);
+        start += cols;
     }
-    let nvec = n >> V::LOG;
-    passes::<V>(
-        p,
-        nvec,
-        block >> V::LOG,
-        k - plan.block_log,
-        plan.rmax,
-        scale,
-    );
+    let lanes = 1usize << V::LOG;
+    let width = (PANEL_BYTES / std::mem::size_of::<V::E>() / rows).clamp(lanes, cols);
+    let mut panel: Vec<V::E> = vec![x[0]; rows * width];
+    let q = panel.as_mut_ptr();
+    let mut j0 = 0;
+    while j0 < cols {
+        for r in 0..rows {
+            std::ptr::copy_nonoverlapping(p.add(r * cols + j0), q.add(r * width), width);
+        }
+        passes::<V>(q, (rows * width) >> V::LOG, width >> V::LOG, r_log, plan.rmax, scale);
+        for r in 0..rows {
+            std::ptr::copy_nonoverlapping(q.add(r * width), p.add(r * cols + j0), width);
+        }
+        j0 += width;
+    }
 }
 
 const AVX2_F32: Plan = Plan {
     rmax: 3,
-    block_log: 12,
+    l1_log: 12,
+    l2_log: 16,
+    big_log: 21,
 };
 const AVX2_F64: Plan = Plan {
     rmax: 3,
-    block_log: 11,
+    l1_log: 11,
+    l2_log: 15,
+    big_log: 20,
 };
 const AVX512_F32: Plan = Plan {
     rmax: 4,
-    block_log: 12,
+    l1_log: 12,
+    l2_log: 16,
+    big_log: 21,
 };
 const AVX512_F64: Plan = Plan {
     rmax: 4,
-    block_log: 11,
+    l1_log: 11,
+    l2_log: 15,
+    big_log: 20,
 };
 
 /// AVX2 kernel for f32; `x.len()` is a power of two ≥ 8.
