@@ -6,7 +6,7 @@
 use super::check_len;
 use crate::error::Error;
 use candle_core::{backend::BackendStorage, CpuStorage, Layout, Result};
-use half::{bf16, f16};
+use half::{bf16, f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 
 /// Instruction sets the CPU kernels can use. [`Isa::detect`] picks the best one this CPU has.
@@ -167,9 +167,10 @@ pub fn fwht_rows_inplace_with<T: FwhtFloat>(
         return Err(Error::RaggedRows { len: data.len(), n }.into());
     }
     let isa = Available::new(isa);
-    // Below ~16K elements the thread hand-off costs more than the work.
-    if parallel && data.len() > n && data.len() >= 1 << 14 {
+    // Below ~16K elements the thread hand-off costs more than the work; above, each task gets ≥ 4K elements.
+    if parallel && data.len() > n && data.len() >= PARALLEL_MIN {
         data.par_chunks_mut(n)
+            .with_min_len((TASK_MIN / n).max(1))
             .for_each(|row| T::transform_row(isa, row, scale));
     } else {
         data.chunks_exact_mut(n)
@@ -177,6 +178,11 @@ pub fn fwht_rows_inplace_with<T: FwhtFloat>(
     }
     Ok(())
 }
+
+/// Fewest elements in a batch worth spreading over threads.
+const PARALLEL_MIN: usize = 1 << 14;
+/// Fewest elements per rayon task.
+const TASK_MIN: usize = 1 << 12;
 
 /// Copies the (possibly strided) input into a fresh contiguous buffer, converting on the way.
 fn gather<T: Copy, U>(src: &[T], layout: &Layout, f: impl Fn(T) -> U) -> Vec<U> {
@@ -212,7 +218,26 @@ fn gather<T: Copy, U>(src: &[T], layout: &Layout, f: impl Fn(T) -> U) -> Vec<U> 
     }
 }
 
+/// [`gather`] for f16/bf16 into f32, with half's vectorised conversion on the contiguous path.
+fn gather_half<H>(src: &[H], layout: &Layout, f: impl Fn(H) -> f32) -> Vec<f32>
+where
+    H: Copy + Default,
+    [H]: HalfFloatSliceExt,
+{
+    match layout.contiguous_offsets() {
+        Some((start, end)) => {
+            let mut out = vec![0f32; end - start];
+            src[start..end].convert_to_f32_slice(&mut out);
+            out
+        }
+        None => gather(src, layout, f),
+    }
+}
+
 /// The candle op's CPU forward: `storage` viewed through `layout`, rows of the last dimension transformed.
+///
+/// The input is read once into the output buffer (converted to f32 for the half types), which is then transformed
+/// in place (rounded back once for the half types).
 pub(super) fn forward(storage: &CpuStorage, layout: &Layout, scale: f64) -> Result<CpuStorage> {
     let n = layout.shape().dims().last().copied().unwrap_or(1);
     Ok(match storage {
@@ -227,14 +252,18 @@ pub(super) fn forward(storage: &CpuStorage, layout: &Layout, scale: f64) -> Resu
             CpuStorage::F64(out)
         }
         CpuStorage::F16(v) => {
-            let mut out = gather(v, layout, f16::to_f32);
+            let mut out = gather_half(v, layout, f16::to_f32);
             fwht_rows_inplace(&mut out, n, scale as f32)?;
-            CpuStorage::F16(out.into_iter().map(f16::from_f32).collect())
+            let mut res = vec![f16::ZERO; out.len()];
+            res.convert_from_f32_slice(&out);
+            CpuStorage::F16(res)
         }
         CpuStorage::BF16(v) => {
-            let mut out = gather(v, layout, bf16::to_f32);
+            let mut out = gather_half(v, layout, bf16::to_f32);
             fwht_rows_inplace(&mut out, n, scale as f32)?;
-            CpuStorage::BF16(out.into_iter().map(bf16::from_f32).collect())
+            let mut res = vec![bf16::ZERO; out.len()];
+            res.convert_from_f32_slice(&out);
+            CpuStorage::BF16(res)
         }
         other => return Err(Error::UnsupportedDType(other.dtype()).into()),
     })
