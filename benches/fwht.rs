@@ -55,7 +55,9 @@ fn slice(c: &mut Criterion) {
         .measurement_time(Duration::from_millis(500));
     for log2 in (10..=22).step_by(2) {
         let n = 1usize << log2;
-        let mut x: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.4995).collect();
+        let mut x: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.4995)
+            .collect();
         let scale = 1.0 / (n as f32).sqrt();
         group.throughput(Throughput::Elements(n as u64));
         group.bench_function(BenchmarkId::from_parameter(n), |b| {
@@ -71,7 +73,9 @@ fn slice(c: &mut Criterion) {
         .measurement_time(Duration::from_millis(500));
     for log2 in (10..=22).step_by(4) {
         let n = 1usize << log2;
-        let mut x: Vec<f64> = (0..n).map(|i| ((i * 7919) % 1000) as f64 / 1000.0 - 0.4995).collect();
+        let mut x: Vec<f64> = (0..n)
+            .map(|i| ((i * 7919) % 1000) as f64 / 1000.0 - 0.4995)
+            .collect();
         let scale = 1.0 / (n as f64).sqrt();
         group.throughput(Throughput::Elements(n as u64));
         group.bench_function(BenchmarkId::from_parameter(n), |b| {

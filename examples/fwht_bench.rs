@@ -81,7 +81,12 @@ fn random<T: From<f32>>(len: usize, seed: u64) -> Vec<T> {
 }
 
 /// ns per element of one in-place transform of a hot row of `2^log2` elements, on this thread.
-fn ns_per_element<T: FwhtFloat + From<f32>>(isa: Isa, log2: u32, samples: usize, target: Duration) -> f64
+fn ns_per_element<T: FwhtFloat + From<f32>>(
+    isa: Isa,
+    log2: u32,
+    samples: usize,
+    target: Duration,
+) -> f64
 where
     f64: From<T>,
 {
@@ -94,8 +99,12 @@ where
     t.as_secs_f64() * 1e9 / n as f64
 }
 
-fn one_thread_table<T: FwhtFloat + From<f32>>(name: &str, args: &Args, samples: usize, target: Duration)
-where
+fn one_thread_table<T: FwhtFloat + From<f32>>(
+    name: &str,
+    args: &Args,
+    samples: usize,
+    target: Duration,
+) where
     f64: From<T>,
 {
     let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.is_available()).collect();
@@ -143,7 +152,14 @@ fn batch_table(samples: usize, target: Duration) {
         .unwrap();
     println!("| rows × n (f32) | 1 thread, ns/element | 2 threads, ns/element | speed-up |");
     println!("|---|---:|---:|---:|");
-    for (rows, log2) in [(64, 10), (256, 6), (256, 8), (256, 10), (256, 12), (256, 14)] {
+    for (rows, log2) in [
+        (64, 10),
+        (256, 6),
+        (256, 8),
+        (256, 10),
+        (256, 12),
+        (256, 14),
+    ] {
         let n = 1usize << log2;
         let mut x: Vec<f32> = random(rows * n, 11);
         let scale = 1.0 / (n as f32).sqrt();

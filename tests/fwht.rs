@@ -138,7 +138,8 @@ fn check_against_reference(xs: &Tensor, scale: f64, seed: u64) {
         for (&j, &(want, abs)) in cols.iter().zip(chunk) {
             let got = yv[r * n + j];
             // log2(n) roundings of partial sums bounded by Σ|x|, one for the scale, then the output rounding.
-            let tol = (stages + 2.0) * u * abs + out * (want.abs() + (stages + 2.0) * u * abs) + 1e-300;
+            let tol =
+                (stages + 2.0) * u * abs + out * (want.abs() + (stages + 2.0) * u * abs) + 1e-300;
             assert!(
                 (got - want).abs() <= tol,
                 "{dtype:?} shape {:?} row {r} col {j}: got {got}, want {want} (tol {tol})",
@@ -206,11 +207,7 @@ fn non_contiguous_inputs() {
         check_against_reference(&narrow, 1.0, 2);
         // Narrowed leading dimension of a 3-D tensor, then permuted leading dimensions.
         let cube = tensor(&random(5 * 3 * 128, 3), &[5, 3, 128], dtype);
-        let view = cube
-            .narrow(0, 1, 3)
-            .unwrap()
-            .transpose(0, 1)
-            .unwrap();
+        let view = cube.narrow(0, 1, 3).unwrap().transpose(0, 1).unwrap();
         assert!(!view.is_contiguous());
         check_against_reference(&view, 0.5, 3);
         // A broadcast (stride-0) row.
@@ -231,14 +228,22 @@ fn half_precision_is_computed_in_f32_and_rounded_once() {
     // f16
     let mut w: Vec<f32> = xf16.iter().map(|a| a.to_f32()).collect();
     fwht_rows_inplace(&mut w, n, scale as f32).unwrap();
-    let y = hadamard_transform(&Tensor::from_vec(xf16, (8, n), &Device::Cpu).unwrap(), scale).unwrap();
+    let y = hadamard_transform(
+        &Tensor::from_vec(xf16, (8, n), &Device::Cpu).unwrap(),
+        scale,
+    )
+    .unwrap();
     let got: Vec<f16> = y.flatten_all().unwrap().to_vec1().unwrap();
     let want: Vec<f16> = w.iter().map(|&a| f16::from_f32(a)).collect();
     assert_eq!(got, want);
     // bf16
     let mut w: Vec<f32> = xbf16.iter().map(|a| a.to_f32()).collect();
     fwht_rows_inplace(&mut w, n, scale as f32).unwrap();
-    let y = hadamard_transform(&Tensor::from_vec(xbf16, (8, n), &Device::Cpu).unwrap(), scale).unwrap();
+    let y = hadamard_transform(
+        &Tensor::from_vec(xbf16, (8, n), &Device::Cpu).unwrap(),
+        scale,
+    )
+    .unwrap();
     let got: Vec<bf16> = y.flatten_all().unwrap().to_vec1().unwrap();
     let want: Vec<bf16> = w.iter().map(|&a| bf16::from_f32(a)).collect();
     assert_eq!(got, want);
@@ -321,10 +326,18 @@ fn gradient_matches_finite_differences_and_the_transposed_transform() {
         let mut xm = x0.clone();
         xp[i] += eps;
         xm[i] -= eps;
-        let lp: f64 = loss(&tensor(&xp, &[rows, n], DType::F64), &w, scale).to_scalar().unwrap();
-        let lm: f64 = loss(&tensor(&xm, &[rows, n], DType::F64), &w, scale).to_scalar().unwrap();
+        let lp: f64 = loss(&tensor(&xp, &[rows, n], DType::F64), &w, scale)
+            .to_scalar()
+            .unwrap();
+        let lm: f64 = loss(&tensor(&xm, &[rows, n], DType::F64), &w, scale)
+            .to_scalar()
+            .unwrap();
         let fd = (lp - lm) / (2.0 * eps);
-        assert!((g[i] - fd).abs() < 1e-7, "d loss / d x[{i}]: {} vs finite difference {fd}", g[i]);
+        assert!(
+            (g[i] - fd).abs() < 1e-7,
+            "d loss / d x[{i}]: {} vs finite difference {fd}",
+            g[i]
+        );
     }
 
     // Linear loss Σ w ⊙ y: the gradient is exactly hadamard_transform(w, scale), every float dtype.
@@ -358,9 +371,21 @@ fn error_message(r: candle_core::Result<Tensor>) -> String {
 fn bad_inputs_are_errors() {
     let dev = Device::Cpu;
     // Not a power of two: the message names the size and its neighbouring powers of two.
-    for (n, below, above) in [(3usize, 2usize, 4usize), (6, 4, 8), (100, 64, 128), (1000, 512, 1024)] {
-        let x = Tensor::from_vec(random(2 * n, 1).iter().map(|&v| v as f32).collect::<Vec<_>>(), (2, n), &dev)
-            .unwrap();
+    for (n, below, above) in [
+        (3usize, 2usize, 4usize),
+        (6, 4, 8),
+        (100, 64, 128),
+        (1000, 512, 1024),
+    ] {
+        let x = Tensor::from_vec(
+            random(2 * n, 1)
+                .iter()
+                .map(|&v| v as f32)
+                .collect::<Vec<_>>(),
+            (2, n),
+            &dev,
+        )
+        .unwrap();
         let msg = error_message(hadamard_transform(&x, 1.0));
         for s in [n, below, above] {
             assert!(msg.contains(&s.to_string()), "{msg:?} should name {s}");
@@ -379,9 +404,15 @@ fn bad_inputs_are_errors() {
     }
     // Above 2^24: a broadcast view (no memory behind it) and a real 2^25-element f16 tensor (64 MiB).
     let big = 1usize << (MAX_LOG2 + 1);
-    let view = Tensor::new(&[0.5f32], &dev).unwrap().broadcast_as((1, big)).unwrap();
+    let view = Tensor::new(&[0.5f32], &dev)
+        .unwrap()
+        .broadcast_as((1, big))
+        .unwrap();
     let msg = error_message(hadamard_transform(&view, 1.0));
-    assert!(msg.contains(&big.to_string()) && msg.contains("2^24"), "{msg}");
+    assert!(
+        msg.contains(&big.to_string()) && msg.contains("2^24"),
+        "{msg}"
+    );
     let real = Tensor::ones(big, DType::F16, &dev).unwrap();
     assert!(hadamard_transform(&real, 1.0).is_err());
     assert!(check_len(1 << MAX_LOG2).is_ok());
@@ -425,7 +456,10 @@ fn slice_api_matches_reference() {
         let want = reference(&v, n, 0.5, &cols);
         for (r, chunk) in want.chunks(cols.len()).enumerate() {
             for (&j, &(w, a)) in cols.iter().zip(chunk) {
-                assert!((y[r * n + j] - w).abs() <= 1e-14 * a.max(1.0), "n {n} row {r} col {j}");
+                assert!(
+                    (y[r * n + j] - w).abs() <= 1e-14 * a.max(1.0),
+                    "n {n} row {r} col {j}"
+                );
             }
         }
         let mut one: Vec<f64> = v[..n].to_vec();
@@ -443,8 +477,18 @@ fn simd_kernels_agree_with_portable() {
     // Up to 2^22 to reach the two-level path of rows longer than 8 MiB.
     for k in 0..=22u32 {
         let n = 1usize << k;
-        let rows = if k <= 12 { 5 } else if k <= 16 { 2 } else { 1 };
-        let scale64 = if k % 2 == 0 { 1.0 } else { 1.0 / (n as f64).sqrt() };
+        let rows = if k <= 12 {
+            5
+        } else if k <= 16 {
+            2
+        } else {
+            1
+        };
+        let scale64 = if k % 2 == 0 {
+            1.0
+        } else {
+            1.0 / (n as f64).sqrt()
+        };
         let v = random(rows * n, 300 + k as u64);
         let x32: Vec<f32> = v.iter().map(|&a| a as f32).collect();
         let mut want32 = x32.clone();
@@ -463,9 +507,15 @@ fn simd_kernels_agree_with_portable() {
         }
         // And the portable kernel itself is right (spot check against the direct sums).
         let cols = columns(n, k as u64);
-        for (r, chunk) in reference(&v, n, scale64, &cols).chunks(cols.len()).enumerate() {
+        for (r, chunk) in reference(&v, n, scale64, &cols)
+            .chunks(cols.len())
+            .enumerate()
+        {
             for (&j, &(w, a)) in cols.iter().zip(chunk) {
-                assert!((want64[r * n + j] - w).abs() <= 1e-14 * a.max(1.0), "portable n 2^{k}");
+                assert!(
+                    (want64[r * n + j] - w).abs() <= 1e-14 * a.max(1.0),
+                    "portable n 2^{k}"
+                );
             }
         }
     }
@@ -484,6 +534,11 @@ fn large_batches_use_the_parallel_path_correctly() {
         assert_eq!(one, all[r * n..(r + 1) * n], "row {r}");
     }
     let x = Tensor::from_vec(v, (3, 100, n), &Device::Cpu).unwrap();
-    let y: Vec<f32> = hadamard_transform(&x, 0.0625).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let y: Vec<f32> = hadamard_transform(&x, 0.0625)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     assert_eq!(y, all);
 }

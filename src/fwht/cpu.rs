@@ -163,7 +163,7 @@ pub fn fwht_rows_inplace_with<T: FwhtFloat>(
     scale: T,
 ) -> Result<()> {
     check_len(n)?;
-    if data.len() % n != 0 {
+    if !data.len().is_multiple_of(n) {
         return Err(Error::RaggedRows { len: data.len(), n }.into());
     }
     let isa = Available::new(isa);

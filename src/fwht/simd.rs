@@ -396,6 +396,11 @@ unsafe fn transform<V: Vector>(x: &mut [V::E], scale: V::E, plan: Plan) {
         in_l2::<V>(p.add(start), c_log, plan, None);
         start += cols;
     }
+    if r_log <= plan.rmax {
+        // Few rows: the column stages are one radix pass over the whole row, in place.
+        passes::<V>(p, n >> V::LOG, cols >> V::LOG, r_log, plan.rmax, scale);
+        return;
+    }
     let lanes = 1usize << V::LOG;
     let width = (PANEL_BYTES / std::mem::size_of::<V::E>() / rows).clamp(lanes, cols);
     let mut panel: Vec<V::E> = vec![x[0]; rows * width];
@@ -405,7 +410,14 @@ unsafe fn transform<V: Vector>(x: &mut [V::E], scale: V::E, plan: Plan) {
         for r in 0..rows {
             std::ptr::copy_nonoverlapping(p.add(r * cols + j0), q.add(r * width), width);
         }
-        passes::<V>(q, (rows * width) >> V::LOG, width >> V::LOG, r_log, plan.rmax, scale);
+        passes::<V>(
+            q,
+            (rows * width) >> V::LOG,
+            width >> V::LOG,
+            r_log,
+            plan.rmax,
+            scale,
+        );
         for r in 0..rows {
             std::ptr::copy_nonoverlapping(q.add(r * width), p.add(r * cols + j0), width);
         }
@@ -417,25 +429,25 @@ const AVX2_F32: Plan = Plan {
     rmax: 3,
     l1_log: 12,
     l2_log: 16,
-    big_log: 21,
+    big_log: 18,
 };
 const AVX2_F64: Plan = Plan {
     rmax: 3,
     l1_log: 11,
     l2_log: 15,
-    big_log: 20,
+    big_log: 17,
 };
 const AVX512_F32: Plan = Plan {
     rmax: 4,
     l1_log: 12,
     l2_log: 16,
-    big_log: 21,
+    big_log: 18,
 };
 const AVX512_F64: Plan = Plan {
     rmax: 4,
     l1_log: 11,
     l2_log: 15,
-    big_log: 20,
+    big_log: 17,
 };
 
 /// AVX2 kernel for f32; `x.len()` is a power of two ≥ 8.
