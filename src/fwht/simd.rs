@@ -23,11 +23,13 @@ pub(super) trait Vector: Copy {
     /// log2 of the lane count.
     const LOG: u32;
     const ONE: Self::E;
+    const NEG_ONE: Self::E;
     unsafe fn load(p: *const Self::E) -> Self;
     unsafe fn store(self, p: *mut Self::E);
     unsafe fn add(self, o: Self) -> Self;
-    unsafe fn sub(self, o: Self) -> Self;
     unsafe fn mul(self, o: Self) -> Self;
+    /// `self · m + a`, rounded once.
+    unsafe fn fma(self, m: Self, a: Self) -> Self;
     unsafe fn splat(v: Self::E) -> Self;
     /// The `LOG` stages of strides `1, 2, …, 2^(LOG-1)` inside the register.
     unsafe fn inreg(self) -> Self;
@@ -49,6 +51,7 @@ impl Vector for F32x8 {
     type E = f32;
     const LOG: u32 = 3;
     const ONE: f32 = 1.0;
+    const NEG_ONE: f32 = -1.0;
     #[inline(always)]
     unsafe fn load(p: *const f32) -> Self {
         F32x8(_mm256_loadu_ps(p))
@@ -62,12 +65,12 @@ impl Vector for F32x8 {
         F32x8(_mm256_add_ps(self.0, o.0))
     }
     #[inline(always)]
-    unsafe fn sub(self, o: Self) -> Self {
-        F32x8(_mm256_sub_ps(self.0, o.0))
-    }
-    #[inline(always)]
     unsafe fn mul(self, o: Self) -> Self {
         F32x8(_mm256_mul_ps(self.0, o.0))
+    }
+    #[inline(always)]
+    unsafe fn fma(self, m: Self, a: Self) -> Self {
+        F32x8(_mm256_fmadd_ps(self.0, m.0, a.0))
     }
     #[inline(always)]
     unsafe fn splat(v: f32) -> Self {
@@ -90,6 +93,7 @@ impl Vector for F64x4 {
     type E = f64;
     const LOG: u32 = 2;
     const ONE: f64 = 1.0;
+    const NEG_ONE: f64 = -1.0;
     #[inline(always)]
     unsafe fn load(p: *const f64) -> Self {
         F64x4(_mm256_loadu_pd(p))
@@ -103,12 +107,12 @@ impl Vector for F64x4 {
         F64x4(_mm256_add_pd(self.0, o.0))
     }
     #[inline(always)]
-    unsafe fn sub(self, o: Self) -> Self {
-        F64x4(_mm256_sub_pd(self.0, o.0))
-    }
-    #[inline(always)]
     unsafe fn mul(self, o: Self) -> Self {
         F64x4(_mm256_mul_pd(self.0, o.0))
+    }
+    #[inline(always)]
+    unsafe fn fma(self, m: Self, a: Self) -> Self {
+        F64x4(_mm256_fmadd_pd(self.0, m.0, a.0))
     }
     #[inline(always)]
     unsafe fn splat(v: f64) -> Self {
@@ -129,6 +133,7 @@ impl Vector for F32x16 {
     type E = f32;
     const LOG: u32 = 4;
     const ONE: f32 = 1.0;
+    const NEG_ONE: f32 = -1.0;
     #[inline(always)]
     unsafe fn load(p: *const f32) -> Self {
         F32x16(_mm512_loadu_ps(p))
@@ -142,12 +147,12 @@ impl Vector for F32x16 {
         F32x16(_mm512_add_ps(self.0, o.0))
     }
     #[inline(always)]
-    unsafe fn sub(self, o: Self) -> Self {
-        F32x16(_mm512_sub_ps(self.0, o.0))
-    }
-    #[inline(always)]
     unsafe fn mul(self, o: Self) -> Self {
         F32x16(_mm512_mul_ps(self.0, o.0))
+    }
+    #[inline(always)]
+    unsafe fn fma(self, m: Self, a: Self) -> Self {
+        F32x16(_mm512_fmadd_ps(self.0, m.0, a.0))
     }
     #[inline(always)]
     unsafe fn splat(v: f32) -> Self {
@@ -180,6 +185,7 @@ impl Vector for F64x8 {
     type E = f64;
     const LOG: u32 = 3;
     const ONE: f64 = 1.0;
+    const NEG_ONE: f64 = -1.0;
     #[inline(always)]
     unsafe fn load(p: *const f64) -> Self {
         F64x8(_mm512_loadu_pd(p))
@@ -193,12 +199,12 @@ impl Vector for F64x8 {
         F64x8(_mm512_add_pd(self.0, o.0))
     }
     #[inline(always)]
-    unsafe fn sub(self, o: Self) -> Self {
-        F64x8(_mm512_sub_pd(self.0, o.0))
-    }
-    #[inline(always)]
     unsafe fn mul(self, o: Self) -> Self {
         F64x8(_mm512_mul_pd(self.0, o.0))
+    }
+    #[inline(always)]
+    unsafe fn fma(self, m: Self, a: Self) -> Self {
+        F64x8(_mm512_fmadd_pd(self.0, m.0, a.0))
     }
     #[inline(always)]
     unsafe fn splat(v: f64) -> Self {
@@ -218,8 +224,12 @@ impl Vector for F64x8 {
 }
 
 /// The `log2(N)` butterfly stages across `N` registers (strides 1, 2, …, N/2 in register units).
+///
+/// `a - b` is computed as the exact `fma(b, -1, a)`: on CPUs with separate add and FMA pipes (AMD Zen) the two
+/// halves of each butterfly then run side by side. `neg_one` must be opaque to the compiler, which would otherwise
+/// fold the FMA back into a subtraction.
 #[inline(always)]
-unsafe fn butterflies<V: Vector, const N: usize>(r: &mut [V; N]) {
+unsafe fn butterflies<V: Vector, const N: usize>(r: &mut [V; N], neg_one: V) {
     let mut s = 1;
     while s < N {
         let mut i = 0;
@@ -227,7 +237,7 @@ unsafe fn butterflies<V: Vector, const N: usize>(r: &mut [V; N]) {
             for j in i..i + s {
                 let (a, b) = (r[j], r[j + s]);
                 r[j] = a.add(b);
-                r[j + s] = a.sub(b);
+                r[j + s] = b.fma(neg_one, a);
             }
             i += 2 * s;
         }
@@ -245,6 +255,7 @@ unsafe fn pass<V: Vector, const N: usize, const FIRST: bool, const SCALE: bool>(
     scale: V,
 ) {
     let w = 1usize << V::LOG;
+    let neg_one = std::hint::black_box(V::splat(V::NEG_ONE));
     let mut block = 0;
     while block < nvec {
         for j in 0..h {
@@ -254,7 +265,7 @@ unsafe fn pass<V: Vector, const N: usize, const FIRST: bool, const SCALE: bool>(
                 let x = V::load(q.add(i * h * w));
                 *v = if FIRST { x.inreg() } else { x };
             }
-            butterflies(&mut r);
+            butterflies(&mut r, neg_one);
             for (i, v) in r.iter().enumerate() {
                 let y = if SCALE { v.mul(scale) } else { *v };
                 y.store(q.add(i * h * w));
@@ -307,6 +318,12 @@ unsafe fn passes<V: Vector>(
     if stages == 0 {
         return;
     }
+    // Vectors 4 KiB apart or more share an L1 set (8 ways): hold at most 8 of them at once.
+    let rmax = if (h << V::LOG) * std::mem::size_of::<V::E>() >= 4096 {
+        rmax.min(3)
+    } else {
+        rmax
+    };
     let count = stages.div_ceil(rmax);
     let (base, extra) = (stages / count, stages % count);
     for i in 0..count {
