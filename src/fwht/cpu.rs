@@ -6,7 +6,7 @@
 use super::check_len;
 use crate::error::Error;
 use candle_core::{backend::BackendStorage, CpuStorage, Layout, Result};
-use half::{bf16, f16, slice::HalfFloatSliceExt};
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 /// Instruction sets the CPU kernels can use. [`Isa::detect`] picks the best one this CPU has.
@@ -167,104 +167,135 @@ pub fn fwht_rows_inplace_with<T: FwhtFloat>(
         return Err(Error::RaggedRows { len: data.len(), n }.into());
     }
     let isa = Available::new(isa);
-    // Below ~16K elements the thread hand-off costs more than the work; above, each task gets ≥ 4K elements.
-    if parallel && data.len() > n && data.len() >= PARALLEL_MIN {
-        data.par_chunks_mut(n)
-            .with_min_len((TASK_MIN / n).max(1))
+    for_row_chunks(data, n, parallel, |_, chunk| {
+        chunk
+            .chunks_exact_mut(n)
             .for_each(|row| T::transform_row(isa, row, scale));
-    } else {
-        data.chunks_exact_mut(n)
-            .for_each(|row| T::transform_row(isa, row, scale));
-    }
+    });
     Ok(())
 }
 
 /// Fewest elements in a batch worth spreading over threads.
 const PARALLEL_MIN: usize = 1 << 14;
-/// Fewest elements per rayon task.
+/// Elements per rayon task (whole rows, at least one): small enough to stay in L1 between steps.
 const TASK_MIN: usize = 1 << 12;
+
+/// Calls `f(offset, chunk)` on consecutive chunks of whole rows of `dst` (about [`TASK_MIN`] elements each),
+/// spread over rayon's threads when the batch is large enough to pay for it.
+fn for_row_chunks<D: Send>(
+    dst: &mut [D],
+    n: usize,
+    parallel: bool,
+    f: impl Fn(usize, &mut [D]) + Sync,
+) {
+    let chunk = (TASK_MIN / n).max(1) * n;
+    if parallel && dst.len() > n && dst.len() >= PARALLEL_MIN {
+        dst.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, c)| f(i * chunk, c));
+    } else {
+        dst.chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, c)| f(i * chunk, c));
+    }
+}
 
 /// Copies the (possibly strided) input into a fresh contiguous buffer, converting on the way.
 fn gather<T: Copy, U>(src: &[T], layout: &Layout, f: impl Fn(T) -> U) -> Vec<U> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => src[start..end].iter().map(|&v| f(v)).collect(),
-        None => {
-            // Odometer over the dimensions in row-major order, the last one innermost.
-            let (dims, strides) = (layout.dims(), layout.stride());
-            let inner = *dims.last().unwrap_or(&1);
-            let inner_stride = *strides.last().unwrap_or(&1);
-            let mut out = Vec::with_capacity(layout.shape().elem_count());
-            let mut index = vec![0usize; dims.len().saturating_sub(1)];
-            let mut base = layout.start_offset();
-            loop {
-                out.extend((0..inner).map(|j| f(src[base + j * inner_stride])));
-                // Advance the outer index, carrying into earlier dimensions.
-                let mut d = index.len();
-                loop {
-                    if d == 0 {
-                        return out;
-                    }
-                    d -= 1;
-                    index[d] += 1;
-                    base += strides[d];
-                    if index[d] < dims[d] {
-                        break;
-                    }
-                    base -= strides[d] * dims[d];
-                    index[d] = 0;
-                }
+    // Odometer over the dimensions in row-major order, the last one innermost.
+    let (dims, strides) = (layout.dims(), layout.stride());
+    let inner = *dims.last().unwrap_or(&1);
+    let inner_stride = *strides.last().unwrap_or(&1);
+    let mut out = Vec::with_capacity(layout.shape().elem_count());
+    let mut index = vec![0usize; dims.len().saturating_sub(1)];
+    let mut base = layout.start_offset();
+    loop {
+        out.extend((0..inner).map(|j| f(src[base + j * inner_stride])));
+        // Advance the outer index, carrying into earlier dimensions.
+        let mut d = index.len();
+        loop {
+            if d == 0 {
+                return out;
             }
+            d -= 1;
+            index[d] += 1;
+            base += strides[d];
+            if index[d] < dims[d] {
+                break;
+            }
+            base -= strides[d] * dims[d];
+            index[d] = 0;
         }
     }
 }
 
-/// [`gather`] for f16/bf16 into f32, with half's vectorised conversion on the contiguous path.
-fn gather_half<H>(src: &[H], layout: &Layout, f: impl Fn(H) -> f32) -> Vec<f32>
-where
-    H: Copy + Default,
-    [H]: HalfFloatSliceExt,
-{
+/// f32/f64 forward: each chunk of rows is copied into the output and transformed while it is in L1 (a strided
+/// input is gathered once first).
+fn forward_float<T: FwhtFloat + Default>(src: &[T], layout: &Layout, n: usize, scale: T) -> Vec<T> {
+    let isa = Available::new(Isa::detect());
     match layout.contiguous_offsets() {
         Some((start, end)) => {
-            let mut out = vec![0f32; end - start];
-            src[start..end].convert_to_f32_slice(&mut out);
+            let src = &src[start..end];
+            let mut out = vec![T::default(); src.len()];
+            for_row_chunks(&mut out, n, true, |at, chunk| {
+                chunk.copy_from_slice(&src[at..at + chunk.len()]);
+                chunk
+                    .chunks_exact_mut(n)
+                    .for_each(|row| T::transform_row(isa, row, scale));
+            });
             out
         }
-        None => gather(src, layout, f),
+        None => {
+            let mut out = gather(src, layout, |x| x);
+            for_row_chunks(&mut out, n, true, |_, chunk| {
+                chunk
+                    .chunks_exact_mut(n)
+                    .for_each(|row| T::transform_row(isa, row, scale));
+            });
+            out
+        }
     }
+}
+
+/// f16/bf16 forward (a strided input is gathered once first): each chunk of rows is widened to f32 (half's vectorised conversion), transformed, and rounded
+/// once into the output.
+fn forward_half<H>(src: &[H], layout: &Layout, n: usize, scale: f32) -> Vec<H>
+where
+    H: Copy + Default + Send + Sync,
+    [H]: HalfFloatSliceExt,
+{
+    let isa = Available::new(Isa::detect());
+    let gathered;
+    let src = match layout.contiguous_offsets() {
+        Some((start, end)) => &src[start..end],
+        None => {
+            gathered = gather(src, layout, |x| x);
+            &gathered[..]
+        }
+    };
+    let mut out = vec![H::default(); src.len()];
+    for_row_chunks(&mut out, n, true, |at, chunk| {
+        let mut work = vec![0f32; chunk.len()];
+        src[at..at + chunk.len()].convert_to_f32_slice(&mut work);
+        work.chunks_exact_mut(n)
+            .for_each(|row| f32::transform_row(isa, row, scale));
+        chunk.convert_from_f32_slice(&work);
+    });
+    out
 }
 
 /// The candle op's CPU forward: `storage` viewed through `layout`, rows of the last dimension transformed.
 ///
-/// The input is read once into the output buffer (converted to f32 for the half types), which is then transformed
-/// in place (rounded back once for the half types).
+/// The input is read once, chunk by chunk of rows, into the output buffer (through an f32 chunk for the half types,
+/// rounded back once), where it is transformed while hot in L1.
 pub(super) fn forward(storage: &CpuStorage, layout: &Layout, scale: f64) -> Result<CpuStorage> {
     let n = layout.shape().dims().last().copied().unwrap_or(1);
+    check_len(n)?;
     Ok(match storage {
-        CpuStorage::F32(v) => {
-            let mut out = gather(v, layout, |x| x);
-            fwht_rows_inplace(&mut out, n, scale as f32)?;
-            CpuStorage::F32(out)
-        }
-        CpuStorage::F64(v) => {
-            let mut out = gather(v, layout, |x| x);
-            fwht_rows_inplace(&mut out, n, scale)?;
-            CpuStorage::F64(out)
-        }
-        CpuStorage::F16(v) => {
-            let mut out = gather_half(v, layout, f16::to_f32);
-            fwht_rows_inplace(&mut out, n, scale as f32)?;
-            let mut res = vec![f16::ZERO; out.len()];
-            res.convert_from_f32_slice(&out);
-            CpuStorage::F16(res)
-        }
-        CpuStorage::BF16(v) => {
-            let mut out = gather_half(v, layout, bf16::to_f32);
-            fwht_rows_inplace(&mut out, n, scale as f32)?;
-            let mut res = vec![bf16::ZERO; out.len()];
-            res.convert_from_f32_slice(&out);
-            CpuStorage::BF16(res)
-        }
+        CpuStorage::F32(v) => CpuStorage::F32(forward_float(v, layout, n, scale as f32)),
+        CpuStorage::F64(v) => CpuStorage::F64(forward_float(v, layout, n, scale)),
+        CpuStorage::F16(v) => CpuStorage::F16(forward_half(v, layout, n, scale as f32)),
+        CpuStorage::BF16(v) => CpuStorage::BF16(forward_half(v, layout, n, scale as f32)),
         other => return Err(Error::UnsupportedDType(other.dtype()).into()),
     })
 }
