@@ -85,5 +85,10 @@ fn slice(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, op, slice);
+criterion_group! {
+    name = benches;
+    // No plots: criterion's plotters backend needs system fonts, which headless machines often lack.
+    config = Criterion::default().without_plots();
+    targets = op, slice
+}
 criterion_main!(benches);
