@@ -141,7 +141,47 @@ fn one_thread_table<T: FwhtFloat + From<f32>>(
     println!();
 }
 
-fn batch_table(samples: usize, target: Duration) {
+/// CPU time (user + system) this process has used, from `/proc/self/stat` (Linux; `None` elsewhere).
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th of those.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10)) // USER_HZ = 100 on Linux
+}
+
+/// Wall-clock median (ns/element) and CPU time per element over all repetitions, for `f` run in `pool`.
+fn wall_and_cpu(
+    pool: &rayon::ThreadPool,
+    samples: usize,
+    elems: usize,
+    mut f: impl FnMut() + Send,
+) -> (f64, Option<f64>) {
+    pool.install(|| {
+        f();
+        let t = Instant::now();
+        f();
+        let reps = (0.02 / t.elapsed().as_secs_f64()).clamp(1.0, 1e6) as u32; // ~20 ms per sample
+        let cpu0 = cpu_time();
+        let mut walls: Vec<f64> = (0..samples)
+            .map(|_| {
+                let t = Instant::now();
+                for _ in 0..reps {
+                    f();
+                }
+                t.elapsed().as_secs_f64() / reps as f64
+            })
+            .collect();
+        let cpu = cpu_time().zip(cpu0).map(|(b, a)| {
+            (b - a).as_secs_f64() * 1e9 / (samples as f64 * reps as f64 * elems as f64)
+        });
+        walls.sort_by(f64::total_cmp);
+        (walls[samples / 2] * 1e9 / elems as f64, cpu)
+    })
+}
+
+fn batch_table(samples: usize) {
     let one = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
@@ -150,8 +190,8 @@ fn batch_table(samples: usize, target: Duration) {
         .num_threads(2)
         .build()
         .unwrap();
-    println!("| rows × n (f32) | 1 thread, ns/element | 2 threads, ns/element | speed-up |");
-    println!("|---|---:|---:|---:|");
+    println!("| rows × n (f32) | 1 thread, ns/element | 2 threads, ns/element | speed-up | CPU ns/element, 1 → 2 threads |");
+    println!("|---|---:|---:|---:|---:|");
     for (rows, log2) in [
         (64, 10),
         (256, 6),
@@ -163,19 +203,18 @@ fn batch_table(samples: usize, target: Duration) {
         let n = 1usize << log2;
         let mut x: Vec<f32> = random(rows * n, 11);
         let scale = 1.0 / (n as f32).sqrt();
-        let mut time = |pool: &rayon::ThreadPool| {
-            pool.install(|| {
-                median_time(samples, target, || {
-                    fwht_rows_inplace(black_box(&mut x), n, scale).unwrap();
-                })
-            })
-            .as_secs_f64()
-                * 1e9
-                / (rows * n) as f64
+        let (t1, c1) = wall_and_cpu(&one, samples, rows * n, || {
+            fwht_rows_inplace(black_box(&mut x), n, scale).unwrap()
+        });
+        let (t2, c2) = wall_and_cpu(&two, samples, rows * n, || {
+            fwht_rows_inplace(black_box(&mut x), n, scale).unwrap()
+        });
+        let cpu = match (c1, c2) {
+            (Some(a), Some(b)) => format!("{a:.3} → {b:.3}"),
+            _ => "—".into(),
         };
-        let (t1, t2) = (time(&one), time(&two));
         println!(
-            "| {rows} × 2^{log2} | {t1:.3} | {t2:.3} | {:.2}× |",
+            "| {rows} × 2^{log2} | {t1:.3} | {t2:.3} | {:.2}× | {cpu} |",
             t1 / t2
         );
     }
@@ -238,7 +277,7 @@ fn main() -> candle_core::Result<()> {
         None => {
             pool.install(|| one_thread_table::<f32>("f32", &args, samples, target));
             pool.install(|| one_thread_table::<f64>("f64", &args, samples, target));
-            batch_table(samples, target);
+            batch_table(samples.min(15));
             if !args.no_dense {
                 dense_table(samples)?;
             }
