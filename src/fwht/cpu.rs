@@ -8,51 +8,65 @@ use crate::error::Error;
 use candle_core::{backend::BackendStorage, CpuStorage, Layout, Result};
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Instruction sets the CPU kernels can use. [`Isa::detect`] picks the best one this CPU has.
 ///
 /// Every kernel performs the same additions in the same order, so they all give the same results bit for bit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Isa {
     /// Plain Rust, any target.
-    Portable,
+    Portable = 0,
     /// x86-64 AVX2 + FMA (256-bit registers).
-    Avx2,
+    Avx2 = 1,
     /// x86-64 AVX-512F (512-bit registers). Rows shorter than 128 f32 or 64 f64 elements run the AVX2 kernel,
     /// which is faster there on AMD Zen 4 (where 512-bit operations are split into two 256-bit halves).
-    Avx512,
+    Avx512 = 2,
 }
 
 impl Isa {
     /// Every instruction set, from the most portable to the widest.
     pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2, Isa::Avx512];
 
-    /// Whether this CPU can run kernels for `self`.
+    /// Whether this CPU can run kernels for `self` (detected once, then cached).
     pub fn is_available(self) -> bool {
         match self {
             Isa::Portable => true,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => {
-                std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-            }
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => {
-                std::is_x86_feature_detected!("avx512f")
-                    && std::is_x86_feature_detected!("avx2")
-                    && std::is_x86_feature_detected!("fma")
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => false,
+            Isa::Avx2 => Isa::detect() != Isa::Portable,
+            Isa::Avx512 => Isa::detect() == Isa::Avx512,
         }
     }
 
-    /// The widest instruction set this CPU supports.
+    /// The widest instruction set this CPU supports (detected once, then cached).
     pub fn detect() -> Isa {
-        Isa::ALL
-            .into_iter()
-            .rev()
-            .find(|isa| isa.is_available())
-            .unwrap_or(Isa::Portable)
+        static DETECTED: AtomicU8 = AtomicU8::new(u8::MAX);
+        match DETECTED.load(Ordering::Relaxed) {
+            0 => Isa::Portable,
+            1 => Isa::Avx2,
+            2 => Isa::Avx512,
+            _ => {
+                let isa = Isa::probe();
+                DETECTED.store(isa as u8, Ordering::Relaxed);
+                isa
+            }
+        }
+    }
+
+    /// Asks the CPU (the cached [`Isa::detect`] calls this once).
+    fn probe() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 =
+                std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+            if avx2 && std::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if avx2 {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
     }
 }
 
@@ -177,14 +191,13 @@ pub fn fwht_rows_inplace_with<T: FwhtFloat>(
     scale: T,
 ) -> Result<()> {
     check_len(n)?;
-    if !data.len().is_multiple_of(n) {
+    // n is a power of two: a mask, not a division (this runs on every call, however short the rows).
+    if data.len() & (n - 1) != 0 {
         return Err(Error::RaggedRows { len: data.len(), n }.into());
     }
     let isa = Available::new(isa);
     for_row_chunks(data, n, parallel, |_, chunk| {
-        chunk
-            .chunks_exact_mut(n)
-            .for_each(|row| T::transform_row(isa, row, scale));
+        for_each_row(chunk, n, |row| T::transform_row(isa, row, scale));
     });
     Ok(())
 }
@@ -202,15 +215,30 @@ fn for_row_chunks<D: Send>(
     parallel: bool,
     f: impl Fn(usize, &mut [D]) + Sync,
 ) {
-    let chunk = (TASK_MIN / n).max(1) * n;
-    if parallel && dst.len() > n && dst.len() >= PARALLEL_MIN {
+    // Powers of two: `max` instead of divisions, which cost more than a short row's transform.
+    let chunk = TASK_MIN.max(n);
+    if dst.len() <= chunk {
+        f(0, dst);
+    } else if parallel && dst.len() >= PARALLEL_MIN {
         dst.par_chunks_mut(chunk)
             .enumerate()
             .for_each(|(i, c)| f(i * chunk, c));
     } else {
-        dst.chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(i, c)| f(i * chunk, c));
+        let mut at = 0;
+        for c in dst.chunks_mut(chunk) {
+            f(at, c);
+            at += c.len();
+        }
+    }
+}
+
+/// Calls `f` on each row of length `n` of `rows` (a whole number of rows), without dividing by `n`.
+#[inline]
+fn for_each_row<T>(mut rows: &mut [T], n: usize, mut f: impl FnMut(&mut [T])) {
+    while rows.len() >= n && n > 0 {
+        let (row, rest) = std::mem::take(&mut rows).split_at_mut(n);
+        f(row);
+        rows = rest;
     }
 }
 
@@ -253,18 +281,14 @@ fn forward_float<T: FwhtFloat + Default>(src: &[T], layout: &Layout, n: usize, s
             let mut out = vec![T::default(); src.len()];
             for_row_chunks(&mut out, n, true, |at, chunk| {
                 chunk.copy_from_slice(&src[at..at + chunk.len()]);
-                chunk
-                    .chunks_exact_mut(n)
-                    .for_each(|row| T::transform_row(isa, row, scale));
+                for_each_row(chunk, n, |row| T::transform_row(isa, row, scale));
             });
             out
         }
         None => {
             let mut out = gather(src, layout, |x| x);
             for_row_chunks(&mut out, n, true, |_, chunk| {
-                chunk
-                    .chunks_exact_mut(n)
-                    .for_each(|row| T::transform_row(isa, row, scale));
+                for_each_row(chunk, n, |row| T::transform_row(isa, row, scale));
             });
             out
         }
@@ -291,8 +315,7 @@ where
     for_row_chunks(&mut out, n, true, |at, chunk| {
         let mut work = vec![0f32; chunk.len()];
         src[at..at + chunk.len()].convert_to_f32_slice(&mut work);
-        work.chunks_exact_mut(n)
-            .for_each(|row| f32::transform_row(isa, row, scale));
+        for_each_row(&mut work, n, |row| f32::transform_row(isa, row, scale));
         chunk.convert_from_f32_slice(&work);
     });
     out
