@@ -8,6 +8,7 @@
 //! ```text
 //! cargo run --release --example fwht_bench              # everything (about a minute)
 //! cargo run --release --example fwht_bench -- --quick   # fewer repetitions
+//! cargo run --release --example fwht_bench -- --min-log2 4 --max-log2 22   # the README's rows
 //! ```
 use candle_core::{Device, Tensor};
 use candle_structured::fwht::{fwht_rows_inplace, fwht_rows_inplace_with, FwhtFloat, Isa};
@@ -22,6 +23,9 @@ struct Args {
     /// Fewer and shorter repetitions.
     #[arg(long)]
     quick: bool,
+    /// Smallest log2(n) of the one-thread table.
+    #[arg(long, default_value_t = 1)]
+    min_log2: u32,
     /// Largest log2(n) of the one-thread table.
     #[arg(long, default_value_t = 22)]
     max_log2: u32,
@@ -119,7 +123,7 @@ fn one_thread_table<T: FwhtFloat + From<f32>>(
         print!("---:|");
     }
     println!("---:|---:|");
-    for log2 in 1..=args.max_log2 {
+    for log2 in args.min_log2..=args.max_log2 {
         let times: Vec<f64> = isas
             .iter()
             .map(|&isa| ns_per_element::<T>(isa, log2, samples, target))
