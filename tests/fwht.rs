@@ -474,7 +474,7 @@ fn slice_api_matches_reference() {
 fn simd_kernels_agree_with_portable() {
     let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.is_available()).collect();
     eprintln!("instruction sets tested: {isas:?}");
-    // Up to 2^22 to reach the two-level path of rows longer than 8 MiB.
+    // Up to 2^22: rows of several MiB, where every cache-blocking pass is used.
     for k in 0..=22u32 {
         let n = 1usize << k;
         let rows = if k <= 12 {

@@ -10,7 +10,8 @@
 //! 2. every later pass loads `2^r` vectors at a stride of `h` vectors and runs `r` more stages across registers
 //!    (radix-`2^r`), so a row of `2^k` elements costs about `(k - w) / r` sweeps over memory;
 //! 3. rows longer than an L1-sized block are first transformed block by block (each block stays in L1), then the
-//!    remaining stages run as radix-`2^r` passes over the whole row;
+//!    remaining stages run as radix-`2^r` passes over the whole row, at most 8 registers at once when the stride is
+//!    4 KiB or more (such vectors share one set of the 8-way L1; holding 16 of them was up to 3× slower);
 //! 4. the scale is multiplied into the values of the last pass before they are stored.
 //!
 //! Each stage performs the same additions, in the same order, as the portable kernel, so results agree bit for bit.
@@ -346,27 +347,36 @@ unsafe fn in_cache<V: Vector>(p: *mut V::E, k: u32, rmax: u32, scale: Option<V>)
     passes::<V>(p, nvec, 1 << first, cross - first, rmax, scale);
 }
 
-/// Tuning of one kernel: the widest radix (log2 of the registers held at once), the L1 block and the L2 block
-/// (log2 of elements).
+/// Tuning of one kernel: the widest radix (log2 of the registers held at once) and the L1 block (log2 of
+/// elements).
 #[derive(Clone, Copy)]
 struct Plan {
     rmax: u32,
     l1_log: u32,
-    l2_log: u32,
-    /// Rows above `2^big_log` elements (beyond L2) take the two-level path.
-    big_log: u32,
 }
 
-/// `2^k` elements at `p` (`V::LOG ≤ k`), for rows that fit in L2: every L1 block in turn, then the stages that
-/// span blocks as radix passes over the whole row.
+/// `x ← scale · x · H_n` in place, `n = x.len() = 2^k` with `k ≥ V::LOG`.
+///
+/// Rows longer than the L1 block are transformed block by block, then the stages that span blocks run as radix
+/// passes over the whole row (8 registers at once, the strides being 4 KiB or more). A two-level variant (rows of
+/// L2 size, then column panels copied into a contiguous buffer) was measured slower at every size up to 2^22 on the
+/// development machine (AMD Zen 4 VM), so it is not used.
 #[inline(always)]
-unsafe fn in_l2<V: Vector>(p: *mut V::E, k: u32, plan: Plan, scale: Option<V>) {
+unsafe fn transform<V: Vector>(x: &mut [V::E], scale: V::E, plan: Plan) {
+    let n = x.len();
+    debug_assert!(n.is_power_of_two() && n >= 1 << V::LOG);
+    let k = n.trailing_zeros();
+    let p = x.as_mut_ptr();
+    let scale = if scale == V::ONE {
+        None
+    } else {
+        Some(V::splat(scale))
+    };
     if k <= plan.l1_log {
         in_cache::<V>(p, k, plan.rmax, scale);
         return;
     }
     let block = 1usize << plan.l1_log;
-    let n = 1usize << k;
     let mut start = 0;
     while start < n {
         in_cache::<V>(p.add(start), plan.l1_log, plan.rmax, None);
@@ -382,89 +392,21 @@ unsafe fn in_l2<V: Vector>(p: *mut V::E, k: u32, plan: Plan, scale: Option<V>) {
     );
 }
 
-/// Size of the column panel copied into L1 for the stages of rows longer than L2.
-const PANEL_BYTES: usize = 256 << 10;
-
-/// `x ← scale · x · H_n` in place, `n = x.len() = 2^k` with `k ≥ V::LOG`.
-///
-/// Rows longer than L2 are seen as an `R × C` matrix with `C = 2^l2_log`: each row of `C` elements is transformed
-/// in L2, then the remaining `log2 R` stages (strides of whole rows) run on column panels copied into a contiguous
-/// L1-sized buffer, so the row is swept about twice however long it is (and power-of-two strides never thrash the
-/// cache sets).
-#[inline(always)]
-unsafe fn transform<V: Vector>(x: &mut [V::E], scale: V::E, plan: Plan) {
-    let n = x.len();
-    debug_assert!(n.is_power_of_two() && n >= 1 << V::LOG);
-    let k = n.trailing_zeros();
-    let p = x.as_mut_ptr();
-    let scale = if scale == V::ONE {
-        None
-    } else {
-        Some(V::splat(scale))
-    };
-    if k <= plan.big_log {
-        in_l2::<V>(p, k, plan, scale);
-        return;
-    }
-    let (c_log, r_log) = (plan.l2_log, k - plan.l2_log);
-    let (cols, rows) = (1usize << c_log, 1usize << r_log);
-    let mut start = 0;
-    while start < n {
-        in_l2::<V>(p.add(start), c_log, plan, None);
-        start += cols;
-    }
-    if r_log <= plan.rmax {
-        // Few rows: the column stages are one radix pass over the whole row, in place.
-        passes::<V>(p, n >> V::LOG, cols >> V::LOG, r_log, plan.rmax, scale);
-        return;
-    }
-    let lanes = 1usize << V::LOG;
-    let width = (PANEL_BYTES / std::mem::size_of::<V::E>() / rows).clamp(lanes, cols);
-    let mut panel: Vec<V::E> = vec![x[0]; rows * width];
-    let q = panel.as_mut_ptr();
-    let mut j0 = 0;
-    while j0 < cols {
-        for r in 0..rows {
-            std::ptr::copy_nonoverlapping(p.add(r * cols + j0), q.add(r * width), width);
-        }
-        passes::<V>(
-            q,
-            (rows * width) >> V::LOG,
-            width >> V::LOG,
-            r_log,
-            plan.rmax,
-            scale,
-        );
-        for r in 0..rows {
-            std::ptr::copy_nonoverlapping(q.add(r * width), p.add(r * cols + j0), width);
-        }
-        j0 += width;
-    }
-}
-
 const AVX2_F32: Plan = Plan {
     rmax: 3,
     l1_log: 12,
-    l2_log: 16,
-    big_log: 18,
 };
 const AVX2_F64: Plan = Plan {
     rmax: 3,
     l1_log: 11,
-    l2_log: 15,
-    big_log: 17,
 };
 const AVX512_F32: Plan = Plan {
     rmax: 4,
     l1_log: 12,
-    l2_log: 16,
-    big_log: 18,
 };
 const AVX512_F64: Plan = Plan {
     rmax: 4,
     l1_log: 11,
-    l2_log: 15,
-    big_log: 17,
 };
 
 /// AVX2 kernel for f32; `x.len()` is a power of two ≥ 8.
