@@ -271,35 +271,56 @@ fn gather<T: Copy, U>(src: &[T], layout: &Layout, f: impl Fn(T) -> U) -> Vec<U> 
     }
 }
 
+/// A copy of `src` in which every chunk of rows of [`for_row_chunks`] is handed to `finish` right after it is
+/// copied, while it is hot in L1. The output is never zeroed first: each element is written exactly once.
+fn from_chunks<D: Copy + Send + Sync>(
+    src: &[D],
+    n: usize,
+    finish: impl Fn(&mut [D]) + Sync,
+) -> Vec<D> {
+    let len = src.len();
+    let mut out: Vec<D> = Vec::with_capacity(len);
+    for_row_chunks(
+        &mut out.spare_capacity_mut()[..len],
+        n,
+        true,
+        |at, chunk| {
+            let part = &src[at..at + chunk.len()];
+            // SAFETY: `part` and `chunk` have the same length and do not overlap; after the copy every element of
+            // `chunk` is initialised, so viewing it as `&mut [D]` is sound.
+            let chunk = unsafe {
+                let dst = chunk.as_mut_ptr().cast::<D>();
+                std::ptr::copy_nonoverlapping(part.as_ptr(), dst, part.len());
+                std::slice::from_raw_parts_mut(dst, part.len())
+            };
+            finish(chunk);
+        },
+    );
+    // SAFETY: `for_row_chunks` visits the `len` spare elements exactly once, and each was initialised above.
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// f32/f64 forward: each chunk of rows is copied into the output and transformed while it is in L1 (a strided
-/// input is gathered once first).
-fn forward_float<T: FwhtFloat + Default>(src: &[T], layout: &Layout, n: usize, scale: T) -> Vec<T> {
+/// input is gathered once first, then transformed in place).
+fn forward_float<T: FwhtFloat>(src: &[T], layout: &Layout, n: usize, scale: T) -> Vec<T> {
     let isa = Available::new(Isa::detect());
+    let rows = |chunk: &mut [T]| for_each_row(chunk, n, |row| T::transform_row(isa, row, scale));
     match layout.contiguous_offsets() {
-        Some((start, end)) => {
-            let src = &src[start..end];
-            let mut out = vec![T::default(); src.len()];
-            for_row_chunks(&mut out, n, true, |at, chunk| {
-                chunk.copy_from_slice(&src[at..at + chunk.len()]);
-                for_each_row(chunk, n, |row| T::transform_row(isa, row, scale));
-            });
-            out
-        }
+        Some((start, end)) => from_chunks(&src[start..end], n, rows),
         None => {
             let mut out = gather(src, layout, |x| x);
-            for_row_chunks(&mut out, n, true, |_, chunk| {
-                for_each_row(chunk, n, |row| T::transform_row(isa, row, scale));
-            });
+            for_row_chunks(&mut out, n, true, |_, chunk| rows(chunk));
             out
         }
     }
 }
 
-/// f16/bf16 forward (a strided input is gathered once first): each chunk of rows is widened to f32 (half's vectorised conversion), transformed, and rounded
-/// once into the output.
+/// f16/bf16 forward (a strided input is gathered once first): each chunk of rows is copied into the output, widened
+/// to f32 (half's vectorised conversion), transformed, and rounded once back into place.
 fn forward_half<H>(src: &[H], layout: &Layout, n: usize, scale: f32) -> Vec<H>
 where
-    H: Copy + Default + Send + Sync,
+    H: Copy + Send + Sync,
     [H]: HalfFloatSliceExt,
 {
     let isa = Available::new(Isa::detect());
@@ -311,14 +332,12 @@ where
             &gathered[..]
         }
     };
-    let mut out = vec![H::default(); src.len()];
-    for_row_chunks(&mut out, n, true, |at, chunk| {
+    from_chunks(src, n, |chunk| {
         let mut work = vec![0f32; chunk.len()];
-        src[at..at + chunk.len()].convert_to_f32_slice(&mut work);
+        chunk.convert_to_f32_slice(&mut work);
         for_each_row(&mut work, n, |row| f32::transform_row(isa, row, scale));
         chunk.convert_from_f32_slice(&work);
-    });
-    out
+    })
 }
 
 /// The candle op's CPU forward: `storage` viewed through `layout`, rows of the last dimension transformed.
