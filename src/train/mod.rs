@@ -542,7 +542,8 @@ pub fn train(
             break;
         }
         let t0 = Instant::now();
-        let lr = schedule.lr(tokens);
+        // The rate for the tokens this step brings the total to (the first step of warmup is not wasted at 0).
+        let lr = schedule.lr(tokens + spec.tokens_per_step());
         let mut grads: Vec<Option<Tensor>> = vec![None; opt.params().len()];
         let mut loss_sum = 0f64;
         for _ in 0..accum {
