@@ -176,6 +176,62 @@ pub fn evaluate(
     })
 }
 
+/// Loss of `model` on a UTF-8 text it has never seen: the text is tokenized with `tokenizer` and cut into
+/// consecutive windows of `seq_len + 1` tokens (stride `seq_len`, so every token but the first is predicted once;
+/// a text shorter than one window is evaluated as one shorter window). Bits per byte count the UTF-8 bytes of the
+/// predicted tokens.
+pub fn evaluate_text(
+    model: &Gpt,
+    tokenizer: &tokenizers::Tokenizer,
+    text: &str,
+    seq_len: usize,
+    micro_batch: usize,
+    device: &Device,
+) -> Result<EvalResult> {
+    let enc = tokenizer
+        .encode(text, false)
+        .map_err(|e| Error::Data(format!("cannot tokenize the evaluation text: {e}")))?;
+    let ids = enc.get_ids();
+    if ids.len() < 2 {
+        return Err(Error::Data(format!(
+            "the evaluation text holds {} token(s); at least 2 are needed",
+            ids.len()
+        ))
+        .into());
+    }
+    let seq_len = seq_len.min(ids.len() - 1).min(model.config().context);
+    let token_bytes = crate::data::token_byte_lengths(tokenizer);
+    let starts: Vec<usize> = (0..)
+        .map(|k| k * seq_len)
+        .take_while(|s| s + seq_len < ids.len())
+        .collect();
+    let mut nats = 0f64;
+    let mut bytes = 0u64;
+    let mut count = 0usize;
+    for chunk in starts.chunks(micro_batch.max(1)) {
+        let mut buf = Vec::with_capacity(chunk.len() * (seq_len + 1));
+        for &s in chunk {
+            buf.extend_from_slice(&ids[s..s + seq_len + 1]);
+        }
+        let (x, y) = crate::data::windows_to_tensors(&buf, chunk.len(), seq_len, device)?;
+        let loss = model.loss(&x, &y, false)?.to_scalar::<f32>()? as f64;
+        let n = chunk.len() * seq_len;
+        nats += loss * n as f64;
+        count += n;
+        for w in buf.chunks_exact(seq_len + 1) {
+            bytes += w[1..]
+                .iter()
+                .map(|&t| token_bytes.get(t as usize).copied().unwrap_or(0) as u64)
+                .sum::<u64>();
+        }
+    }
+    Ok(EvalResult {
+        loss: nats / count as f64,
+        bits_per_byte: nats / (std::f64::consts::LN_2 * bytes.max(1) as f64),
+        tokens: count,
+    })
+}
+
 /// Rough activation memory of one forward/backward pass in bytes (f32), for choosing the micro-batch: per
 /// layer about `40·d + 5·heads·seq` floats per token are kept for the backward pass, plus `4·vocab` per token for
 /// the logits and their gradient.
