@@ -241,10 +241,15 @@ pub fn activation_bytes(cfg: &GptConfig, micro_batch: usize, seq_len: usize) -> 
     (micro_batch * seq_len * per_token * 4) as u64
 }
 
-/// Memory available for activations: `MemAvailable` on Linux CPUs, `None` elsewhere (no check).
+/// Memory available for activations: `MemAvailable` on Linux CPUs; on a GPU the environment variable
+/// `CANDLE_STRUCTURED_DEVICE_MEMORY_GIB`, or 80 GiB (an H100) when it is not set.
 fn available_memory(device: &Device) -> Option<u64> {
     if !device.is_cpu() {
-        return None;
+        let gib = std::env::var("CANDLE_STRUCTURED_DEVICE_MEMORY_GIB")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(80.0);
+        return Some((gib * (1u64 << 30) as f64) as u64);
     }
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
