@@ -92,8 +92,8 @@ impl BlockHadamardMlp {
             || !n_blocks.is_power_of_two()
             || d_model == 0
             || hidden == 0
-            || d_model % n_blocks != 0
-            || hidden % n_blocks != 0
+            || !d_model.is_multiple_of(n_blocks)
+            || !hidden.is_multiple_of(n_blocks)
         {
             return Err(Error::Config(format!(
                 "BlockHadamardMlp: n_blocks ({n_blocks}) must be a power of two dividing d_model ({d_model}) \
