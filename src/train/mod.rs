@@ -283,7 +283,7 @@ pub fn plan_micro_batch(
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     match micro_batch {
         Some(mb) => {
-            if mb == 0 || spec.batch_size % mb != 0 {
+            if mb == 0 || !spec.batch_size.is_multiple_of(mb) {
                 return Err(Error::Config(format!(
                     "the batch of {} sequences is not a multiple of the micro-batch of {mb}",
                     spec.batch_size
@@ -312,7 +312,9 @@ pub fn plan_micro_batch(
                 return Ok(spec.batch_size);
             };
             for mb in (1..=spec.batch_size).rev() {
-                if spec.batch_size % mb == 0 && activation_bytes(cfg, mb, spec.seq_len) <= budget {
+                if spec.batch_size.is_multiple_of(mb)
+                    && activation_bytes(cfg, mb, spec.seq_len) <= budget
+                {
                     return Ok(mb);
                 }
             }
@@ -655,7 +657,7 @@ pub fn train(
             "tokens_per_s": spec.tokens_per_step() as f64 / dt,
             "elapsed_s": elapsed_before + t_start.elapsed().as_secs_f64(),
         });
-        if opts.eval_every > 0 && step % opts.eval_every == 0 && step < total_steps {
+        if opts.eval_every > 0 && step.is_multiple_of(opts.eval_every) && step < total_steps {
             let r = evaluate(
                 model,
                 &corpus.valid,
@@ -679,7 +681,10 @@ pub fn train(
         }
         bar.set_message(msg);
         bar.set_position(step);
-        if opts.checkpoint_every > 0 && step % opts.checkpoint_every == 0 && step < total_steps {
+        if opts.checkpoint_every > 0
+            && step.is_multiple_of(opts.checkpoint_every)
+            && step < total_steps
+        {
             save(
                 step,
                 tokens,
