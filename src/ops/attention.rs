@@ -358,7 +358,8 @@ fn fwd_head_const<T: Real, const HD: usize>(
     }
 }
 
-/// Backward of one head with a compile-time head dim.
+/// Backward of one head with a compile-time head dim, [`QB`] query rows at a time: each key row's `dk_j`, `dv_j`
+/// is loaded and stored once per block of queries instead of once per query.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn bwd_head_const<T: Real, const HD: usize>(
@@ -373,102 +374,107 @@ fn bwd_head_const<T: Real, const HD: usize>(
     dk: &mut [T],
     dv: &mut [T],
 ) {
+    const QB: usize = 4;
     let [_, h, t, _] = io.vq.dims;
     let tp = t.div_ceil(16) * 16;
     let scale = T::c(1.0 / (HD as f64).sqrt());
     let kt = load_transposed(io.k, &io.vk, ib, ih, tp);
     let vt = load_transposed(io.v, &io.vv, ib, ih, tp);
-    let mut p = vec![T::ZERO; tp];
-    let mut da = vec![T::ZERO; tp];
+    // Per block row r: `ds[r]` = dS row (zero past the diagonal), `aw[r]` = dropped probabilities (the weights of
+    // dO in dV).
+    let mut ds = vec![T::ZERO; QB * tp];
+    let mut aw = vec![T::ZERO; QB * tp];
     let mut keep = vec![T::ZERO; tp];
     let drop = p_drop > 0.0;
     let threshold = (p_drop as f64 * 4_294_967_296.0).min(4_294_967_295.0) as u32;
     let kscale = T::c(1.0 / (1.0 - p_drop as f64));
     let head = (ib * h + ih) as u64;
-    for i in 0..t {
-        let n = i + 1;
-        let nb = n.div_ceil(16) * 16;
-        let qr: &[T; HD] = io.q[io.vq.row(ib, ih, i)..][..HD].try_into().unwrap();
-        let gr: &[T; HD] = g[vg.row(ib, ih, i)..][..HD].try_into().unwrap();
-        scores_blocked(qr, &kt, tp, scale, &mut p[..nb]);
-        let p = &mut p[..n];
-        softmax_row(p);
-        scores_blocked(gr, &vt, tp, T::ONE, &mut da[..nb]);
-        let da = &mut da[..n];
-        if drop {
-            let keep = &mut keep[..n];
-            dropout_row(
-                row_key(seed, head * t as u64 + i as u64),
-                threshold,
-                kscale,
-                keep,
-            );
-            for (x, &k) in da.iter_mut().zip(keep.iter()) {
-                *x *= k; // dP_j
-            }
-        }
-        let mut dsum = [T::ZERO; 16];
-        let mut pc = p.chunks_exact(16);
-        let mut dc = da.chunks_exact(16);
-        for (a, b) in (&mut pc).zip(&mut dc) {
-            for l in 0..16 {
-                dsum[l] += a[l] * b[l];
-            }
-        }
-        let mut dd = T::ZERO;
-        for (&a, &b) in pc.remainder().iter().zip(dc.remainder()) {
-            dd += a * b;
-        }
-        for x in dsum {
-            dd += x;
-        }
-        let mut q0 = [T::ZERO; HD];
-        let mut q1 = [T::ZERO; HD];
-        let mut j = 0;
-        while j < n {
-            // Two key rows per iteration, alternating the dq accumulators (independent FMA chains).
-            let j1 = (j + 1).min(n - 1);
-            let two = j + 1 < n;
-            let (p0, p1) = (p[j], p[j1]);
-            let ds0 = p0 * (da[j] - dd) * scale;
-            let ds1 = if two {
-                p1 * (da[j1] - dd) * scale
-            } else {
-                T::ZERO
-            };
-            let a0 = if drop { p0 * keep[j] } else { p0 };
-            let a1 = if !two {
-                T::ZERO
-            } else if drop {
-                p1 * keep[j1]
-            } else {
-                p1
-            };
-            let k0: &[T; HD] = io.k[io.vk.row(ib, ih, j)..][..HD].try_into().unwrap();
-            let k1: &[T; HD] = io.k[io.vk.row(ib, ih, j1)..][..HD].try_into().unwrap();
-            for d in 0..HD {
-                q0[d] = ds0.fma(k0[d], q0[d]);
-                q1[d] = ds1.fma(k1[d], q1[d]);
-            }
-            for (jj, ds, a) in [(j, ds0, a0), (j1, ds1, a1)] {
-                if jj == j1 && !two {
-                    break;
+    let mut i0 = 0;
+    while i0 < t {
+        let rows = QB.min(t - i0);
+        let nmax = i0 + rows;
+        let mut qb = [[T::ZERO; HD]; QB];
+        let mut gb = [[T::ZERO; HD]; QB];
+        for r in 0..rows {
+            let i = i0 + r;
+            let n = i + 1;
+            let nb = n.div_ceil(16) * 16;
+            qb[r].copy_from_slice(&io.q[io.vq.row(ib, ih, i)..][..HD]);
+            gb[r].copy_from_slice(&g[vg.row(ib, ih, i)..][..HD]);
+            let p = &mut aw[r * tp..(r + 1) * tp];
+            let d = &mut ds[r * tp..(r + 1) * tp];
+            scores_blocked(&qb[r], &kt, tp, scale, &mut p[..nb]);
+            softmax_row(&mut p[..n]);
+            scores_blocked(&gb[r], &vt, tp, T::ONE, &mut d[..nb]);
+            if drop {
+                let keep = &mut keep[..n];
+                dropout_row(
+                    row_key(seed, head * t as u64 + i as u64),
+                    threshold,
+                    kscale,
+                    keep,
+                );
+                for (x, &k) in d[..n].iter_mut().zip(keep.iter()) {
+                    *x *= k; // dP_j
                 }
-                let dkj: &mut [T; HD] = (&mut dk[jj * HD..(jj + 1) * HD]).try_into().unwrap();
+            }
+            // D = Σ p_j dP_j
+            let mut dsum = [T::ZERO; 16];
+            let mut pc = p[..n].chunks_exact(16);
+            let mut dc = d[..n].chunks_exact(16);
+            for (a, b) in (&mut pc).zip(&mut dc) {
+                for l in 0..16 {
+                    dsum[l] += a[l] * b[l];
+                }
+            }
+            let mut dd = T::ZERO;
+            for (&a, &b) in pc.remainder().iter().zip(dc.remainder()) {
+                dd += a * b;
+            }
+            for x in dsum {
+                dd += x;
+            }
+            for j in 0..n {
+                d[j] = p[j] * (d[j] - dd) * scale;
+            }
+            if drop {
+                for j in 0..n {
+                    p[j] *= keep[j];
+                }
+            }
+            for j in n..nmax {
+                d[j] = T::ZERO;
+                p[j] = T::ZERO;
+            }
+        }
+        let mut dqb = [[T::ZERO; HD]; QB];
+        for j in 0..nmax {
+            let kr: &[T; HD] = io.k[io.vk.row(ib, ih, j)..][..HD].try_into().unwrap();
+            let dkj: &mut [T; HD] = (&mut dk[j * HD..(j + 1) * HD]).try_into().unwrap();
+            let mut kacc = *dkj;
+            for r in 0..rows {
+                let s = ds[r * tp + j];
                 for d in 0..HD {
-                    dkj[d] = ds.fma(qr[d], dkj[d]);
-                }
-                let dvj: &mut [T; HD] = (&mut dv[jj * HD..(jj + 1) * HD]).try_into().unwrap();
-                for d in 0..HD {
-                    dvj[d] = a.fma(gr[d], dvj[d]);
+                    dqb[r][d] = s.fma(kr[d], dqb[r][d]);
+                    kacc[d] = s.fma(qb[r][d], kacc[d]);
                 }
             }
-            j += 2;
+            *dkj = kacc;
+            let dvj: &mut [T; HD] = (&mut dv[j * HD..(j + 1) * HD]).try_into().unwrap();
+            let mut vacc = *dvj;
+            for r in 0..rows {
+                let a = aw[r * tp + j];
+                for d in 0..HD {
+                    vacc[d] = a.fma(gb[r][d], vacc[d]);
+                }
+            }
+            *dvj = vacc;
         }
-        for d in 0..HD {
-            q0[d] += q1[d];
+        for r in 0..rows {
+            let i = i0 + r;
+            dq[i * HD..(i + 1) * HD].copy_from_slice(&dqb[r]);
         }
-        dq[i * HD..(i + 1) * HD].copy_from_slice(&q0);
+        i0 += rows;
     }
 }
 
