@@ -470,9 +470,9 @@ fn bwd_head_const<T: Real, const HD: usize>(
             }
             *dvj = vacc;
         }
-        for r in 0..rows {
+        for (r, row) in dqb.iter().take(rows).enumerate() {
             let i = i0 + r;
-            dq[i * HD..(i + 1) * HD].copy_from_slice(&dqb[r]);
+            dq[i * HD..(i + 1) * HD].copy_from_slice(row);
         }
         i0 += rows;
     }
