@@ -16,7 +16,13 @@ fn main() {
         return;
     }
     println!("cargo:rerun-if-changed=cuda/fwht.cu");
-    for var in ["NVCC", "CUDA_ROOT", "CUDA_HOME", "CUDA_PATH", "CUDA_COMPUTE_CAP"] {
+    for var in [
+        "NVCC",
+        "CUDA_ROOT",
+        "CUDA_HOME",
+        "CUDA_PATH",
+        "CUDA_COMPUTE_CAP",
+    ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
 
@@ -67,7 +73,11 @@ fn compute_cap() -> u32 {
     if let Ok(o) = smi {
         if o.status.success() {
             let text = String::from_utf8_lossy(&o.stdout);
-            if let Some(Ok(c)) = text.lines().next().map(|l| l.trim().replace('.', "").parse()) {
+            if let Some(Ok(c)) = text
+                .lines()
+                .next()
+                .map(|l| l.trim().replace('.', "").parse())
+            {
                 return c;
             }
         }

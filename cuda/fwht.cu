@@ -49,11 +49,12 @@ constexpr int cmin(int a, int b) { return a < b ? a : b; }
 
 // Launch geometry of the one-pass kernel for n = 2^LOG_N. MUST match `RowCfg` in src/fwht/cuda.rs (the kernel
 // traps when launched with another block size).
-template <int LOG_N, typename Acc> struct RowCfg {
+template <int LOG_N, typename Acc, int IN_BYTES> struct RowCfg {
     static constexpr int N = 1 << LOG_N;
     // e >= (m-5)/2 keeps the warp bits (m-e-5) within one register group. (n = 2^15: 1024 threads of 32 values,
     // capped at 64 registers, spill 60 bytes; 512 threads of 64 values spilled more.)
-    static constexpr int LOG_E = LOG_N <= 3 ? LOG_N : cmax(3, (LOG_N - 4) / 2);
+    // 2-byte inputs take at least 16 values (32 bytes in flight per thread) from n = 16 on.
+    static constexpr int LOG_E = LOG_N <= 3 ? LOG_N : cmax(IN_BYTES == 2 ? 4 : 3, (LOG_N - 4) / 2);
     static constexpr int E = 1 << LOG_E;
     static constexpr int LOG_T = LOG_N - LOG_E;  // threads per row
     static constexpr int T = 1 << LOG_T;
@@ -64,6 +65,9 @@ template <int LOG_N, typename Acc> struct RowCfg {
     static constexpr int W = 1 << LOG_W;
     static constexpr int CH = 16 / (int)sizeof(Acc);  // Acc values per 16-byte chunk
     static constexpr int LOG_CH = sizeof(Acc) == 4 ? 2 : 1;
+    // n = 2^14 (f32 arithmetic): ask for two 512-thread blocks per SM (<= 64 registers) so that one block loads
+    // while the other computes.
+    static constexpr int MIN_BLOCKS = (LOG_N == 14 && sizeof(Acc) == 4) ? 2 : 1;
 };
 
 // Butterflies on register-index bits [0, LOG_B) of v[0..E).
@@ -133,11 +137,13 @@ template <int LOG_CH, int SHIFT> __device__ __forceinline__ int swz(int idx) {
 // One-pass transform of `rows` (sub-)rows of length 2^LOG_N.
 // Sub-row q lives at in + (q >> sub_log) * in_stride + (q & (2^sub_log - 1)) * 2^LOG_N (same for out), so
 // sub_log = 0 is a plain batch of rows with a row stride, and sub_log > 0 cuts each row into 2^sub_log pieces.
-template <typename TIn, typename TOut, typename Acc, int LOG_N>
+// LOG_B < 0: transform all LOG_N bits. LOG_B in [0, LOG_E] with LOG_N = 3 ("packed" kernels): rows of 2^LOG_B
+// elements stored contiguously, handled 8 values (2^(3-LOG_B) rows) per thread.
+template <typename TIn, typename TOut, typename Acc, int LOG_N, int LOG_B = -1>
 __device__ __forceinline__ void fwht_rows_body(const TIn* in, TOut* out, long long rows, int sub_log,
                                                long long in_stride, long long out_stride, Acc scale, int vin,
                                                int vout) {
-    using C = RowCfg<LOG_N, Acc>;
+    using C = RowCfg<LOG_N, Acc, (int)sizeof(TIn)>;
     constexpr int E = C::E;
     if (blockDim.x != C::BLOCK) __trap();
     const int tid = threadIdx.x;
@@ -158,7 +164,8 @@ __device__ __forceinline__ void fwht_rows_body(const TIn* in, TOut* out, long lo
     }
 
     // bits [0, e): inside the thread
-    butterfly_regs<C::LOG_E, E, Acc>(v);
+    static_assert(LOG_B < 0 || (LOG_B <= C::LOG_E && C::LOG_T == 0), "packed rows fit in one thread");
+    butterfly_regs<(LOG_B < 0 ? C::LOG_E : LOG_B), E, Acc>(v);
 
     // bits [e, e + LOG_LANE): across lanes
 #pragma unroll
@@ -236,7 +243,8 @@ __device__ __forceinline__ void fwht_rows_body(const TIn* in, TOut* out, long lo
 // Column pass: for each row (blockIdx.x / tiles) and each tile of NC consecutive columns, transforms the
 // 2^A values at stride n_lo (a column of the n_hi x n_lo view of the row) and writes scale * result.
 template <int A> struct ColCfg {
-    static constexpr int NC = A >= 10 ? 16 : 32;  // columns per block
+    // columns per block: tiles of 2^13 values (2^14 at A = 10), so that small n_hi still moves long rows
+    static constexpr int NC = cmax(16, 1 << cmax(0, 13 - A));
     static constexpr int BLOCK = 256;
 };
 
@@ -257,7 +265,11 @@ __device__ __forceinline__ void fwht_cols_body(const Acc* in, TOut* out, long lo
     TOut* dst = out + row * out_stride + col0;
     const int tid = threadIdx.x;
 
-    for (int i = tid; i < H * NC; i += BLOCK) {
+    static_assert((H * NC) % BLOCK == 0, "whole tiles");
+    // unrolled so that 8 independent loads per thread are in flight
+#pragma unroll 8
+    for (int j = 0; j < H * NC / BLOCK; ++j) {
+        const int i = j * BLOCK + tid;
         const int r = i / NC, c = i % NC;
         tile[i] = src[(long long)r * n_lo + c];
     }
@@ -294,7 +306,9 @@ __device__ __forceinline__ void fwht_cols_body(const Acc* in, TOut* out, long lo
         }
         __syncthreads();
     }
-    for (int i = tid; i < H * NC; i += BLOCK) {
+#pragma unroll 8
+    for (int j = 0; j < H * NC / BLOCK; ++j) {
+        const int i = j * BLOCK + tid;
         const int r = i / NC, c = i % NC;
         __stcs(dst + (long long)r * n_lo + c, FromAcc<TOut, Acc>::f(tile[i] * scale));  // keep L2 for scratch
     }
@@ -303,11 +317,20 @@ __device__ __forceinline__ void fwht_cols_body(const Acc* in, TOut* out, long lo
 }  // namespace
 
 #define ROW_KERNEL(NAME, TIN, TOUT, ACC, LOG)                                                                     \
-    extern "C" __global__ void __launch_bounds__(RowCfg<LOG, ACC>::BLOCK)                                        \
+    extern "C" __global__ void __launch_bounds__(RowCfg<LOG, ACC, sizeof(TIN)>::BLOCK,                           \
+                                                 RowCfg<LOG, ACC, sizeof(TIN)>::MIN_BLOCKS)                      \
         NAME##_##LOG(const TIN* in, TOUT* out, long long rows, int sub_log, long long in_stride,                   \
                      long long out_stride, ACC scale, int vin, int vout) {                                         \
         fwht_rows_body<TIN, TOUT, ACC, LOG>(in, out, rows, sub_log, in_stride, out_stride, scale, vin, vout);     \
     }
+
+#define PACK_KERNEL(NAME, T, ACC, LB)                                                                            \
+    extern "C" __global__ void __launch_bounds__(RowCfg<3, ACC, sizeof(T)>::BLOCK)                               \
+        NAME##_##LB(const T* in, T* out, long long rows, int sub_log, long long in_stride, long long out_stride,  \
+                    ACC scale, int vin, int vout) {                                                                \
+        fwht_rows_body<T, T, ACC, 3, LB>(in, out, rows, sub_log, in_stride, out_stride, scale, vin, vout);        \
+    }
+#define PACKS(NAME, T, ACC) PACK_KERNEL(NAME, T, ACC, 0) PACK_KERNEL(NAME, T, ACC, 1) PACK_KERNEL(NAME, T, ACC, 2)
 
 #define COL_KERNEL(NAME, TOUT, ACC, A)                                                                            \
     extern "C" __global__ void __launch_bounds__(256)                                                             \
@@ -353,6 +376,12 @@ ROW_KERNEL(fwht_f16, __half, __half, float, 15)
 ROWS_0_14(fwht_bf16, __nv_bfloat16, __nv_bfloat16, float)
 ROW_KERNEL(fwht_bf16, __nv_bfloat16, __nv_bfloat16, float, 15)
 ROWS_0_14(fwht_f64, double, double, double)
+
+// n = 1, 2, 4 with contiguous rows: 8 values per thread: fwht_<dtype>_pack_<log2 n>
+PACKS(fwht_f32_pack, float, float)
+PACKS(fwht_f16_pack, __half, float)
+PACKS(fwht_bf16_pack, __nv_bfloat16, float)
+PACKS(fwht_f64_pack, double, double)
 
 // first pass of the multi-pass transform, T -> accumulator scratch: fwht_<dtype>_acc_<log2 n_lo>
 #define ACC_ROWS(NAME, TIN, ACC)                                                                                  \

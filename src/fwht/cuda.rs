@@ -19,15 +19,17 @@ use candle_core::cuda::{CudaDType, CudaDevice, CudaStorage};
 use candle_core::{DType, Layout, Result};
 use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{
-    CudaFunction, CudaSlice, CudaView, CudaViewMut, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaSlice, CudaView, CudaViewMut, DevicePtr, DeviceRepr, LaunchConfig,
+    PushKernelArg,
 };
 use half::{bf16, f16};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fwht.ptx"));
 const MODULE: &str = "candle_structured_fwht";
 
-/// Scratch per group of rows in the multi-pass transform, chosen to stay resident in L2 (50 MB on an H100).
-/// Tuning knob for measurements: the environment variable `CANDLE_STRUCTURED_FWHT_SCRATCH_MIB`.
+/// Scratch per group of rows in the multi-pass transform (f32, or f64 for f64).
+/// 128 MiB measured best on an H100 among 4…256 MiB (docs/gpu-notes.md): larger groups mean fewer, fuller
+/// launches. Tuning knob for measurements: the environment variable `CANDLE_STRUCTURED_FWHT_SCRATCH_MIB`.
 fn group_scratch_bytes() -> usize {
     static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *BYTES.get_or_init(|| {
@@ -35,7 +37,7 @@ fn group_scratch_bytes() -> usize {
             .ok()
             .and_then(|v| v.parse::<usize>().ok())
             .filter(|&m| m > 0)
-            .map_or(16 << 20, |m| m << 20)
+            .map_or(128 << 20, |m| m << 20)
     })
 }
 
@@ -71,11 +73,11 @@ struct RowCfg {
     smem: u32,
 }
 
-fn row_cfg(log_n: u32, acc_bytes: u32) -> RowCfg {
+fn row_cfg(log_n: u32, acc_bytes: u32, in_bytes: u32) -> RowCfg {
     let log_e = if log_n <= 3 {
         log_n
     } else {
-        3.max((log_n - 4) / 2)
+        (if in_bytes == 2 { 4 } else { 3 }).max((log_n - 4) / 2)
     };
     let log_t = log_n - log_e;
     let t = 1u32 << log_t;
@@ -110,7 +112,7 @@ fn split(log_n: u32, acc_bytes: u32) -> (u32, u32) {
 
 /// (columns per block, threads, shared bytes) of the column kernel; mirrors `ColCfg` in `cuda/fwht.cu`.
 fn col_cfg(log_hi: u32, acc_bytes: u32) -> (u32, u32, u32) {
-    let nc = if log_hi >= 10 { 16 } else { 32 };
+    let nc = 16u32.max(1 << 13u32.saturating_sub(log_hi));
     (nc, 256, (1u32 << log_hi) * nc * acc_bytes)
 }
 
@@ -188,7 +190,11 @@ fn launch_rows<I, O, A: DeviceRepr>(
     vec_in: bool,
     vec_out: bool,
 ) -> Result<()> {
-    let cfg = row_cfg(log_n, std::mem::size_of::<A>() as u32);
+    let cfg = row_cfg(
+        log_n,
+        std::mem::size_of::<A>() as u32,
+        std::mem::size_of::<I>() as u32,
+    );
     let func = load(dev, name, cfg.smem)?;
     let launch = LaunchConfig {
         grid_dim: (grid(rows.div_ceil(cfg.rows_per_block as usize))?, 1, 1),
@@ -260,8 +266,27 @@ fn run<T: Elem>(storage: &CudaStorage, layout: &Layout, scale: f64) -> Result<Cu
         ptr as usize
     };
     let stride_ok = rows == 1 || (in_stride * esz) % 16 == 0;
-    let vec_in = |first_row: usize| (base + (start + first_row * in_stride) * esz) % 16 == 0 && stride_ok;
+    let vec_in =
+        |first_row: usize| (base + (start + first_row * in_stride) * esz) % 16 == 0 && stride_ok;
 
+    // n = 1, 2, 4 over contiguous rows: 8 values (several rows) per thread.
+    if log_n < 3 && (rows == 1 || in_stride == n) && numel % 8 == 0 {
+        launch_rows::<T, T, T::Acc>(
+            &dev,
+            &format!("fwht_{}_pack_{log_n}", T::NAME),
+            3,
+            &src.slice(start..),
+            &mut out.slice_mut(..),
+            numel / 8,
+            0,
+            8,
+            8,
+            scale_acc,
+            (base + start * esz) % 16 == 0,
+            true,
+        )?;
+        return Ok(CudaStorage::wrap_cuda_slice(out, dev));
+    }
     if log_n <= one_pass_max(acc_bytes) {
         launch_rows(
             &dev,
@@ -336,7 +361,7 @@ mod tests {
     fn geometry_matches_the_kernel_rules() {
         // n = 2^15 f32: 1024 threads of 32 values, 128 KiB of shared memory.
         assert_eq!(
-            row_cfg(15, 4),
+            row_cfg(15, 4, 4),
             RowCfg {
                 rows_per_block: 1,
                 block: 1024,
@@ -345,7 +370,7 @@ mod tests {
         );
         // n = 2^10: 8 values per thread, 128 threads per row, 2 rows per block.
         assert_eq!(
-            row_cfg(10, 4),
+            row_cfg(10, 4, 4),
             RowCfg {
                 rows_per_block: 2,
                 block: 256,
@@ -353,11 +378,22 @@ mod tests {
             }
         );
         // n = 2^5: one warp-free row of 4 threads, no shared memory.
-        assert_eq!(row_cfg(5, 4).smem, 0);
+        assert_eq!(row_cfg(5, 4, 4).smem, 0);
+        // bf16, n = 2^10: 16 values per thread, 64 threads per row, 4 rows per block.
+        assert_eq!(
+            row_cfg(10, 4, 2),
+            RowCfg {
+                rows_per_block: 4,
+                block: 256,
+                smem: 4 * 1024 * 4
+            }
+        );
         for log_n in 0..=15 {
-            let c = row_cfg(log_n, 4);
-            assert!(c.block % 32 == 0 && c.block <= 1024, "{log_n}: {c:?}");
-            assert!(c.smem <= 227 << 10);
+            for in_bytes in [2, 4] {
+                let c = row_cfg(log_n, 4, in_bytes);
+                assert!(c.block % 32 == 0 && c.block <= 1024, "{log_n}: {c:?}");
+                assert!(c.smem <= 227 << 10);
+            }
         }
         for log_n in 16..=24 {
             for acc in [4, 8] {
@@ -374,11 +410,17 @@ mod tests {
         use candle_core::Shape;
         let l = Layout::contiguous(Shape::from((3, 4, 8)));
         assert_eq!(row_stride(&l), Some(8));
-        let l = Layout::contiguous(Shape::from((6, 16))).narrow(1, 4, 8).unwrap();
+        let l = Layout::contiguous(Shape::from((6, 16)))
+            .narrow(1, 4, 8)
+            .unwrap();
         assert_eq!(row_stride(&l), Some(16));
-        let l = Layout::contiguous(Shape::from((8, 4))).transpose(0, 1).unwrap();
+        let l = Layout::contiguous(Shape::from((8, 4)))
+            .transpose(0, 1)
+            .unwrap();
         assert_eq!(row_stride(&l), None);
-        let l = Layout::contiguous(Shape::from((2, 6, 8))).narrow(1, 1, 4).unwrap();
+        let l = Layout::contiguous(Shape::from((2, 6, 8)))
+            .narrow(1, 1, 4)
+            .unwrap();
         assert_eq!(row_stride(&l), None);
     }
 }
