@@ -88,7 +88,7 @@ impl CustomOp1 for Gather {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let m = self.perm.len();
         let count = layout.shape().elem_count();
-        if m == 0 || count % m != 0 {
+        if m == 0 || !count.is_multiple_of(m) {
             candle_core::bail!("permutation of length {m} applied to a tensor of {count} elements")
         }
         macro_rules! go {
