@@ -265,12 +265,13 @@ fn run<T: Elem>(storage: &CudaStorage, layout: &Layout, scale: f64) -> Result<Cu
         let (ptr, _sync) = src.device_ptr(&stream);
         ptr as usize
     };
-    let stride_ok = rows == 1 || (in_stride * esz) % 16 == 0;
-    let vec_in =
-        |first_row: usize| (base + (start + first_row * in_stride) * esz) % 16 == 0 && stride_ok;
+    let stride_ok = rows == 1 || (in_stride * esz).is_multiple_of(16);
+    let vec_in = |first_row: usize| {
+        (base + (start + first_row * in_stride) * esz).is_multiple_of(16) && stride_ok
+    };
 
     // n = 1, 2, 4 over contiguous rows: 8 values (several rows) per thread.
-    if log_n < 3 && (rows == 1 || in_stride == n) && numel % 8 == 0 {
+    if log_n < 3 && (rows == 1 || in_stride == n) && numel.is_multiple_of(8) {
         launch_rows::<T, T, T::Acc>(
             &dev,
             &format!("fwht_{}_pack_{log_n}", T::NAME),
@@ -282,7 +283,7 @@ fn run<T: Elem>(storage: &CudaStorage, layout: &Layout, scale: f64) -> Result<Cu
             8,
             8,
             scale_acc,
-            (base + start * esz) % 16 == 0,
+            (base + start * esz).is_multiple_of(16),
             true,
         )?;
         return Ok(CudaStorage::wrap_cuda_slice(out, dev));
@@ -391,7 +392,10 @@ mod tests {
         for log_n in 0..=15 {
             for in_bytes in [2, 4] {
                 let c = row_cfg(log_n, 4, in_bytes);
-                assert!(c.block % 32 == 0 && c.block <= 1024, "{log_n}: {c:?}");
+                assert!(
+                    c.block.is_multiple_of(32) && c.block <= 1024,
+                    "{log_n}: {c:?}"
+                );
                 assert!(c.smem <= 227 << 10);
             }
         }
