@@ -3,10 +3,11 @@
 
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
-use candle_structured::data::{Corpus, CorpusOptions};
+use candle_structured::data::{eval_windows, Corpus, CorpusOptions};
 use candle_structured::model::{gpt, GptConfig, TrainSpec};
 use candle_structured::train::{
-    load_checkpoint, named_vars, previous_path, train, TrainOptions, TrainReport,
+    evaluate, evaluate_text, load_checkpoint, named_vars, previous_path, train, TrainOptions,
+    TrainReport,
 };
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -302,5 +303,34 @@ fn bad_checkpoints_and_recipes_get_clear_errors() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("truncated or corrupt"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn evaluate_text_agrees_with_the_token_file_evaluation() {
+    let dir = tmp_dir("evaltext");
+    let c = corpus(&dir);
+    let (cfg, _) = tiny();
+    let vm = VarMap::new();
+    let model = gpt(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+    let tok = candle_structured::data::load_tokenizer(&c.tokenizer_path).unwrap();
+    let text = std::fs::read_to_string(dir.join("src").join("valid.txt")).unwrap();
+    let a = evaluate_text(&model, &tok, &text, 16, 8, &Device::Cpu).unwrap();
+    let windows = eval_windows(c.valid.len(), 16, usize::MAX);
+    let b = evaluate(
+        &model,
+        &c.valid,
+        &windows,
+        16,
+        8,
+        &c.token_bytes,
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(a.tokens, b.tokens);
+    assert!((a.loss - b.loss).abs() < 1e-9, "{a:?} vs {b:?}");
+    assert!((a.bits_per_byte - b.bits_per_byte).abs() < 1e-9);
+    // Untrained: about ln(vocab) nats per token.
+    assert!((a.loss - (300f64).ln()).abs() < 0.5, "{a:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -154,7 +154,7 @@ impl TokenFile {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         let width = if vocab_size > 1 << 16 { 4 } else { 2 };
         let bytes = file.metadata().map_err(|e| Error::io(path, e))?.len() as usize;
-        if bytes % width != 0 {
+        if !bytes.is_multiple_of(width) {
             return Err(Error::Data(format!(
                 "{} is {bytes} bytes, not a whole number of {width}-byte tokens (truncated?); delete it to \
                  tokenize again",

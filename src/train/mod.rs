@@ -176,6 +176,62 @@ pub fn evaluate(
     })
 }
 
+/// Loss of `model` on a UTF-8 text it has never seen: the text is tokenized with `tokenizer` and cut into
+/// consecutive windows of `seq_len + 1` tokens (stride `seq_len`, so every token but the first is predicted once;
+/// a text shorter than one window is evaluated as one shorter window). Bits per byte count the UTF-8 bytes of the
+/// predicted tokens.
+pub fn evaluate_text(
+    model: &Gpt,
+    tokenizer: &tokenizers::Tokenizer,
+    text: &str,
+    seq_len: usize,
+    micro_batch: usize,
+    device: &Device,
+) -> Result<EvalResult> {
+    let enc = tokenizer
+        .encode(text, false)
+        .map_err(|e| Error::Data(format!("cannot tokenize the evaluation text: {e}")))?;
+    let ids = enc.get_ids();
+    if ids.len() < 2 {
+        return Err(Error::Data(format!(
+            "the evaluation text holds {} token(s); at least 2 are needed",
+            ids.len()
+        ))
+        .into());
+    }
+    let seq_len = seq_len.min(ids.len() - 1).min(model.config().context);
+    let token_bytes = crate::data::token_byte_lengths(tokenizer);
+    let starts: Vec<usize> = (0..)
+        .map(|k| k * seq_len)
+        .take_while(|s| s + seq_len < ids.len())
+        .collect();
+    let mut nats = 0f64;
+    let mut bytes = 0u64;
+    let mut count = 0usize;
+    for chunk in starts.chunks(micro_batch.max(1)) {
+        let mut buf = Vec::with_capacity(chunk.len() * (seq_len + 1));
+        for &s in chunk {
+            buf.extend_from_slice(&ids[s..s + seq_len + 1]);
+        }
+        let (x, y) = crate::data::windows_to_tensors(&buf, chunk.len(), seq_len, device)?;
+        let loss = model.loss(&x, &y, false)?.to_scalar::<f32>()? as f64;
+        let n = chunk.len() * seq_len;
+        nats += loss * n as f64;
+        count += n;
+        for w in buf.chunks_exact(seq_len + 1) {
+            bytes += w[1..]
+                .iter()
+                .map(|&t| token_bytes.get(t as usize).copied().unwrap_or(0) as u64)
+                .sum::<u64>();
+        }
+    }
+    Ok(EvalResult {
+        loss: nats / count as f64,
+        bits_per_byte: nats / (std::f64::consts::LN_2 * bytes.max(1) as f64),
+        tokens: count,
+    })
+}
+
 /// Rough activation memory of one forward/backward pass in bytes (f32), for choosing the micro-batch: per
 /// layer about `40·d + 5·heads·seq` floats per token are kept for the backward pass, plus `4·vocab` per token for
 /// the logits and their gradient.
@@ -185,10 +241,15 @@ pub fn activation_bytes(cfg: &GptConfig, micro_batch: usize, seq_len: usize) -> 
     (micro_batch * seq_len * per_token * 4) as u64
 }
 
-/// Memory available for activations: `MemAvailable` on Linux CPUs, `None` elsewhere (no check).
+/// Memory available for activations: `MemAvailable` on Linux CPUs; on a GPU the environment variable
+/// `CANDLE_STRUCTURED_DEVICE_MEMORY_GIB`, or 80 GiB (an H100) when it is not set.
 fn available_memory(device: &Device) -> Option<u64> {
     if !device.is_cpu() {
-        return None;
+        let gib = std::env::var("CANDLE_STRUCTURED_DEVICE_MEMORY_GIB")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(80.0);
+        return Some((gib * (1u64 << 30) as f64) as u64);
     }
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
@@ -222,7 +283,7 @@ pub fn plan_micro_batch(
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     match micro_batch {
         Some(mb) => {
-            if mb == 0 || spec.batch_size % mb != 0 {
+            if mb == 0 || !spec.batch_size.is_multiple_of(mb) {
                 return Err(Error::Config(format!(
                     "the batch of {} sequences is not a multiple of the micro-batch of {mb}",
                     spec.batch_size
@@ -251,7 +312,9 @@ pub fn plan_micro_batch(
                 return Ok(spec.batch_size);
             };
             for mb in (1..=spec.batch_size).rev() {
-                if spec.batch_size % mb == 0 && activation_bytes(cfg, mb, spec.seq_len) <= budget {
+                if spec.batch_size.is_multiple_of(mb)
+                    && activation_bytes(cfg, mb, spec.seq_len) <= budget
+                {
                     return Ok(mb);
                 }
             }
@@ -594,7 +657,7 @@ pub fn train(
             "tokens_per_s": spec.tokens_per_step() as f64 / dt,
             "elapsed_s": elapsed_before + t_start.elapsed().as_secs_f64(),
         });
-        if opts.eval_every > 0 && step % opts.eval_every == 0 && step < total_steps {
+        if opts.eval_every > 0 && step.is_multiple_of(opts.eval_every) && step < total_steps {
             let r = evaluate(
                 model,
                 &corpus.valid,
@@ -618,7 +681,10 @@ pub fn train(
         }
         bar.set_message(msg);
         bar.set_position(step);
-        if opts.checkpoint_every > 0 && step % opts.checkpoint_every == 0 && step < total_steps {
+        if opts.checkpoint_every > 0
+            && step.is_multiple_of(opts.checkpoint_every)
+            && step < total_steps
+        {
             save(
                 step,
                 tokens,
