@@ -33,9 +33,36 @@ fn fused(ts: &[&Tensor]) -> bool {
     !forced_slow() && fused_ok(ts)
 }
 
-/// A fresh seed for the counter-based dropout masks of the fused ops.
+thread_local! {
+    /// `(base, counter)` of this thread's dropout seed stream; `None` until [`set_dropout_seed`] is called.
+    static DROPOUT_STREAM: std::cell::Cell<Option<(u64, u64)>> = const { std::cell::Cell::new(None) };
+}
+
+/// Makes the dropout masks of the fused ops on this thread a deterministic function of `seed` and the order of the
+/// dropout calls that follow. The training loop calls it with a seed derived from the run seed and the step number
+/// before each step, so that a resumed run draws the same masks as an uninterrupted one. Until it is called, each
+/// dropout call gets a fresh random seed.
+pub fn set_dropout_seed(seed: u64) {
+    DROPOUT_STREAM.with(|s| s.set(Some((seed, 0))));
+}
+
+/// The seed of the next dropout mask: from this thread's stream if one was set, else fresh.
 fn seed() -> u64 {
-    rand::random::<u64>()
+    DROPOUT_STREAM.with(|s| match s.get() {
+        Some((base, counter)) => {
+            s.set(Some((base, counter + 1)));
+            splitmix64(base ^ splitmix64(counter))
+        }
+        None => rand::random::<u64>(),
+    })
+}
+
+/// SplitMix64 finaliser: a bijective 64-bit mix.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Layer normalisation over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`.

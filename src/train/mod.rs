@@ -14,8 +14,9 @@
 //! * a checkpoint (weights, optimizer moments, step, data position, sampler state, configuration) is written
 //!   atomically every [`TrainOptions::checkpoint_every`] steps, at the end, and when the stop flag is raised
 //!   (Ctrl-C in the examples). [`TrainOptions::resume`] continues from it exactly: on the CPU a run interrupted and
-//!   resumed logs bit-for-bit the losses of one that was not, as long as dropout is 0 (candle's CPU dropout draws
-//!   from an unseedable thread-local generator).
+//!   resumed logs bit-for-bit the losses of one that was not, dropout included: the masks of the fused CPU dropout
+//!   are seeded from the run seed and the step ([`crate::ops::set_dropout_seed`]). (On CUDA and for half types,
+//!   dropout falls back to candle's, whose generator cannot be seeded, so resume there is exact only without it.)
 
 mod checkpoint;
 mod optim;
@@ -607,6 +608,8 @@ pub fn train(
         let t0 = Instant::now();
         // The rate for the tokens this step brings the total to (the first step of warmup is not wasted at 0).
         let lr = schedule.lr(tokens + spec.tokens_per_step());
+        // Dropout masks depend only on (seed, step): a resumed run draws the same ones.
+        crate::ops::set_dropout_seed(opts.seed ^ (step as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let mut grads: Vec<Option<Tensor>> = vec![None; opt.params().len()];
         let mut loss_sum = 0f64;
         for _ in 0..accum {
