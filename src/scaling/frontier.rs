@@ -89,6 +89,13 @@ pub fn interp_loglog(xy: &[(f64, f64)], x: f64) -> Option<f64> {
     let i = xy.partition_point(|p| p.0 < x);
     let (xa, ya) = xy[i - 1];
     let (xb, yb) = xy[i];
+    // On a data point up to rounding (log grids rarely hit 10.0 exactly): its own value.
+    if (x - xb).abs() <= 1e-12 * xb {
+        return Some(yb);
+    }
+    if (x - xa).abs() <= 1e-12 * xa {
+        return Some(ya);
+    }
     if xb <= xa {
         return Some(ya.min(yb));
     }

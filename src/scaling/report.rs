@@ -174,6 +174,7 @@ pub fn write_report(runs: &[Run], out_dir: impl AsRef<Path>, opts: &ReportOption
     } else {
         compute_law(&baselines, so).ok()
     };
+    #[allow(unused_mut)]
     let mut figures = Vec::new();
     let mut results = Vec::new();
     let mut md = String::new();
@@ -241,6 +242,7 @@ pub fn write_report(runs: &[Run], out_dir: impl AsRef<Path>, opts: &ReportOption
         } else {
             None
         };
+        #[allow(unused_mut)]
         let mut figure = None;
         #[cfg(feature = "plot")]
         if opts.figures {
