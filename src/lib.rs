@@ -25,3 +25,10 @@ pub mod train;
 
 pub use error::Error;
 pub use fwht::{hadamard_transform, hadamard_transform_ref};
+pub use layers::{
+    adaptive_fastfood, adaptive_fastfood_no_bias, block_hadamard_mlp, derive_seed,
+    frozen_random_mlp, projection, rotary_gpt_block, rotary_tables, seeded_linear,
+    AdaptiveFastFood, BlockConfig, BlockHadamardMlp, BlockKind, BlockMlp, FrozenRandomMlp,
+    LinearKind, Projection, RotaryGptBlock,
+};
+pub use params::{CountParams, ParamCount, ParamCounts};

@@ -1,1 +1,227 @@
-//! Corpus loading, tokenizer training and the memory-mapped token stream (filled in by the training work).
+//! Corpus loading, byte-level BPE tokenizer training and the memory-mapped token stream.
+//!
+//! The pipeline, each stage cached on disk and written atomically (temporary file, then rename):
+//!
+//! 1. [`prepare_text`]: a source (the embedded `data/fr-debian`, any UTF-8 text file, or a folder of them; `.gz`
+//!    files are decompressed) becomes three plain UTF-8 files `train.txt`, `valid.txt`, `test.txt` in a cache
+//!    folder whose name carries a fingerprint of the source (paths, sizes, modification times), so an edited source
+//!    is prepared again.
+//! 2. [`train_tokenizer`]: a byte-level BPE (GPT-2 style, huggingface `tokenizers`, pure Rust) trained on the
+//!    training split only, saved as `tokenizer.json`; or a ready `tokenizer.json` given by the user.
+//! 3. [`tokenize_to_file`]: each split encoded once into a flat little-endian `u16` file (`u32` when the vocabulary
+//!    exceeds 65,536), read back through a memory map by [`TokenFile`].
+//! 4. [`BatchSampler`]: training windows at pseudo-random offsets from a counter-based generator, so the whole
+//!    sampler state is `(seed, windows drawn)`: resuming a run is exact. [`eval_windows`] gives the fixed
+//!    validation / test subset.
+//!
+//! [`Corpus::prepare`] runs the whole pipeline.
+
+mod corpus;
+mod sampler;
+mod tokenize;
+
+pub use corpus::{prepare_text, source_fingerprint, TextSplits};
+pub use sampler::{eval_windows, splitmix64, windows_to_tensors, BatchSampler};
+pub use tokenize::{
+    load_tokenizer, token_byte_lengths, tokenize_to_file, train_tokenizer, TokenFile, EOT_TOKEN,
+};
+
+use crate::Error;
+use candle_core::Result;
+use std::path::{Path, PathBuf};
+
+/// The default corpus: the French Debian documentation shipped in the repository (`data/fr-debian`).
+pub fn default_corpus_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("data")
+        .join("fr-debian")
+}
+
+/// Options of [`Corpus::prepare`].
+#[derive(Debug, Clone)]
+pub struct CorpusOptions {
+    /// A UTF-8 text file, a folder of them, or a folder with `train`/`valid`/`test` files (`.txt` or `.txt.gz`).
+    pub source: PathBuf,
+    /// Where prepared text, tokenizers and token files are cached (one sub-folder per source).
+    pub cache_root: PathBuf,
+    /// Vocabulary size of the tokenizer to train (ignored when `tokenizer` is given).
+    pub vocab_size: usize,
+    /// A ready `tokenizer.json` to use instead of training one.
+    pub tokenizer: Option<PathBuf>,
+    /// The BPE merges are learned on at most this many bytes from the start of the training split (whole lines);
+    /// `None` uses all of it. The whole split is tokenized either way.
+    pub tokenizer_train_bytes: Option<usize>,
+    /// Print what is being prepared (decompression, tokenizer training, tokenization) to stderr.
+    pub verbose: bool,
+}
+
+impl CorpusOptions {
+    /// Options for `source` with a tokenizer of `vocab_size` tokens, cache under `runs/cache`.
+    pub fn new(source: impl Into<PathBuf>, vocab_size: usize) -> Self {
+        Self {
+            source: source.into(),
+            cache_root: PathBuf::from("runs").join("cache"),
+            vocab_size,
+            tokenizer: None,
+            tokenizer_train_bytes: None,
+            verbose: false,
+        }
+    }
+}
+
+/// A tokenized corpus: three memory-mapped token streams and the tokenizer that made them.
+#[derive(Debug)]
+pub struct Corpus {
+    /// Training split tokens.
+    pub train: TokenFile,
+    /// Validation split tokens.
+    pub valid: TokenFile,
+    /// Test split tokens.
+    pub test: TokenFile,
+    /// The `tokenizer.json` used.
+    pub tokenizer_path: PathBuf,
+    /// Size of the tokenizer's vocabulary, special tokens included.
+    pub vocab_size: usize,
+    /// Number of UTF-8 bytes each token id decodes to (0 for special tokens), for bits per byte.
+    pub token_bytes: Vec<u32>,
+    /// The cache folder of this source.
+    pub cache_dir: PathBuf,
+}
+
+impl Corpus {
+    /// Runs (or reuses from the cache) the whole pipeline described in the [module docs](self).
+    ///
+    /// Errors: a missing or empty source, non-UTF-8 text, an unreadable tokenizer, or a split too short to hold
+    /// a single token.
+    pub fn prepare(opts: &CorpusOptions) -> Result<Corpus> {
+        if opts.tokenizer.is_none() && opts.vocab_size < 257 {
+            return Err(Error::Config(format!(
+                "a byte-level BPE needs a vocabulary of at least 257 tokens (256 bytes + end of text), got {}",
+                opts.vocab_size
+            ))
+            .into());
+        }
+        let splits = prepare_text(&opts.source, &opts.cache_root, opts.verbose)?;
+        let cache_dir = splits.dir.clone();
+        let tokenizer_path = match &opts.tokenizer {
+            Some(path) => {
+                // Validate it now, with a clear error.
+                load_tokenizer(path)?;
+                path.clone()
+            }
+            None => {
+                let suffix = match opts.tokenizer_train_bytes {
+                    Some(b) => format!("-{b}b"),
+                    None => String::new(),
+                };
+                let path = cache_dir.join(format!("tokenizer-v{}{suffix}.json", opts.vocab_size));
+                if !path.exists() {
+                    if opts.verbose {
+                        eprintln!(
+                            "training a byte-level BPE tokenizer ({} tokens) on {} ...",
+                            opts.vocab_size,
+                            splits.train.display()
+                        );
+                    }
+                    let t0 = std::time::Instant::now();
+                    train_tokenizer(
+                        &splits.train,
+                        opts.vocab_size,
+                        opts.tokenizer_train_bytes,
+                        &path,
+                    )?;
+                    if opts.verbose {
+                        eprintln!("  done in {:.1} s -> {}", t0.elapsed().as_secs_f64(), path.display());
+                    }
+                }
+                path
+            }
+        };
+        let tokenizer = load_tokenizer(&tokenizer_path)?;
+        let vocab_size = tokenizer.get_vocab_size(true);
+        let token_bytes = token_byte_lengths(&tokenizer);
+        let tok_bytes = std::fs::read(&tokenizer_path).map_err(|e| Error::io(&tokenizer_path, e))?;
+        let tok_hash = fnv1a(&tok_bytes);
+        let tok_dir = cache_dir.join(format!("tokens-{tok_hash:016x}"));
+        let mut files = Vec::new();
+        for (name, text) in [
+            ("train", &splits.train),
+            ("valid", &splits.valid),
+            ("test", &splits.test),
+        ] {
+            let path = tok_dir.join(format!("{name}.bin"));
+            if !path.exists() {
+                if opts.verbose {
+                    eprintln!("tokenizing {} ...", text.display());
+                }
+                tokenize_to_file(&tokenizer, text, &path)?;
+            }
+            let file = TokenFile::open(&path, vocab_size)?;
+            if file.is_empty() {
+                return Err(Error::Data(format!(
+                    "the {name} split of {} holds no tokens",
+                    opts.source.display()
+                ))
+                .into());
+            }
+            files.push(file);
+        }
+        let test = files.pop().unwrap();
+        let valid = files.pop().unwrap();
+        let train = files.pop().unwrap();
+        Ok(Corpus {
+            train,
+            valid,
+            test,
+            tokenizer_path,
+            vocab_size,
+            token_bytes,
+            cache_dir,
+        })
+    }
+}
+
+/// 64-bit FNV-1a hash (fingerprints and checksums; not cryptographic).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    fnv1a_extend(0xcbf2_9ce4_8422_2325, bytes)
+}
+
+/// Continues an FNV-1a hash from `state`.
+pub fn fnv1a_extend(mut state: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        state ^= b as u64;
+        state = state.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    state
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file beside it, flushed to disk, then renamed over `path`.
+/// A crash or error leaves either the old file or the new one, never a partial file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+    }
+    let tmp = tmp_path(path);
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(&tmp, e).into());
+    }
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    Ok(())
+}
+
+/// `path` with `.tmp-<pid>` appended to its file name.
+pub(crate) fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp-{}", std::process::id()));
+    path.with_file_name(name)
+}

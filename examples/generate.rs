@@ -1,0 +1,108 @@
+//! Samples text from a checkpoint written by `train_small`.
+//!
+//! ```bash
+//! cargo run --release --example generate -- --run-dir runs/small-cpu --prompt "Le paquet" --temperature 0.8 --top-k 40
+//! ```
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+use candle_structured::data::load_tokenizer;
+use candle_structured::model::gpt;
+use candle_structured::train::{load_checkpoint, restore_weights, CHECKPOINT_FILE, TOKENIZER_FILE};
+use clap::Parser;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(about = "Sample text from a candle-structured checkpoint")]
+struct Args {
+    /// Run folder holding checkpoint.safetensors and tokenizer.json.
+    #[arg(long, default_value = "runs/small-cpu")]
+    run_dir: PathBuf,
+    /// A checkpoint file (default: <run-dir>/checkpoint.safetensors).
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// A tokenizer.json (default: the one beside the checkpoint).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Text to continue.
+    #[arg(long, default_value = "Le paquet")]
+    prompt: String,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = 200)]
+    max_tokens: usize,
+    /// Sampling temperature (0: greedy).
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f64,
+    /// Keep only the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Seed of the sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// cpu or cuda (cuda needs the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+fn device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => {
+            #[cfg(feature = "cuda")]
+            {
+                Ok(Device::new_cuda(0)?)
+            }
+            #[cfg(not(feature = "cuda"))]
+            {
+                bail!("this binary was built without CUDA; rebuild with `--features cuda`")
+            }
+        }
+        other => bail!("unknown device {other:?} (expected cpu or cuda)"),
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let device = device(&args.device)?;
+    let ckpt_path = args
+        .checkpoint
+        .clone()
+        .unwrap_or_else(|| args.run_dir.join(CHECKPOINT_FILE));
+    let ckpt = load_checkpoint(&ckpt_path, &device)?;
+    let cfg = ckpt.meta.config.clone();
+    let varmap = VarMap::new();
+    let model = gpt(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
+    restore_weights(&ckpt, &cfg, &varmap, &ckpt_path)?;
+    let tok_path = args.tokenizer.clone().unwrap_or_else(|| {
+        ckpt_path
+            .parent()
+            .map(|p| p.join(ckpt.meta.tokenizer.as_deref().unwrap_or(TOKENIZER_FILE)))
+            .unwrap_or_else(|| PathBuf::from(TOKENIZER_FILE))
+    });
+    let tokenizer = load_tokenizer(&tok_path)?;
+    let enc = tokenizer
+        .encode(args.prompt.as_str(), false)
+        .map_err(|e| anyhow::anyhow!("cannot tokenize the prompt: {e}"))?;
+    let prompt: Vec<u32> = enc.get_ids().to_vec();
+    if prompt.is_empty() {
+        bail!("the prompt is empty: give some text with --prompt");
+    }
+    eprintln!(
+        "{} (step {}, {} tokens seen), prompt of {} tokens",
+        ckpt_path.display(),
+        ckpt.meta.step,
+        ckpt.meta.tokens,
+        prompt.len()
+    );
+    let out = model.generate(&prompt, args.max_tokens, args.temperature, args.top_k, args.seed, &device)?;
+    let text = tokenizer
+        .decode(&out, true)
+        .map_err(|e| anyhow::anyhow!("cannot decode: {e}"))
+        .context("decoding the sample")?;
+    println!("{text}");
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! Learning-rate schedule and compute accounting.
+
+use crate::model::TrainSpec;
+
+/// Linear warmup then cosine decay to a floor, as a function of tokens seen (GPT-3 / the paper):
+///
+/// * `tokens < warmup`: `lr = peak · tokens / warmup`;
+/// * `warmup ≤ tokens < decay`: `lr = floor + (peak − floor) · ½ (1 + cos(π · (tokens − warmup) / (decay − warmup)))`;
+/// * `tokens ≥ decay`: `lr = floor`,
+///
+/// with `floor = min_lr_fraction · peak` (0.1 in the paper).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LrSchedule {
+    /// Peak learning rate.
+    pub peak: f64,
+    /// Floor as a fraction of the peak.
+    pub min_fraction: f64,
+    /// Warmup length in tokens.
+    pub warmup_tokens: u64,
+    /// Tokens at which the decay reaches the floor.
+    pub decay_tokens: u64,
+}
+
+impl LrSchedule {
+    /// The schedule of a training recipe.
+    pub fn from_spec(spec: &TrainSpec) -> Self {
+        Self {
+            peak: spec.lr,
+            min_fraction: spec.min_lr_fraction,
+            warmup_tokens: spec.warmup_tokens,
+            decay_tokens: spec.decay_tokens,
+        }
+    }
+
+    /// Learning rate after `tokens` training tokens.
+    pub fn lr(&self, tokens: u64) -> f64 {
+        let floor = self.min_fraction * self.peak;
+        if tokens < self.warmup_tokens {
+            return self.peak * tokens as f64 / self.warmup_tokens as f64;
+        }
+        if tokens >= self.decay_tokens {
+            return floor;
+        }
+        let progress =
+            (tokens - self.warmup_tokens) as f64 / (self.decay_tokens - self.warmup_tokens) as f64;
+        floor + (self.peak - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
+
+/// FLOPs in one PF-day: 10¹⁵ FLOP/s for 86,400 s.
+pub const PF_DAY: f64 = 1e15 * 86_400.0;
+
+/// Training compute `C = 6 · N · tokens` in FLOPs, with `N` the trainable non-embedding parameters (Kaplan et al.
+/// 2020). Frozen parameters are deliberately left out: callers record them separately so that a cost factor can be
+/// applied later.
+pub fn training_flops(n_trainable_non_embedding: usize, tokens: u64) -> f64 {
+    6.0 * n_trainable_non_embedding as f64 * tokens as f64
+}
+
+/// `flops` in PF-days.
+pub fn pf_days(flops: f64) -> f64 {
+    flops / PF_DAY
+}
