@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use plotters::coord::combinators::BindKeyPoints;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -135,6 +136,26 @@ fn fmt_tick(v: f64) -> String {
     }
 }
 
+/// Round tick values between `lo` and `hi` (about 5 to 10 of them): a log axis spanning less than a decade gets no
+/// ticks from plotters' own log scale.
+fn nice_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let span = hi - lo;
+    let raw = span / 7.0;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| span / s <= 9.0)
+        .unwrap_or(10.0 * mag);
+    let mut v = Vec::new();
+    let mut t = (lo / step).ceil() * step;
+    while t <= hi + 1e-12 * hi.abs() {
+        v.push(t);
+        t += step;
+    }
+    v
+}
+
 fn draw_loss_compute<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     fig: &LossComputeFigure,
@@ -160,7 +181,10 @@ fn draw_loss_compute<DB: DrawingBackend>(
         .margin(12)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
+        .build_cartesian_2d(
+            (x0..x1).log_scale(),
+            (y0..y1).log_scale().with_key_points(nice_ticks(y0, y1)),
+        )
         .map_err(plot_err)?;
     chart
         .configure_mesh()
