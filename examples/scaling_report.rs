@@ -61,7 +61,9 @@ fn demo_runs() -> Vec<Run> {
     let mut out = Vec::new();
     let mut state = 12345u64;
     let mut noise = move || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((state >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 0.01
     };
     for (i, (name, fam, n, frozen)) in [
@@ -102,7 +104,8 @@ fn main() -> Result<()> {
     } else if let Some(csv) = &args.csv {
         read_csv(csv).with_context(|| format!("reading {}", csv.display()))?
     } else {
-        read_runs_dir(&args.runs).with_context(|| format!("reading run folders under {}", args.runs.display()))?
+        read_runs_dir(&args.runs)
+            .with_context(|| format!("reading run folders under {}", args.runs.display()))?
     };
     if !args.only.is_empty() {
         runs.retain(|r| args.only.iter().any(|o| r.name.contains(o.as_str())));
@@ -121,7 +124,11 @@ fn main() -> Result<()> {
             r.n_trainable.map(|n| format!("{n}")).unwrap_or("?".into()),
             r.n_frozen,
             r.points.len(),
-            if r.skipped_lines > 0 { format!(" ({} log lines skipped)", r.skipped_lines) } else { String::new() }
+            if r.skipped_lines > 0 {
+                format!(" ({} log lines skipped)", r.skipped_lines)
+            } else {
+                String::new()
+            }
         );
     }
     let opts = ReportOptions {

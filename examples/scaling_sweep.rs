@@ -139,7 +139,9 @@ fn main() -> Result<()> {
         if let Some(lr) = lr {
             spec.lr = lr;
         }
-        if let Some(t) = tokens.or((batch_size.is_some() || seq_len.is_some()).then_some(p.train.max_tokens)) {
+        if let Some(t) =
+            tokens.or((batch_size.is_some() || seq_len.is_some()).then_some(p.train.max_tokens))
+        {
             spec = spec.with_budget(t);
         }
         let c = p.model.param_counts();
@@ -176,7 +178,9 @@ fn main() -> Result<()> {
                 eprintln!("\nsecond Ctrl-C: quitting without a checkpoint");
                 std::process::exit(130);
             }
-            eprintln!("\nCtrl-C: stopping after this step, writing a checkpoint (re-run to resume)");
+            eprintln!(
+                "\nCtrl-C: stopping after this step, writing a checkpoint (re-run to resume)"
+            );
         })?;
     }
 
@@ -211,7 +215,11 @@ fn main() -> Result<()> {
         opts.progress = true;
         opts.preset = Some(p.name.clone());
         let t = std::time::Instant::now();
-        eprintln!("\n== {} ({})", p.name, if opts.resume { "resuming" } else { "new" });
+        eprintln!(
+            "\n== {} ({})",
+            p.name,
+            if opts.resume { "resuming" } else { "new" }
+        );
         let report = train(&model, &varmap, corpus, spec, &opts, &stop)
             .with_context(|| format!("training {}", p.name))?;
         eprintln!(
@@ -220,7 +228,10 @@ fn main() -> Result<()> {
             report.steps,
             report.tokens,
             report.tokens_per_s,
-            report.valid.map(|v| format!("{:.4}", v.loss)).unwrap_or_else(|| "-".into()),
+            report
+                .valid
+                .map(|v| format!("{:.4}", v.loss))
+                .unwrap_or_else(|| "-".into()),
             t.elapsed().as_secs_f64()
         );
         if report.interrupted || stop.load(Ordering::SeqCst) {

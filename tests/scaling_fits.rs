@@ -3,7 +3,9 @@
 
 use candle_structured::scaling::bootstrap::BootstrapOptions;
 use candle_structured::scaling::cost::{flops_to_pf_days, CostModel, FrozenCost, PF_DAY};
-use candle_structured::scaling::fit::{fit_chinchilla, fit_offset_power_law, fit_power_law, LbfgsOptions, Method};
+use candle_structured::scaling::fit::{
+    fit_chinchilla, fit_offset_power_law, fit_power_law, LbfgsOptions, Method,
+};
 use candle_structured::scaling::frontier::{frontier, interp_loglog, log_grid, trim_runs};
 use candle_structured::scaling::predict::predict_largest;
 use candle_structured::scaling::runs::{Family, Run, RunPoint};
@@ -63,10 +65,25 @@ fn cost_models_by_hand() {
 #[test]
 fn frontier_of_hand_made_curves() {
     // Grid: 1, 10, 100, 1000 (4 points, log-spaced between 1 and 1000).
-    let a = Run::from_points("a", Family::Baseline, Some(1.0), [(1.0, 8.0), (10.0, 4.0), (100.0, 3.5)]);
-    let b = Run::from_points("b", Family::Baseline, Some(2.0), [(10.0, 6.0), (100.0, 2.0), (1000.0, 1.0)]);
+    let a = Run::from_points(
+        "a",
+        Family::Baseline,
+        Some(1.0),
+        [(1.0, 8.0), (10.0, 4.0), (100.0, 3.5)],
+    );
+    let b = Run::from_points(
+        "b",
+        Family::Baseline,
+        Some(2.0),
+        [(10.0, 6.0), (100.0, 2.0), (1000.0, 1.0)],
+    );
     // c only covers [30, 300]: interpolated at 100 between (30, 4) and (300, 1): log-linear at t = ln(100/30)/ln(10).
-    let c = Run::from_points("c", Family::Baseline, Some(3.0), [(30.0, 4.0), (300.0, 1.0)]);
+    let c = Run::from_points(
+        "c",
+        Family::Baseline,
+        Some(3.0),
+        [(30.0, 4.0), (300.0, 1.0)],
+    );
     let f = frontier(&[a, b, c], 4).unwrap();
     let g = log_grid(1.0, 1000.0, 4);
     assert!((g[1] - 10.0).abs() < 1e-12 && (g[2] - 100.0).abs() < 1e-9);
@@ -89,7 +106,12 @@ fn frontier_of_hand_made_curves() {
     assert_eq!(f.points.len(), 2);
     // Trimming keeps C >= fraction * C_final.
     let t = trim_runs(
-        &[Run::from_points("t", Family::Baseline, None, [(1.0, 3.0), (5.0, 2.0), (10.0, 1.0)])],
+        &[Run::from_points(
+            "t",
+            Family::Baseline,
+            None,
+            [(1.0, 3.0), (5.0, 2.0), (10.0, 1.0)],
+        )],
         0.5,
     );
     assert_eq!(t[0].points.len(), 2);
@@ -108,11 +130,17 @@ fn compute_law_runs(alpha: f64, log_cc: f64, seed: u64) -> Vec<Run> {
             let pts: Vec<(f64, f64)> = (0..12)
                 .map(|k| {
                     let c = 1e12 * 10f64.powf(i as f64 + k as f64 / 11.0 * 0.999);
-                    let l = (alpha * (log_cc - c.ln())).exp() * (off + pt_noise.sample(&mut rng)).exp();
+                    let l =
+                        (alpha * (log_cc - c.ln())).exp() * (off + pt_noise.sample(&mut rng)).exp();
                     (c, l)
                 })
                 .collect();
-            Run::from_points(format!("run{i}"), Family::Baseline, Some(1e5 * 3f64.powi(i)), pts)
+            Run::from_points(
+                format!("run{i}"),
+                Family::Baseline,
+                Some(1e5 * 3f64.powi(i)),
+                pts,
+            )
         })
         .collect()
 }
@@ -146,7 +174,9 @@ fn huber_resists_outliers_least_squares_does_not() {
     let x: Vec<f64> = log_grid(1e13, 1e19, 40);
     let mut y: Vec<f64> = x
         .iter()
-        .map(|c| (0.07 * (60.0 - c.ln())).exp() * Distribution::<f64>::sample(&noise, &mut rng).exp())
+        .map(|c| {
+            (0.07 * (60.0 - c.ln())).exp() * Distribution::<f64>::sample(&noise, &mut rng).exp()
+        })
         .collect();
     // Five gross outliers at the large-compute end (a diverged run, say), all high.
     for v in y.iter_mut().rev().take(5) {
@@ -177,7 +207,8 @@ fn offset_power_law_recovers_parameters_with_bootstrap() {
             let pts: Vec<(f64, f64)> = (0..8)
                 .map(|k| {
                     let c = 1e12 * 10f64.powf((i as f64 + k as f64 / 8.0) * 0.6);
-                    let l = (e + (alpha * (log_cc - c.ln())).exp()) * (off + pt_noise.sample(&mut rng)).exp();
+                    let l = (e + (alpha * (log_cc - c.ln())).exp())
+                        * (off + pt_noise.sample(&mut rng)).exp();
                     (c, l)
                 })
                 .collect();
@@ -208,7 +239,11 @@ fn offset_power_law_recovers_parameters_with_bootstrap() {
     assert!((b.estimate[0] - e).abs() < 0.05, "{:?}", b.estimate);
     assert!((b.estimate[1] - alpha).abs() < 0.03, "{:?}", b.estimate);
     for (i, t) in [e, alpha, log_cc].into_iter().enumerate() {
-        assert!(b.interval(i).contains(t), "param {i}: {:?} vs {t}", b.interval(i));
+        assert!(
+            b.interval(i).contains(t),
+            "param {i}: {:?} vs {t}",
+            b.interval(i)
+        );
     }
 }
 
@@ -220,10 +255,16 @@ fn params_runs(alpha_n: f64, log_nc: f64, seed: u64, count: usize) -> Vec<Run> {
     (0..count)
         .map(|i| {
             let n = 1e5 * 2f64.powi(i as i32);
-            let l_final = (alpha_n * (log_nc - n.ln())).exp() * Distribution::<f64>::sample(&noise, &mut rng).exp();
+            let l_final = (alpha_n * (log_nc - n.ln())).exp()
+                * Distribution::<f64>::sample(&noise, &mut rng).exp();
             // A curve ending at the final loss (the law only uses the last points).
             let pts: Vec<(f64, f64)> = (1..=4)
-                .map(|k| (6.0 * n * 1e6 * k as f64, l_final * (1.0 + 0.1 * (4 - k) as f64)))
+                .map(|k| {
+                    (
+                        6.0 * n * 1e6 * k as f64,
+                        l_final * (1.0 + 0.1 * (4 - k) as f64),
+                    )
+                })
                 .collect();
             Run::from_points(format!("n{i}"), Family::Baseline, Some(n), pts)
         })
@@ -239,8 +280,16 @@ fn params_law_recovers_and_predicts_held_out_runs() {
     };
     let runs = params_runs(alpha_n, log_nc, 22, 12);
     let law = params_law(&runs, &o).unwrap();
-    assert!(law.boot.interval(0).contains(alpha_n), "{:?}", law.boot.interval(0));
-    assert!(law.boot.interval(1).contains(log_nc), "{:?}", law.boot.interval(1));
+    assert!(
+        law.boot.interval(0).contains(alpha_n),
+        "{:?}",
+        law.boot.interval(0)
+    );
+    assert!(
+        law.boot.interval(1).contains(log_nc),
+        "{:?}",
+        law.boot.interval(1)
+    );
     assert!((law.law.alpha - alpha_n).abs() < 0.01);
     // Fit on the 10 smaller models, predict the 2 largest: the prediction interval holds what they reached.
     let preds = predict_largest(&runs, 2, &o).unwrap();
@@ -270,7 +319,8 @@ fn chinchilla_approach3_recovers_parameters() {
         for k in 0..8 {
             // Each model trained on 1e8 .. 1e11 tokens (intermediate points of the curve).
             let d = 1e8 * 10f64.powf(3.0 * k as f64 / 7.0) * (1.0 + 0.3 * (i % 3) as f64);
-            let l = (e + a * n.powf(-alpha) + b * d.powf(-beta)) * Distribution::<f64>::sample(&noise, &mut rng).exp();
+            let l = (e + a * n.powf(-alpha) + b * d.powf(-beta))
+                * Distribution::<f64>::sample(&noise, &mut rng).exp();
             r.points.push(RunPoint {
                 step: None,
                 tokens: Some(d),
@@ -294,7 +344,10 @@ fn chinchilla_approach3_recovers_parameters() {
     };
     let fit = fit_chinchilla(&nn, &dd, &ll, &LbfgsOptions::default()).unwrap();
     assert!((fit.e - e).abs() < 0.15, "{fit:?}");
-    assert!((fit.alpha - alpha).abs() < 0.1 && (fit.beta - beta).abs() < 0.1, "{fit:?}");
+    assert!(
+        (fit.alpha - alpha).abs() < 0.1 && (fit.beta - beta).abs() < 0.1,
+        "{fit:?}"
+    );
     // With a bootstrap over runs: truth inside each 95 % interval.
     let law = chinchilla_law(&runs, &opts(40), 8).unwrap();
     let truth = [e, a, b, alpha, beta];
@@ -333,5 +386,9 @@ fn comparison_detects_better_worse_and_equal_families() {
     let worse = compare_with_baselines(&shifted(1.05, Family::FastFood, 300), &base, &o);
     assert_eq!(worse.equal_compute_verdict, Verdict::Worse, "{worse:?}");
     let same = compare_with_baselines(&shifted(1.0, Family::BlockDiag, 400), &base, &o);
-    assert_eq!(same.equal_compute_verdict, Verdict::NoSignificantDifference, "{same:?}");
+    assert_eq!(
+        same.equal_compute_verdict,
+        Verdict::NoSignificantDifference,
+        "{same:?}"
+    );
 }

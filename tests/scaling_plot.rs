@@ -32,7 +32,11 @@ fn check_xml(s: &str) {
             .take_while(|c| !c.is_whitespace() && *c != '/')
             .collect();
         if tag.starts_with('/') {
-            assert_eq!(stack.pop().as_deref(), Some(name.as_str()), "mismatched </{name}>");
+            assert_eq!(
+                stack.pop().as_deref(),
+                Some(name.as_str()),
+                "mismatched </{name}>"
+            );
         } else if !tag.ends_with('/') {
             stack.push(name);
         }
@@ -76,7 +80,11 @@ fn loss_vs_compute_has_one_series_per_run() {
         for r in &rs {
             // The legend names each run once, with its trainable N.
             let label = candle_structured::scaling::runs::run_label(r);
-            assert_eq!(text.lines().filter(|l| l.trim() == label).count(), 1, "{label}");
+            assert_eq!(
+                text.lines().filter(|l| l.trim() == label).count(),
+                1,
+                "{label}"
+            );
         }
         // Run curves are the only 2-px polylines: one for the curve, one for its legend sample.
         let series = text
@@ -89,7 +97,12 @@ fn loss_vs_compute_has_one_series_per_run() {
     let (p5, text) = count(5);
     assert_eq!((p2, p5), (2 * 2, 2 * 5));
     assert!(text.contains("compute C (PF-days)"));
-    let (svg, png) = residuals("res", &[(1e15, 0.01), (1e16, -0.02), (1e17, 0.005)], dir.join("r")).unwrap();
+    let (svg, png) = residuals(
+        "res",
+        &[(1e15, 0.01), (1e16, -0.02), (1e17, 0.005)],
+        dir.join("r"),
+    )
+    .unwrap();
     check_xml(&std::fs::read_to_string(svg).unwrap());
     assert!(std::fs::metadata(png).unwrap().len() > 1000);
     // Nothing to draw is an error, not a panic.

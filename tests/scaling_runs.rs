@@ -29,9 +29,12 @@ fn jsonl_log_is_read_tolerantly() {
     assert_eq!(run.points[1].loss, 5.4);
     assert_eq!(run.points[1].tokens, Some(16384.0));
     assert_eq!(run.skipped_lines, 1); // the truncated last line
-    // Compute recomputed from tokens: 6·N + 4·frozen per token at cost 2/3, 6·N at cost 0.
+                                      // Compute recomputed from tokens: 6·N + 4·frozen per token at cost 2/3, 6·N at cost 0.
     let c = run.with_cost(&CostModel::new(FrozenCost::TwoThirds));
-    assert_eq!(c.points[1].compute, (6.0 * 600000.0 + 4.0 * 400000.0) * 16384.0);
+    assert_eq!(
+        c.points[1].compute,
+        (6.0 * 600000.0 + 4.0 * 400000.0) * 16384.0
+    );
     let c0 = run.with_cost(&CostModel::new(FrozenCost::Free));
     assert_eq!(c0.points[1].compute, 6.0 * 600000.0 * 16384.0);
     // Without validation lines the training loss is used, duplicated steps keep their last occurrence.
@@ -59,7 +62,10 @@ fn run_folders_and_csv() {
     let _ = std::fs::remove_dir_all(&root);
     for (name, cfg) in [
         ("fastfood-cpu", None),
-        ("base", Some(r#"{"model":{"family":"blockdiag"},"n_trainable":1000}"#)),
+        (
+            "base",
+            Some(r#"{"model":{"family":"blockdiag"},"n_trainable":1000}"#),
+        ),
     ] {
         let d = root.join(name);
         std::fs::create_dir_all(&d).unwrap();
@@ -92,7 +98,11 @@ fn run_folders_and_csv() {
     assert_eq!(back[1].points[1].compute, runs[1].points[1].compute);
     assert_eq!(back[0].family, Family::BlockDiag);
     let p = root.join("c.csv");
-    std::fs::write(&p, "# comment\nrun,compute,loss\na,1e15,3.2\na,2e15,3.0\nb,1e15,3.5\n").unwrap();
+    std::fs::write(
+        &p,
+        "# comment\nrun,compute,loss\na,1e15,3.2\na,2e15,3.0\nb,1e15,3.5\n",
+    )
+    .unwrap();
     let rs = read_csv(&p).unwrap();
     assert_eq!(rs.len(), 2);
     assert_eq!(rs[0].n_trainable, None);

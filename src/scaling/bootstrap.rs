@@ -108,7 +108,12 @@ impl Bootstrap {
 
     /// Percentile interval of any scalar function of the parameters (e.g. a prediction at one point).
     pub fn interval_of(&self, f: impl Fn(&[f64]) -> f64) -> Interval {
-        let mut v: Vec<f64> = self.samples.iter().map(|p| f(p)).filter(|x| x.is_finite()).collect();
+        let mut v: Vec<f64> = self
+            .samples
+            .iter()
+            .map(|p| f(p))
+            .filter(|x| x.is_finite())
+            .collect();
         v.sort_by(f64::total_cmp);
         let a = (1.0 - self.level) / 2.0;
         Interval {
@@ -126,7 +131,9 @@ pub fn resample_runs(runs: &[Run], rng: &mut impl Rng) -> Vec<Run> {
     fams.dedup();
     let mut out = Vec::with_capacity(runs.len());
     for fam in fams {
-        let idx: Vec<usize> = (0..runs.len()).filter(|&i| &runs[i].family == fam).collect();
+        let idx: Vec<usize> = (0..runs.len())
+            .filter(|&i| &runs[i].family == fam)
+            .collect();
         for _ in 0..idx.len() {
             out.push(runs[idx[rng.random_range(0..idx.len())]].clone());
         }
@@ -136,7 +143,11 @@ pub fn resample_runs(runs: &[Run], rng: &mut impl Rng) -> Vec<Run> {
 
 /// Fit `fit` on all runs, then on `opts.resamples` resamples of the runs (see the [module docs](self)).
 /// Errors if the full fit fails, or if more than half of the resamples fail.
-pub fn bootstrap_runs<F>(runs: &[Run], opts: &BootstrapOptions, fit: F) -> candle_core::Result<Bootstrap>
+pub fn bootstrap_runs<F>(
+    runs: &[Run],
+    opts: &BootstrapOptions,
+    fit: F,
+) -> candle_core::Result<Bootstrap>
 where
     F: Fn(&[Run]) -> candle_core::Result<Vec<f64>> + Sync,
 {
@@ -147,9 +158,12 @@ where
     let results: Vec<Option<Vec<f64>>> = (0..opts.resamples)
         .into_par_iter()
         .map(|i| {
-            let mut rng = StdRng::seed_from_u64(opts.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut rng =
+                StdRng::seed_from_u64(opts.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let sample = resample_runs(runs, &mut rng);
-            fit(&sample).ok().filter(|p| p.iter().all(|v| v.is_finite()))
+            fit(&sample)
+                .ok()
+                .filter(|p| p.iter().all(|v| v.is_finite()))
         })
         .collect();
     let failed = results.iter().filter(|r| r.is_none()).count();

@@ -102,7 +102,13 @@ impl CostModel {
     }
 
     /// Training FLOPs for `steps` steps of `batch_tokens` tokens each (`C = 6·N·B·S` plus the frozen term).
-    pub fn flops_steps(&self, n_trainable: f64, n_frozen: f64, batch_tokens: f64, steps: f64) -> f64 {
+    pub fn flops_steps(
+        &self,
+        n_trainable: f64,
+        n_frozen: f64,
+        batch_tokens: f64,
+        steps: f64,
+    ) -> f64 {
         self.flops(n_trainable, n_frozen, batch_tokens * steps)
     }
 

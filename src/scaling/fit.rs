@@ -63,12 +63,19 @@ impl Method {
 
 fn check_xy(what: &str, x: &[f64], y: &[f64], min: usize) -> candle_core::Result<()> {
     if x.len() != y.len() {
-        return Err(Error::Fit(format!("{what}: {} x values but {} y values", x.len(), y.len())).into());
+        return Err(Error::Fit(format!(
+            "{what}: {} x values but {} y values",
+            x.len(),
+            y.len()
+        ))
+        .into());
     }
     if x.len() < min {
         return Err(Error::Fit(format!("{what}: {} points, need at least {min}", x.len())).into());
     }
-    if let Some(i) = (0..x.len()).find(|&i| !(x[i] > 0.0 && x[i].is_finite() && y[i] > 0.0 && y[i].is_finite())) {
+    if let Some(i) =
+        (0..x.len()).find(|&i| !(x[i] > 0.0 && x[i].is_finite() && y[i] > 0.0 && y[i].is_finite()))
+    {
         return Err(Error::Fit(format!(
             "{what}: point {i} = ({}, {}) is not positive and finite (log-log fit)",
             x[i], y[i]
@@ -115,7 +122,12 @@ fn wls(x: &[f64], y: &[f64], w: &[f64]) -> Option<(f64, f64)> {
     let mx = x.iter().zip(w).map(|(x, w)| x * w).sum::<f64>() / sw;
     let my = y.iter().zip(w).map(|(y, w)| y * w).sum::<f64>() / sw;
     let sxx: f64 = x.iter().zip(w).map(|(x, w)| w * (x - mx) * (x - mx)).sum();
-    let sxy: f64 = x.iter().zip(y).zip(w).map(|((x, y), w)| w * (x - mx) * (y - my)).sum();
+    let sxy: f64 = x
+        .iter()
+        .zip(y)
+        .zip(w)
+        .map(|((x, y), w)| w * (x - mx) * (y - my))
+        .sum();
     if !(sxx > 0.0) {
         return None;
     }
@@ -145,7 +157,9 @@ pub fn fit_power_law(x: &[f64], y: &[f64], method: Method) -> candle_core::Resul
     let (mut a, mut b) = wls(&lx, &ly, &w).ok_or_else(degenerate)?;
     if let Method::Huber { delta } = method {
         if !(delta > 0.0) {
-            return Err(Error::Fit(format!("power law: Huber delta = {delta}, must be > 0")).into());
+            return Err(
+                Error::Fit(format!("power law: Huber delta = {delta}, must be > 0")).into(),
+            );
         }
         for _ in 0..200 {
             for i in 0..x.len() {
@@ -153,7 +167,8 @@ pub fn fit_power_law(x: &[f64], y: &[f64], method: Method) -> candle_core::Resul
                 w[i] = if r <= delta { 1.0 } else { delta / r };
             }
             let (na, nb) = wls(&lx, &ly, &w).ok_or_else(degenerate)?;
-            let done = (na - a).abs() < 1e-13 * (1.0 + a.abs()) && (nb - b).abs() < 1e-13 * (1.0 + b.abs());
+            let done = (na - a).abs() < 1e-13 * (1.0 + a.abs())
+                && (nb - b).abs() < 1e-13 * (1.0 + b.abs());
             a = na;
             b = nb;
             if done {
@@ -248,7 +263,12 @@ impl Gradient for LseProblem<'_> {
 
 /// Minimise from each start with L-BFGS; return the best `(θ, cost)`. Starts are first ranked by their cost and only
 /// the `keep` best are optimised.
-fn multistart(problem: &LseProblem<'_>, starts: Vec<Vec<f64>>, keep: usize, max_iters: u64) -> Option<(Vec<f64>, f64)> {
+fn multistart(
+    problem: &LseProblem<'_>,
+    starts: Vec<Vec<f64>>,
+    keep: usize,
+    max_iters: u64,
+) -> Option<(Vec<f64>, f64)> {
     let mut ranked: Vec<(f64, Vec<f64>)> = starts
         .into_iter()
         .map(|s| (problem.eval(&s, None), s))
@@ -347,7 +367,11 @@ impl OffsetPowerLaw {
 /// Fit `L(x) = E + (x_c / x)^α` (at least 4 points). Internally `ln L̂ = LSE(e, a − α z)` with `z = ln(x / x̄)`,
 /// started from a data-driven grid (E below the smallest loss, α from 0.02 to 1.6, the power term matching the
 /// median point) plus [`LbfgsOptions::extra_starts`] (`[E, α, ln x_c]`).
-pub fn fit_offset_power_law(x: &[f64], y: &[f64], opts: &LbfgsOptions) -> candle_core::Result<OffsetPowerLaw> {
+pub fn fit_offset_power_law(
+    x: &[f64],
+    y: &[f64],
+    opts: &LbfgsOptions,
+) -> candle_core::Result<OffsetPowerLaw> {
     check_xy("offset power law", x, y, 4)?;
     let xr = geo_mean(x);
     let z = vec![x.iter().map(|v| (v / xr).ln()).collect::<Vec<f64>>()];
@@ -377,13 +401,19 @@ pub fn fit_offset_power_law(x: &[f64], y: &[f64], opts: &LbfgsOptions) -> candle
             starts.push(vec![s[0].ln(), s[1] * (s[2] - xr.ln()), s[1]]);
         }
     }
-    let (th, cost) = multistart(&problem, starts, opts.keep_starts, opts.max_iters)
-        .ok_or_else(|| Error::Fit("offset power law: the optimiser found no finite optimum".into()))?;
+    let (th, cost) =
+        multistart(&problem, starts, opts.keep_starts, opts.max_iters).ok_or_else(|| {
+            Error::Fit("offset power law: the optimiser found no finite optimum".into())
+        })?;
     let alpha = th[2];
     Ok(OffsetPowerLaw {
         e: th[0].exp(),
         alpha,
-        log_scale: if alpha != 0.0 { th[1] / alpha + xr.ln() } else { f64::INFINITY },
+        log_scale: if alpha != 0.0 {
+            th[1] / alpha + xr.ln()
+        } else {
+            f64::INFINITY
+        },
         cost,
     })
 }
@@ -427,7 +457,12 @@ impl Chinchilla {
 /// δ = 10⁻³) on log residuals, L-BFGS from Chinchilla's grid `α, β ∈ {0, 0.5, …, 2}`, `e ∈ {−1, −0.5, …, 1}`,
 /// `a, b ∈ {0, 5, …, 25}` (4 500 starts, ranked by their initial objective, the [`LbfgsOptions::keep_starts`] best
 /// optimised) plus [`LbfgsOptions::extra_starts`] (`[E, A, B, α, β]`).
-pub fn fit_chinchilla(n: &[f64], d: &[f64], loss: &[f64], opts: &LbfgsOptions) -> candle_core::Result<Chinchilla> {
+pub fn fit_chinchilla(
+    n: &[f64],
+    d: &[f64],
+    loss: &[f64],
+    opts: &LbfgsOptions,
+) -> candle_core::Result<Chinchilla> {
     check_xy("chinchilla", n, loss, 6)?;
     check_xy("chinchilla", d, loss, 6)?;
     let (nr, dr) = (geo_mean(n), geo_mean(d));

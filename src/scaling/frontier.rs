@@ -148,7 +148,10 @@ pub fn frontier(runs: &[Run], n_grid: usize) -> candle_core::Result<Frontier> {
         .filter_map(|c| c.last().map(|p| p.0))
         .fold(f64::NEG_INFINITY, f64::max);
     if !lo.is_finite() || !hi.is_finite() {
-        return Err(Error::Fit("frontier: no run has a point with positive compute and loss".into()).into());
+        return Err(Error::Fit(
+            "frontier: no run has a point with positive compute and loss".into(),
+        )
+        .into());
     }
     let grid = if hi > lo {
         log_grid(lo, hi, n_grid)

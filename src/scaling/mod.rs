@@ -46,6 +46,9 @@ pub mod study;
 
 pub use bootstrap::{bootstrap_runs, BootstrapOptions, Interval};
 pub use cost::{CostModel, FrozenCost, PF_DAY};
-pub use fit::{fit_chinchilla, fit_offset_power_law, fit_power_law, Chinchilla, Method, OffsetPowerLaw, PowerLaw};
+pub use fit::{
+    fit_chinchilla, fit_offset_power_law, fit_power_law, Chinchilla, Method, OffsetPowerLaw,
+    PowerLaw,
+};
 pub use frontier::{frontier, Frontier};
 pub use runs::{Family, Run};

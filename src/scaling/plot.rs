@@ -67,10 +67,16 @@ pub struct LossComputeFigure {
 impl LossComputeFigure {
     /// Curves for `runs`, coloured by `log N` across all of them; `dotted(run)` picks the line style.
     pub fn curves_for(runs: &[&Run], dotted: impl Fn(&Run) -> bool) -> Vec<CurveSpec> {
-        let ns: Vec<f64> = runs.iter().filter_map(|r| r.n_trainable).map(|n| n.ln()).collect();
+        let ns: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r.n_trainable)
+            .map(|n| n.ln())
+            .collect();
         let (lo, hi) = ns
             .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            });
         runs.iter()
             .enumerate()
             .map(|(i, r)| {
@@ -98,7 +104,11 @@ fn palette(t: f64) -> RGBColor {
         (94.0, 201.0, 98.0),
         (220.0, 200.0, 30.0),
     ];
-    let t = if t.is_finite() { t.clamp(0.0, 1.0) } else { 0.0 } * (STOPS.len() - 1) as f64;
+    let t = if t.is_finite() {
+        t.clamp(0.0, 1.0)
+    } else {
+        0.0
+    } * (STOPS.len() - 1) as f64;
     let i = (t.floor() as usize).min(STOPS.len() - 2);
     let f = t - i as f64;
     let (a, b) = (STOPS[i], STOPS[i + 1]);
@@ -113,7 +123,9 @@ fn plot_err<E: std::fmt::Debug>(e: E) -> candle_core::Error {
 fn bounds(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
     let (lo, hi) = values
         .filter(|v| v.is_finite() && *v > 0.0)
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        });
     (lo <= hi).then_some((lo, hi))
 }
 
@@ -172,8 +184,10 @@ fn draw_loss_compute<DB: DrawingBackend>(
         .iter()
         .flat_map(|c| c.points.iter().map(|p| p.1))
         .chain(fig.frontier.iter().flatten().map(|p| p.1));
-    let (x0, x1) = bounds(xs).ok_or_else(|| Error::Plot(format!("{}: nothing to draw", fig.title)))?;
-    let (y0, y1) = bounds(ys).ok_or_else(|| Error::Plot(format!("{}: nothing to draw", fig.title)))?;
+    let (x0, x1) =
+        bounds(xs).ok_or_else(|| Error::Plot(format!("{}: nothing to draw", fig.title)))?;
+    let (y0, y1) =
+        bounds(ys).ok_or_else(|| Error::Plot(format!("{}: nothing to draw", fig.title)))?;
     let (x0, x1) = pad_log(pf(x0), pf(x1), 0.03);
     let (y0, y1) = pad_log(y0, y1, 0.05);
     let mut chart = ChartBuilder::on(root)
@@ -214,7 +228,9 @@ fn draw_loss_compute<DB: DrawingBackend>(
                 .draw_series(std::iter::once(Polygon::new(poly, RED.mix(0.15).filled())))
                 .map_err(plot_err)?
                 .label("95% bootstrap band")
-                .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 20, y + 5)], RED.mix(0.15).filled()));
+                .legend(|(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 20, y + 5)], RED.mix(0.15).filled())
+                });
         }
     }
     for c in &fig.curves {
@@ -236,7 +252,9 @@ fn draw_loss_compute<DB: DrawingBackend>(
                 .draw_series(LineSeries::new(pts, color.stroke_width(2)))
                 .map_err(plot_err)?
                 .label(&c.label)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
         }
     }
     if let Some(f) = &fig.frontier {
@@ -299,7 +317,8 @@ fn draw_residuals<DB: DrawingBackend>(
         .filter(|p| p.0 > 0.0 && p.1.is_finite())
         .map(|p| (p.0 / PF_DAY, p.1))
         .collect();
-    let (x0, x1) = bounds(pts.iter().map(|p| p.0)).ok_or_else(|| Error::Plot(format!("{title}: nothing to draw")))?;
+    let (x0, x1) = bounds(pts.iter().map(|p| p.0))
+        .ok_or_else(|| Error::Plot(format!("{title}: nothing to draw")))?;
     let (x0, x1) = pad_log(x0, x1, 0.03);
     let m = pts.iter().map(|p| p.1.abs()).fold(1e-4, f64::max) * 1.15;
     let mut chart = ChartBuilder::on(root)
@@ -320,7 +339,10 @@ fn draw_residuals<DB: DrawingBackend>(
         .draw()
         .map_err(plot_err)?;
     chart
-        .draw_series(LineSeries::new(vec![(x0, 0.0), (x1, 0.0)], BLACK.mix(0.6).stroke_width(1)))
+        .draw_series(LineSeries::new(
+            vec![(x0, 0.0), (x1, 0.0)],
+            BLACK.mix(0.6).stroke_width(1),
+        ))
         .map_err(plot_err)?;
     chart
         .draw_series(pts.iter().map(|&p| Circle::new(p, 3, BLUE.filled())))
@@ -340,7 +362,10 @@ fn out_paths(stem: &Path) -> candle_core::Result<(PathBuf, PathBuf)> {
 }
 
 /// Draw a loss-against-compute figure to `<stem>.svg` and `<stem>.png`; returns both paths.
-pub fn loss_vs_compute(fig: &LossComputeFigure, stem: impl AsRef<Path>) -> candle_core::Result<(PathBuf, PathBuf)> {
+pub fn loss_vs_compute(
+    fig: &LossComputeFigure,
+    stem: impl AsRef<Path>,
+) -> candle_core::Result<(PathBuf, PathBuf)> {
     ensure_font()?;
     let (svg, png) = out_paths(stem.as_ref())?;
     {
@@ -355,7 +380,11 @@ pub fn loss_vs_compute(fig: &LossComputeFigure, stem: impl AsRef<Path>) -> candl
 }
 
 /// Draw residuals `(C in FLOPs, ln L − ln L̂)` to `<stem>.svg` and `<stem>.png`; returns both paths.
-pub fn residuals(title: &str, points: &[(f64, f64)], stem: impl AsRef<Path>) -> candle_core::Result<(PathBuf, PathBuf)> {
+pub fn residuals(
+    title: &str,
+    points: &[(f64, f64)],
+    stem: impl AsRef<Path>,
+) -> candle_core::Result<(PathBuf, PathBuf)> {
     ensure_font()?;
     let (svg, png) = out_paths(stem.as_ref())?;
     {

@@ -41,9 +41,17 @@ impl Prediction {
 
 /// Hold out the `holdout` largest-`N` runs: fit `L(N)` and `L(C)` on every run with a smaller `N`, and predict each
 /// held-out run's final loss with a bootstrap interval. Needs at least 2 fitted runs of distinct `N`.
-pub fn predict_largest(runs: &[Run], holdout: usize, opts: &StudyOptions) -> candle_core::Result<Vec<Prediction>> {
+pub fn predict_largest(
+    runs: &[Run],
+    holdout: usize,
+    opts: &StudyOptions,
+) -> candle_core::Result<Vec<Prediction>> {
     let mut with_n: Vec<&Run> = runs.iter().filter(|r| r.n_trainable.is_some()).collect();
-    with_n.sort_by(|a, b| a.n_trainable.unwrap_or(0.0).total_cmp(&b.n_trainable.unwrap_or(0.0)));
+    with_n.sort_by(|a, b| {
+        a.n_trainable
+            .unwrap_or(0.0)
+            .total_cmp(&b.n_trainable.unwrap_or(0.0))
+    });
     if holdout == 0 || with_n.len() < holdout + 2 {
         return Err(Error::Fit(format!(
             "predict: {} runs with a known N, need at least {} to hold out {holdout}",
@@ -63,7 +71,10 @@ pub fn predict_largest(runs: &[Run], holdout: usize, opts: &StudyOptions) -> can
         let pts = final_losses(rs, opts.final_points);
         let (x, y): (Vec<f64>, Vec<f64>) = pts.iter().copied().unzip();
         let law = fit_power_law(&x, &y, Method::LeastSquares)?;
-        let res = pts.iter().map(|(n, l)| l.ln() - law.eval(*n).ln()).collect();
+        let res = pts
+            .iter()
+            .map(|(n, l)| l.ln() - law.eval(*n).ln())
+            .collect();
         Ok((law, res))
     };
     let (law, res_full) = fit(&train)?;
@@ -73,7 +84,9 @@ pub fn predict_largest(runs: &[Run], holdout: usize, opts: &StudyOptions) -> can
     // Bootstrap over runs for the law, plus one residual per resample for the scatter of a single run.
     let mut draws: Vec<(super::fit::PowerLaw, f64)> = Vec::new();
     for i in 0..opts.bootstrap.resamples {
-        let mut rng = StdRng::seed_from_u64(opts.bootstrap.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng = StdRng::seed_from_u64(
+            opts.bootstrap.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
         let sample = resample_runs(&train, &mut rng);
         if let Ok((l, _)) = fit(&sample) {
             if l.alpha.is_finite() && !res_full.is_empty() {
@@ -83,7 +96,11 @@ pub fn predict_largest(runs: &[Run], holdout: usize, opts: &StudyOptions) -> can
     }
     let a = (1.0 - opts.bootstrap.level) / 2.0;
     let predict_n = |n: f64| -> Interval {
-        let mut v: Vec<f64> = draws.iter().map(|(l, e)| l.eval(n) * e.exp()).filter(|x| x.is_finite()).collect();
+        let mut v: Vec<f64> = draws
+            .iter()
+            .map(|(l, e)| l.eval(n) * e.exp())
+            .filter(|x| x.is_finite())
+            .collect();
         v.sort_by(f64::total_cmp);
         Interval {
             estimate: law.eval(n),

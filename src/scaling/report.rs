@@ -13,7 +13,8 @@ use super::cost::{CostModel, FrozenCost, PF_DAY};
 use super::predict::predict_largest;
 use super::runs::{human, Family, LossKind, Run};
 use super::study::{
-    chinchilla_law, compare_with_baselines, compute_law, params_law, Comparison, ComputeLaw, StudyOptions, Verdict,
+    chinchilla_law, compare_with_baselines, compute_law, params_law, Comparison, ComputeLaw,
+    StudyOptions, Verdict,
 };
 use crate::error::Error;
 
@@ -103,7 +104,10 @@ fn fig_name(family: &Family, cost: FrozenCost) -> String {
         (Family::Doped, _) => "fig2_doped_cost2of3".into(),
         (Family::FastFood, _) => "fig6_fastfood".into(),
         (Family::BlockDiag, _) => "fig7_blockdiag".into(),
-        (Family::Other(s), _) => format!("fig_{}", s.replace(|c: char| !c.is_ascii_alphanumeric(), "_")),
+        (Family::Other(s), _) => format!(
+            "fig_{}",
+            s.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+        ),
     }
 }
 
@@ -123,7 +127,9 @@ fn draw_family(
     let (c_lo, c_hi) = all
         .iter()
         .flat_map(|r| r.valid_points().map(|p| p.compute))
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), c| (a.min(c), b.max(c)));
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), c| {
+            (a.min(c), b.max(c))
+        });
     let curve_of = |l: &ComputeLaw| -> Vec<(f64, f64)> {
         super::frontier::log_grid(c_lo, c_hi, 60)
             .into_iter()
@@ -133,7 +139,13 @@ fn draw_family(
     let fig = LossComputeFigure {
         title: title.to_string(),
         curves,
-        frontier: law.map(|l| l.frontier.points.iter().map(|p| (p.compute, p.loss)).collect()),
+        frontier: law.map(|l| {
+            l.frontier
+                .points
+                .iter()
+                .map(|p| (p.compute, p.loss))
+                .collect()
+        }),
         fit: law.map(|l| {
             let s = l.slope();
             (
@@ -142,7 +154,12 @@ fn draw_family(
             )
         }),
         band: law.map(|l| l.band(c_lo, c_hi, 40)),
-        reference: reference.map(|l| (format!("baselines' law, slope {:.3}", l.ls.slope()), curve_of(l))),
+        reference: reference.map(|l| {
+            (
+                format!("baselines' law, slope {:.3}", l.ls.slope()),
+                curve_of(l),
+            )
+        }),
     };
     let (svg, png) = loss_vs_compute(&fig, stem)?;
     Ok(vec![svg, png])
@@ -150,14 +167,20 @@ fn draw_family(
 
 /// Run the whole study on `runs` and write `report.md` (and figures) into `out_dir`. Compute is recomputed from
 /// tokens with each cost model where runs know their tokens and `N` (see [`Run::with_cost`]).
-pub fn write_report(runs: &[Run], out_dir: impl AsRef<Path>, opts: &ReportOptions) -> candle_core::Result<ReportOutput> {
+pub fn write_report(
+    runs: &[Run],
+    out_dir: impl AsRef<Path>,
+    opts: &ReportOptions,
+) -> candle_core::Result<ReportOutput> {
     let out_dir = out_dir.as_ref();
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     if runs.is_empty() {
         return Err(Error::Data("report: no runs".into()).into());
     }
     let so = &opts.study;
-    let price = |rs: &[Run], c: FrozenCost| -> Vec<Run> { rs.iter().map(|r| r.with_cost(&CostModel::new(c))).collect() };
+    let price = |rs: &[Run], c: FrozenCost| -> Vec<Run> {
+        rs.iter().map(|r| r.with_cost(&CostModel::new(c))).collect()
+    };
     let mut families: Vec<Family> = runs.iter().map(|r| r.family.clone()).collect();
     families.sort();
     families.dedup();
@@ -197,7 +220,10 @@ pub fn write_report(runs: &[Run], out_dir: impl AsRef<Path>, opts: &ReportOption
 
     // ---- runs table
     let _ = writeln!(w, "## Runs\n");
-    let _ = writeln!(w, "| run | family | trainable N | frozen | tokens | C (PF-days, f=2/3) | final loss | loss |");
+    let _ = writeln!(
+        w,
+        "| run | family | trainable N | frozen | tokens | C (PF-days, f=2/3) | final loss | loss |"
+    );
     let _ = writeln!(w, "|---|---|---:|---:|---:|---:|---:|---|");
     for r in runs {
         let pr = r.with_cost(&CostModel::default());
@@ -209,8 +235,12 @@ pub fn write_report(runs: &[Run], out_dir: impl AsRef<Path>, opts: &ReportOption
             r.n_trainable.map(human).unwrap_or_else(|| "?".into()),
             human(r.n_frozen),
             r.final_tokens().map(human).unwrap_or_else(|| "?".into()),
-            pr.last().map(|p| format!("{:.3e}", p.compute / PF_DAY)).unwrap_or_default(),
-            r.final_loss(so.final_points).map(|l| format!("{l:.4}")).unwrap_or_default(),
+            pr.last()
+                .map(|p| format!("{:.3e}", p.compute / PF_DAY))
+                .unwrap_or_default(),
+            r.final_loss(so.final_points)
+                .map(|l| format!("{l:.4}"))
+                .unwrap_or_default(),
             match r.loss_kind {
                 LossKind::Validation => "val",
                 LossKind::Train => "train",
@@ -229,7 +259,11 @@ pub fn write_report(runs: &[Run], out_dir: impl AsRef<Path>, opts: &ReportOption
     }
     for (fam, cost) in &combos {
         let fam_runs = price(
-            &runs.iter().filter(|r| &r.family == fam).cloned().collect::<Vec<_>>(),
+            &runs
+                .iter()
+                .filter(|r| &r.family == fam)
+                .cloned()
+                .collect::<Vec<_>>(),
             *cost,
         );
         let law = if fam == &Family::Baseline {
@@ -254,8 +288,16 @@ pub fn write_report(runs: &[Run], out_dir: impl AsRef<Path>, opts: &ReportOption
                 }
                 f => format!("{f} vs baselines (dotted)"),
             };
-            let others: &[Run] = if fam == &Family::Baseline { &[] } else { &baselines };
-            let reference = if fam == &Family::Baseline { None } else { base_law.as_ref() };
+            let others: &[Run] = if fam == &Family::Baseline {
+                &[]
+            } else {
+                &baselines
+            };
+            let reference = if fam == &Family::Baseline {
+                None
+            } else {
+                base_law.as_ref()
+            };
             let drawn = draw_family(&stem, &title, &fam_runs, others, law.as_ref(), reference)?;
             figures.extend(drawn);
             figure = Some(stem);
@@ -293,7 +335,10 @@ pub fn write_report(runs: &[Run], out_dir: impl AsRef<Path>, opts: &ReportOption
     let _ = writeln!(w, "|---|---|---:|---|---|---:|---|---|");
     for r in &results {
         let n = runs.iter().filter(|x| x.family == r.family).count();
-        let cost = if runs.iter().any(|x| x.family == r.family && x.n_frozen > 0.0) {
+        let cost = if runs
+            .iter()
+            .any(|x| x.family == r.family && x.n_frozen > 0.0)
+        {
             r.cost.label()
         } else {
             "–".into()
@@ -324,7 +369,11 @@ pub fn write_report(runs: &[Run], out_dir: impl AsRef<Path>, opts: &ReportOption
                 );
             }
             None => {
-                let _ = writeln!(w, "| {} | {} | {} | (not fitted) | | | | {} |", r.family, cost, n, fig);
+                let _ = writeln!(
+                    w,
+                    "| {} | {} | {} | (not fitted) | | | | {} |",
+                    r.family, cost, n, fig
+                );
             }
         }
     }
@@ -404,7 +453,10 @@ pub fn write_report(runs: &[Run], out_dir: impl AsRef<Path>, opts: &ReportOption
     }
 
     // ---- verdict
-    let _ = writeln!(w, "\n## Verdict: do doped or structured models beat the baselines?\n");
+    let _ = writeln!(
+        w,
+        "\n## Verdict: do doped or structured models beat the baselines?\n"
+    );
     let _ = writeln!(
         w,
         "Gaps are mean `ln L_family − ln L_baseline` (negative = family better), shown as % loss change, with 95% \
@@ -415,13 +467,22 @@ pub fn write_report(runs: &[Run], out_dir: impl AsRef<Path>, opts: &ReportOption
     );
     let comps: Vec<&FamilyResult> = results.iter().filter(|r| r.comparison.is_some()).collect();
     if comps.is_empty() {
-        let _ = writeln!(w, "No family to compare (baselines and at least one other family are needed).");
+        let _ = writeln!(
+            w,
+            "No family to compare (baselines and at least one other family are needed)."
+        );
     } else {
-        let _ = writeln!(w, "| family | frozen cost | equal compute | verdict | equal trainable N | verdict |");
+        let _ = writeln!(
+            w,
+            "| family | frozen cost | equal compute | verdict | equal trainable N | verdict |"
+        );
         let _ = writeln!(w, "|---|---|---|---|---|---|");
         for r in &comps {
             let c = r.comparison.as_ref().expect("filtered");
-            let cost = if runs.iter().any(|x| x.family == r.family && x.n_frozen > 0.0) {
+            let cost = if runs
+                .iter()
+                .any(|x| x.family == r.family && x.n_frozen > 0.0)
+            {
                 r.cost.label()
             } else {
                 "–".into()
@@ -445,7 +506,10 @@ pub fn write_report(runs: &[Run], out_dir: impl AsRef<Path>, opts: &ReportOption
             );
         }
         let _ = writeln!(w, "\nTwins (same trainable N, equal compute):\n");
-        let _ = writeln!(w, "| run | frozen cost | baseline twin | at C (PF-days) | loss gap |");
+        let _ = writeln!(
+            w,
+            "| run | frozen cost | baseline twin | at C (PF-days) | loss gap |"
+        );
         let _ = writeln!(w, "|---|---|---|---:|---:|");
         for r in &comps {
             for t in &r.comparison.as_ref().expect("filtered").twins {
@@ -463,12 +527,18 @@ pub fn write_report(runs: &[Run], out_dir: impl AsRef<Path>, opts: &ReportOption
         let _ = writeln!(w, "\n**Answer.**");
         for r in &comps {
             let c = r.comparison.as_ref().expect("filtered");
-            let frozen = runs.iter().any(|x| x.family == r.family && x.n_frozen > 0.0);
+            let frozen = runs
+                .iter()
+                .any(|x| x.family == r.family && x.n_frozen > 0.0);
             let _ = writeln!(
                 w,
                 "- {}{}: at equal compute it {}; at equal trainable N it {}.",
                 r.family,
-                if frozen { format!(" (frozen cost {})", r.cost.label()) } else { String::new() },
+                if frozen {
+                    format!(" (frozen cost {})", r.cost.label())
+                } else {
+                    String::new()
+                },
                 c.equal_compute_verdict.phrase(),
                 c.equal_n_verdict.phrase()
             );

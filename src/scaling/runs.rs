@@ -61,7 +61,11 @@ impl Family {
         let n = name.to_ascii_lowercase();
         if n.contains("doped") || n.contains("frozen") || n.contains("dope") {
             Family::Doped
-        } else if n.contains("fastfood") || n.contains("fast_food") || n.starts_with("ff-") || n.contains("-ff") {
+        } else if n.contains("fastfood")
+            || n.contains("fast_food")
+            || n.starts_with("ff-")
+            || n.contains("-ff")
+        {
             Family::FastFood
         } else if n.contains("block") || n.starts_with("bd-") || n.contains("-bd") {
             Family::BlockDiag
@@ -188,9 +192,9 @@ impl Run {
 
     /// Points with finite, positive compute and loss (the ones usable in log-log fits).
     pub fn valid_points(&self) -> impl Iterator<Item = &RunPoint> {
-        self.points
-            .iter()
-            .filter(|p| p.compute.is_finite() && p.compute > 0.0 && p.loss.is_finite() && p.loss > 0.0)
+        self.points.iter().filter(|p| {
+            p.compute.is_finite() && p.compute > 0.0 && p.loss.is_finite() && p.loss > 0.0
+        })
     }
 
     /// The last valid point (final compute and loss).
@@ -355,7 +359,10 @@ pub fn parse_jsonl(name: &str, text: &str, config: Option<&Value>) -> candle_cor
             skipped += 1;
             continue;
         };
-        let val = get_top(obj, &["val_loss", "valid_loss", "eval_loss", "validation_loss"]);
+        let val = get_top(
+            obj,
+            &["val_loss", "valid_loss", "eval_loss", "validation_loss"],
+        );
         let train = get_top(obj, &["train_loss", "loss"]);
         if val.is_none() && train.is_none() {
             // A header / config line: take sizes from it.
@@ -460,7 +467,12 @@ pub fn read_run_dir(dir: impl AsRef<Path>) -> candle_core::Result<Run> {
             all.sort();
             all.into_iter().next()
         })
-        .ok_or_else(|| Error::Data(format!("{}: no *.jsonl log in the run folder", dir.display())))?;
+        .ok_or_else(|| {
+            Error::Data(format!(
+                "{}: no *.jsonl log in the run folder",
+                dir.display()
+            ))
+        })?;
     let mut config: Option<Value> = None;
     for f in ["config.json", "run.json", "meta.json", "header.json"] {
         let p = dir.join(f);
@@ -496,9 +508,16 @@ pub fn read_runs_dir(root: impl AsRef<Path>) -> candle_core::Result<Vec<Run>> {
         })
         .collect();
     dirs.sort();
-    let runs = dirs.iter().map(read_run_dir).collect::<candle_core::Result<Vec<_>>>()?;
+    let runs = dirs
+        .iter()
+        .map(read_run_dir)
+        .collect::<candle_core::Result<Vec<_>>>()?;
     if runs.is_empty() {
-        return Err(Error::Data(format!("{}: no run folder with a *.jsonl log", root.display())).into());
+        return Err(Error::Data(format!(
+            "{}: no run folder with a *.jsonl log",
+            root.display()
+        ))
+        .into());
     }
     Ok(runs)
 }
@@ -513,11 +532,16 @@ pub fn parse_csv(text: &str) -> candle_core::Result<Vec<Run>> {
     let (_, header) = lines
         .next()
         .ok_or_else(|| Error::Data("csv: empty file".into()))?;
-    let cols: Vec<String> = header.split(',').map(|c| c.trim().to_ascii_lowercase()).collect();
+    let cols: Vec<String> = header
+        .split(',')
+        .map(|c| c.trim().to_ascii_lowercase())
+        .collect();
     let idx = |names: &[&str]| cols.iter().position(|c| names.contains(&c.as_str()));
     let i_run = idx(&["run", "name"]).ok_or_else(|| Error::Data("csv: no `run` column".into()))?;
-    let i_c = idx(&["compute", "flops", "c"]).ok_or_else(|| Error::Data("csv: no `compute` column".into()))?;
-    let i_l = idx(&["loss", "val_loss"]).ok_or_else(|| Error::Data("csv: no `loss` column".into()))?;
+    let i_c = idx(&["compute", "flops", "c"])
+        .ok_or_else(|| Error::Data("csv: no `compute` column".into()))?;
+    let i_l =
+        idx(&["loss", "val_loss"]).ok_or_else(|| Error::Data("csv: no `loss` column".into()))?;
     let i_n = idx(&["params", "n_trainable", "n"]);
     let i_t = idx(&["tokens", "d"]);
     let i_f = idx(&["frozen", "n_frozen"]);
@@ -528,13 +552,23 @@ pub fn parse_csv(text: &str) -> candle_core::Result<Vec<Run>> {
         let f: Vec<&str> = line.split(',').map(|s| s.trim()).collect();
         let field = |i: usize| -> candle_core::Result<&str> {
             f.get(i).copied().ok_or_else(|| {
-                Error::Data(format!("csv line {}: {} fields, expected {}", lineno + 1, f.len(), cols.len())).into()
+                Error::Data(format!(
+                    "csv line {}: {} fields, expected {}",
+                    lineno + 1,
+                    f.len(),
+                    cols.len()
+                ))
+                .into()
             })
         };
         let parse = |i: usize, what: &str| -> candle_core::Result<f64> {
             let s = field(i)?;
             s.parse::<f64>().map_err(|_| {
-                Error::Data(format!("csv line {}: {what} `{s}` is not a number", lineno + 1)).into()
+                Error::Data(format!(
+                    "csv line {}: {what} `{s}` is not a number",
+                    lineno + 1
+                ))
+                .into()
             })
         };
         let name = field(i_run)?.to_string();

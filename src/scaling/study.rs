@@ -3,7 +3,8 @@
 
 use super::bootstrap::{bootstrap_runs, Bootstrap, BootstrapOptions, Interval};
 use super::fit::{
-    fit_chinchilla, fit_offset_power_law, fit_power_law, Chinchilla, LbfgsOptions, Method, OffsetPowerLaw, PowerLaw,
+    fit_chinchilla, fit_offset_power_law, fit_power_law, Chinchilla, LbfgsOptions, Method,
+    OffsetPowerLaw, PowerLaw,
 };
 use super::frontier::{frontier, interp_loglog, log_grid, trim_runs, Frontier};
 use super::runs::Run;
@@ -234,7 +235,11 @@ pub struct ChinchillaLaw {
 
 /// Fit `L(N, D) = E + A/N^α + B/D^β` on [`nd_points`] (`per_run` points per run), with intervals from resampling
 /// runs (each resample restarts from the full-data optimum and the 4 best grid starts).
-pub fn chinchilla_law(runs: &[Run], opts: &StudyOptions, per_run: usize) -> candle_core::Result<ChinchillaLaw> {
+pub fn chinchilla_law(
+    runs: &[Run],
+    opts: &StudyOptions,
+    per_run: usize,
+) -> candle_core::Result<ChinchillaLaw> {
     let fit = |rs: &[Run], lb: &LbfgsOptions| {
         let pts = nd_points(rs, opts.trim, per_run);
         let n: Vec<f64> = pts.iter().map(|p| p.0).collect();
@@ -313,7 +318,11 @@ fn mean(v: &[f64]) -> Option<f64> {
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
 
-fn equal_compute_gap(family: &[Run], base: &[Run], opts: &StudyOptions) -> candle_core::Result<f64> {
+fn equal_compute_gap(
+    family: &[Run],
+    base: &[Run],
+    opts: &StudyOptions,
+) -> candle_core::Result<f64> {
     let fb = frontier_of(base, opts)?;
     let law = fit_power_law(&fb.compute(), &fb.loss(), Method::LeastSquares)?;
     let (lo, hi) = match (fb.points.first(), fb.points.last()) {
@@ -327,7 +336,10 @@ fn equal_compute_gap(family: &[Run], base: &[Run], opts: &StudyOptions) -> candl
         .filter(|p| p.compute >= lo && p.compute <= hi)
         .map(|p| p.loss.ln() - law.eval(p.compute).ln())
         .collect();
-    mean(&gaps).ok_or_else(|| Error::Fit("the family's frontier does not overlap the baselines' compute range".into()).into())
+    mean(&gaps).ok_or_else(|| {
+        Error::Fit("the family's frontier does not overlap the baselines' compute range".into())
+            .into()
+    })
 }
 
 fn equal_n_gap(family: &[Run], base: &[Run], final_points: usize) -> candle_core::Result<f64> {
@@ -340,11 +352,17 @@ fn equal_n_gap(family: &[Run], base: &[Run], final_points: usize) -> candle_core
 }
 
 /// Compare `family` with `baselines` (both already priced by the same cost model), see [`Comparison`].
-pub fn compare_with_baselines(family: &[Run], baselines: &[Run], opts: &StudyOptions) -> Comparison {
+pub fn compare_with_baselines(
+    family: &[Run],
+    baselines: &[Run],
+    opts: &StudyOptions,
+) -> Comparison {
     let both: Vec<Run> = baselines.iter().chain(family.iter()).cloned().collect();
     let split = |rs: &[Run]| -> (Vec<Run>, Vec<Run>) {
         let fam0 = family.first().map(|r| r.family.clone());
-        rs.iter().cloned().partition(|r| Some(&r.family) != fam0.as_ref())
+        rs.iter()
+            .cloned()
+            .partition(|r| Some(&r.family) != fam0.as_ref())
     };
     let interval = |g: &(dyn Fn(&[Run], &[Run]) -> candle_core::Result<f64> + Sync)| -> Interval {
         match bootstrap_runs(&both, &opts.bootstrap, |rs| {
@@ -374,7 +392,9 @@ pub fn compare_with_baselines(family: &[Run], baselines: &[Run], opts: &StudyOpt
             continue;
         };
         let c = cr.compute.min(cb.compute);
-        let curve = |x: &Run| -> Vec<(f64, f64)> { x.valid_points().map(|p| (p.compute, p.loss)).collect() };
+        let curve = |x: &Run| -> Vec<(f64, f64)> {
+            x.valid_points().map(|p| (p.compute, p.loss)).collect()
+        };
         if let (Some(lr), Some(lb)) = (interp_loglog(&curve(r), c), interp_loglog(&curve(b), c)) {
             twins.push((r.name.clone(), b.name.clone(), c, lr.ln() - lb.ln()));
         }
