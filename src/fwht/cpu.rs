@@ -6,53 +6,90 @@
 use super::check_len;
 use crate::error::Error;
 use candle_core::{backend::BackendStorage, CpuStorage, Layout, Result};
-use half::{bf16, f16};
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Instruction sets the CPU kernels can use. [`Isa::detect`] picks the best one this CPU has.
+///
+/// Every kernel performs the same additions in the same order, so they all give the same results bit for bit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Isa {
     /// Plain Rust, any target.
-    Portable,
+    Portable = 0,
     /// x86-64 AVX2 + FMA (256-bit registers).
-    Avx2,
-    /// x86-64 AVX-512F (512-bit registers).
-    Avx512,
+    Avx2 = 1,
+    /// x86-64 AVX-512F (512-bit registers). Rows shorter than 128 f32 or 64 f64 elements run the AVX2 kernel,
+    /// which is faster there on AMD Zen 4 (where 512-bit operations are split into two 256-bit halves).
+    Avx512 = 2,
 }
 
 impl Isa {
     /// Every instruction set, from the most portable to the widest.
     pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2, Isa::Avx512];
 
-    /// Whether this CPU can run kernels for `self`.
+    /// Whether this CPU can run kernels for `self` (detected once, then cached).
     pub fn is_available(self) -> bool {
         match self {
             Isa::Portable => true,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => {
-                std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-            }
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => std::is_x86_feature_detected!("avx512f"),
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => false,
+            Isa::Avx2 => Isa::detect() != Isa::Portable,
+            Isa::Avx512 => Isa::detect() == Isa::Avx512,
         }
     }
 
-    /// The widest instruction set this CPU supports.
+    /// The widest instruction set this CPU supports (detected once, then cached).
     pub fn detect() -> Isa {
-        Isa::ALL
-            .into_iter()
-            .rev()
-            .find(|isa| isa.is_available())
-            .unwrap_or(Isa::Portable)
+        static DETECTED: AtomicU8 = AtomicU8::new(u8::MAX);
+        match DETECTED.load(Ordering::Relaxed) {
+            0 => Isa::Portable,
+            1 => Isa::Avx2,
+            2 => Isa::Avx512,
+            _ => {
+                let isa = Isa::probe();
+                DETECTED.store(isa as u8, Ordering::Relaxed);
+                isa
+            }
+        }
+    }
+
+    /// Asks the CPU (the cached [`Isa::detect`] calls this once).
+    fn probe() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 =
+                std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+            if avx2 && std::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if avx2 {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+}
+
+/// An [`Isa`] checked to be available on this CPU; only this crate can make one.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct Available(Isa);
+
+impl Available {
+    /// `isa` if this CPU has it, else [`Isa::Portable`].
+    fn new(isa: Isa) -> Self {
+        Available(if isa.is_available() {
+            isa
+        } else {
+            Isa::Portable
+        })
     }
 }
 
 /// Element types of the slice API: `f32` and `f64`.
 pub trait FwhtFloat: Copy + Send + Sync + sealed::Sealed + 'static {
     #[doc(hidden)]
-    fn transform_row(isa: Isa, row: &mut [Self], scale: Self);
+    fn transform_row(isa: Available, row: &mut [Self], scale: Self);
 }
 
 mod sealed {
@@ -62,19 +99,34 @@ mod sealed {
 }
 
 macro_rules! impl_fwht_float {
-    ($t:ty) => {
+    ($t:ty, $avx2:ident, $avx512:ident, $lanes256:literal, $min512:literal) => {
         impl FwhtFloat for $t {
-            fn transform_row(isa: Isa, row: &mut [$t], scale: $t) {
-                match isa {
-                    // SIMD kernels plug in here.
-                    Isa::Portable | Isa::Avx2 | Isa::Avx512 => portable(row, scale),
+            #[inline]
+            fn transform_row(isa: Available, row: &mut [$t], scale: $t) {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    let n = row.len();
+                    // SAFETY: `Available` guarantees the CPU has the instruction set (AVX-512 implies AVX2 + FMA
+                    // here), and every kernel handles any power-of-two length of at least its lane count.
+                    match isa.0 {
+                        // Measured on Zen 4: below `$min512` elements the 256-bit kernel is faster.
+                        Isa::Avx512 if n >= $min512 => {
+                            return unsafe { super::simd::$avx512(row, scale) }
+                        }
+                        Isa::Avx512 | Isa::Avx2 if n >= $lanes256 => {
+                            return unsafe { super::simd::$avx2(row, scale) }
+                        }
+                        _ => {}
+                    }
                 }
+                let _ = isa.0;
+                portable(row, scale)
             }
         }
     };
 }
-impl_fwht_float!(f32);
-impl_fwht_float!(f64);
+impl_fwht_float!(f32, f32_avx2, f32_avx512, 8, 128);
+impl_fwht_float!(f64, f64_avx2, f64_avx512, 4, 64);
 
 /// The radix-2 butterfly, in place, then the scale.
 fn portable<T>(x: &mut [T], scale: T)
@@ -109,11 +161,22 @@ where
 /// ```
 pub fn fwht_inplace<T: FwhtFloat>(x: &mut [T], scale: T) -> Result<()> {
     check_len(x.len())?;
-    T::transform_row(Isa::detect(), x, scale);
+    T::transform_row(Available::new(Isa::detect()), x, scale);
     Ok(())
 }
 
-/// `row ← scale · row · H_n` for every contiguous row of length `n` in `data`, spread over rayon's threads.
+/// `row ← scale · row · H_n` for every contiguous row of length `n` in `data` (a power of two up to 2^24;
+/// `data.len()` a multiple of `n`), spread over rayon's threads in chunks of about 4K elements when the batch has at
+/// least 16K elements.
+///
+/// ```
+/// use candle_structured::fwht::fwht_rows_inplace;
+/// let mut rows = [1f64, 2., 3., 4., /* second row */ 1., 1., 1., 1.];
+/// fwht_rows_inplace(&mut rows, 4, 0.5)?;
+/// assert_eq!(rows, [5., -1., -2., 0., 2., 0., 0., 0.]);
+/// assert!(fwht_rows_inplace(&mut rows[..6], 4, 1.0).is_err()); // not a whole number of rows
+/// # Ok::<(), candle_core::Error>(())
+/// ```
 pub fn fwht_rows_inplace<T: FwhtFloat>(data: &mut [T], n: usize, scale: T) -> Result<()> {
     fwht_rows_inplace_with(Isa::detect(), true, data, n, scale)
 }
@@ -128,83 +191,167 @@ pub fn fwht_rows_inplace_with<T: FwhtFloat>(
     scale: T,
 ) -> Result<()> {
     check_len(n)?;
-    if data.len() % n != 0 {
+    // n is a power of two: a mask, not a division (this runs on every call, however short the rows).
+    if data.len() & (n - 1) != 0 {
         return Err(Error::RaggedRows { len: data.len(), n }.into());
     }
-    let isa = if isa.is_available() {
-        isa
-    } else {
-        Isa::Portable
-    };
-    // Below ~16K elements the thread hand-off costs more than the work.
-    if parallel && data.len() > n && data.len() >= 1 << 14 {
-        data.par_chunks_mut(n)
-            .for_each(|row| T::transform_row(isa, row, scale));
-    } else {
-        data.chunks_exact_mut(n)
-            .for_each(|row| T::transform_row(isa, row, scale));
-    }
+    let isa = Available::new(isa);
+    for_row_chunks(data, n, parallel, |_, chunk| {
+        for_each_row(chunk, n, |row| T::transform_row(isa, row, scale));
+    });
     Ok(())
+}
+
+/// Fewest elements in a batch worth spreading over threads.
+const PARALLEL_MIN: usize = 1 << 14;
+/// Elements per rayon task (whole rows, at least one): small enough to stay in L1 between steps.
+const TASK_MIN: usize = 1 << 12;
+
+/// Calls `f(offset, chunk)` on consecutive chunks of whole rows of `dst` (about [`TASK_MIN`] elements each),
+/// spread over rayon's threads when the batch is large enough to pay for it.
+fn for_row_chunks<D: Send>(
+    dst: &mut [D],
+    n: usize,
+    parallel: bool,
+    f: impl Fn(usize, &mut [D]) + Sync,
+) {
+    // Powers of two: `max` instead of divisions, which cost more than a short row's transform.
+    let chunk = TASK_MIN.max(n);
+    if dst.len() <= chunk {
+        f(0, dst);
+    } else if parallel && dst.len() >= PARALLEL_MIN {
+        dst.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, c)| f(i * chunk, c));
+    } else {
+        let mut at = 0;
+        for c in dst.chunks_mut(chunk) {
+            f(at, c);
+            at += c.len();
+        }
+    }
+}
+
+/// Calls `f` on each row of length `n` of `rows` (a whole number of rows), without dividing by `n`.
+#[inline]
+fn for_each_row<T>(mut rows: &mut [T], n: usize, mut f: impl FnMut(&mut [T])) {
+    while rows.len() >= n && n > 0 {
+        let (row, rest) = std::mem::take(&mut rows).split_at_mut(n);
+        f(row);
+        rows = rest;
+    }
 }
 
 /// Copies the (possibly strided) input into a fresh contiguous buffer, converting on the way.
 fn gather<T: Copy, U>(src: &[T], layout: &Layout, f: impl Fn(T) -> U) -> Vec<U> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => src[start..end].iter().map(|&v| f(v)).collect(),
-        None => {
-            // Odometer over the dimensions in row-major order, the last one innermost.
-            let (dims, strides) = (layout.dims(), layout.stride());
-            let inner = *dims.last().unwrap_or(&1);
-            let inner_stride = *strides.last().unwrap_or(&1);
-            let mut out = Vec::with_capacity(layout.shape().elem_count());
-            let mut index = vec![0usize; dims.len().saturating_sub(1)];
-            let mut base = layout.start_offset();
-            loop {
-                out.extend((0..inner).map(|j| f(src[base + j * inner_stride])));
-                // Advance the outer index, carrying into earlier dimensions.
-                let mut d = index.len();
-                loop {
-                    if d == 0 {
-                        return out;
-                    }
-                    d -= 1;
-                    index[d] += 1;
-                    base += strides[d];
-                    if index[d] < dims[d] {
-                        break;
-                    }
-                    base -= strides[d] * dims[d];
-                    index[d] = 0;
-                }
+    // Odometer over the dimensions in row-major order, the last one innermost.
+    let (dims, strides) = (layout.dims(), layout.stride());
+    let inner = *dims.last().unwrap_or(&1);
+    let inner_stride = *strides.last().unwrap_or(&1);
+    let mut out = Vec::with_capacity(layout.shape().elem_count());
+    let mut index = vec![0usize; dims.len().saturating_sub(1)];
+    let mut base = layout.start_offset();
+    loop {
+        out.extend((0..inner).map(|j| f(src[base + j * inner_stride])));
+        // Advance the outer index, carrying into earlier dimensions.
+        let mut d = index.len();
+        loop {
+            if d == 0 {
+                return out;
             }
+            d -= 1;
+            index[d] += 1;
+            base += strides[d];
+            if index[d] < dims[d] {
+                break;
+            }
+            base -= strides[d] * dims[d];
+            index[d] = 0;
         }
     }
 }
 
+/// A copy of `src` in which every chunk of rows of [`for_row_chunks`] is handed to `finish` right after it is
+/// copied, while it is hot in L1. The output is never zeroed first: each element is written exactly once.
+fn from_chunks<D: Copy + Send + Sync>(
+    src: &[D],
+    n: usize,
+    finish: impl Fn(&mut [D]) + Sync,
+) -> Vec<D> {
+    let len = src.len();
+    let mut out: Vec<D> = Vec::with_capacity(len);
+    for_row_chunks(
+        &mut out.spare_capacity_mut()[..len],
+        n,
+        true,
+        |at, chunk| {
+            let part = &src[at..at + chunk.len()];
+            // SAFETY: `part` and `chunk` have the same length and do not overlap; after the copy every element of
+            // `chunk` is initialised, so viewing it as `&mut [D]` is sound.
+            let chunk = unsafe {
+                let dst = chunk.as_mut_ptr().cast::<D>();
+                std::ptr::copy_nonoverlapping(part.as_ptr(), dst, part.len());
+                std::slice::from_raw_parts_mut(dst, part.len())
+            };
+            finish(chunk);
+        },
+    );
+    // SAFETY: `for_row_chunks` visits the `len` spare elements exactly once, and each was initialised above.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// f32/f64 forward: each chunk of rows is copied into the output and transformed while it is in L1 (a strided
+/// input is gathered once first, then transformed in place).
+fn forward_float<T: FwhtFloat>(src: &[T], layout: &Layout, n: usize, scale: T) -> Vec<T> {
+    let isa = Available::new(Isa::detect());
+    let rows = |chunk: &mut [T]| for_each_row(chunk, n, |row| T::transform_row(isa, row, scale));
+    match layout.contiguous_offsets() {
+        Some((start, end)) => from_chunks(&src[start..end], n, rows),
+        None => {
+            let mut out = gather(src, layout, |x| x);
+            for_row_chunks(&mut out, n, true, |_, chunk| rows(chunk));
+            out
+        }
+    }
+}
+
+/// f16/bf16 forward (a strided input is gathered once first): each chunk of rows is copied into the output, widened
+/// to f32 (half's vectorised conversion), transformed, and rounded once back into place.
+fn forward_half<H>(src: &[H], layout: &Layout, n: usize, scale: f32) -> Vec<H>
+where
+    H: Copy + Send + Sync,
+    [H]: HalfFloatSliceExt,
+{
+    let isa = Available::new(Isa::detect());
+    let gathered;
+    let src = match layout.contiguous_offsets() {
+        Some((start, end)) => &src[start..end],
+        None => {
+            gathered = gather(src, layout, |x| x);
+            &gathered[..]
+        }
+    };
+    from_chunks(src, n, |chunk| {
+        let mut work = vec![0f32; chunk.len()];
+        chunk.convert_to_f32_slice(&mut work);
+        for_each_row(&mut work, n, |row| f32::transform_row(isa, row, scale));
+        chunk.convert_from_f32_slice(&work);
+    })
+}
+
 /// The candle op's CPU forward: `storage` viewed through `layout`, rows of the last dimension transformed.
+///
+/// The input is read once, chunk by chunk of rows, into the output buffer (through an f32 chunk for the half types,
+/// rounded back once), where it is transformed while hot in L1.
 pub(super) fn forward(storage: &CpuStorage, layout: &Layout, scale: f64) -> Result<CpuStorage> {
     let n = layout.shape().dims().last().copied().unwrap_or(1);
+    check_len(n)?;
     Ok(match storage {
-        CpuStorage::F32(v) => {
-            let mut out = gather(v, layout, |x| x);
-            fwht_rows_inplace(&mut out, n, scale as f32)?;
-            CpuStorage::F32(out)
-        }
-        CpuStorage::F64(v) => {
-            let mut out = gather(v, layout, |x| x);
-            fwht_rows_inplace(&mut out, n, scale)?;
-            CpuStorage::F64(out)
-        }
-        CpuStorage::F16(v) => {
-            let mut out = gather(v, layout, f16::to_f32);
-            fwht_rows_inplace(&mut out, n, scale as f32)?;
-            CpuStorage::F16(out.into_iter().map(f16::from_f32).collect())
-        }
-        CpuStorage::BF16(v) => {
-            let mut out = gather(v, layout, bf16::to_f32);
-            fwht_rows_inplace(&mut out, n, scale as f32)?;
-            CpuStorage::BF16(out.into_iter().map(bf16::from_f32).collect())
-        }
+        CpuStorage::F32(v) => CpuStorage::F32(forward_float(v, layout, n, scale as f32)),
+        CpuStorage::F64(v) => CpuStorage::F64(forward_float(v, layout, n, scale)),
+        CpuStorage::F16(v) => CpuStorage::F16(forward_half(v, layout, n, scale as f32)),
+        CpuStorage::BF16(v) => CpuStorage::BF16(forward_half(v, layout, n, scale as f32)),
         other => return Err(Error::UnsupportedDType(other.dtype()).into()),
     })
 }

@@ -15,6 +15,8 @@ mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod reference;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 
 pub use cpu::{fwht_inplace, fwht_rows_inplace, fwht_rows_inplace_with, FwhtFloat, Isa};
 pub use reference::{hadamard_matrix, hadamard_transform_ref};

@@ -10,7 +10,7 @@ pub fn hadamard_matrix(n: usize, dtype: DType, device: &Device) -> Result<Tensor
     check_len(n)?;
     let data: Vec<f64> = (0..n * n)
         .map(|k| {
-            if ((k / n) & (k % n)).count_ones() % 2 == 0 {
+            if ((k / n) & (k % n)).count_ones().is_multiple_of(2) {
                 1.0
             } else {
                 -1.0

@@ -1,0 +1,291 @@
+//! Benchmark of the Walsh-Hadamard transform: prints Markdown tables for the README.
+//!
+//! * one thread, ns per element, for each instruction set this CPU has, f32 and f64, against the published FFHT
+//!   figures (in-place repeated transforms of a hot buffer, as FFHT measures; median of many repetitions);
+//! * batches of rows: speed-up of 2 threads over 1;
+//! * the candle op against candle's dense matmul by `H_n` (256 × n, f32, all threads).
+//!
+//! ```text
+//! cargo run --release --example fwht_bench              # everything (about a minute)
+//! cargo run --release --example fwht_bench -- --quick   # fewer repetitions
+//! cargo run --release --example fwht_bench -- --min-log2 4 --max-log2 22   # the README's rows
+//! ```
+use candle_core::{Device, Tensor};
+use candle_structured::fwht::{fwht_rows_inplace, fwht_rows_inplace_with, FwhtFloat, Isa};
+use candle_structured::{hadamard_transform, hadamard_transform_ref};
+use clap::Parser;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(about = "Walsh-Hadamard transform benchmark (Markdown tables)")]
+struct Args {
+    /// Fewer and shorter repetitions.
+    #[arg(long)]
+    quick: bool,
+    /// Smallest log2(n) of the one-thread table.
+    #[arg(long, default_value_t = 1)]
+    min_log2: u32,
+    /// Largest log2(n) of the one-thread table.
+    #[arg(long, default_value_t = 22)]
+    max_log2: u32,
+    /// Skip the dense-matmul comparison (slow).
+    #[arg(long)]
+    no_dense: bool,
+    /// Only the one-thread table, for this dtype (f32 or f64).
+    #[arg(long)]
+    only: Option<String>,
+}
+
+/// FFHT (AVX, one thread) in ns per element, from the issue: (log2 n, f32, f64).
+const FFHT: [(u32, Option<f64>, Option<f64>); 7] = [
+    (6, Some(0.386), None),
+    (8, Some(0.332), None),
+    (10, Some(0.378), Some(0.585)),
+    (12, Some(0.395), None),
+    (14, Some(0.441), Some(0.816)),
+    (16, Some(0.499), None),
+    (18, Some(0.534), Some(0.981)),
+];
+
+/// Median over `samples` of the time of `reps` calls of `f`, where `reps` makes one sample last about `target`.
+fn median_time(samples: usize, target: Duration, mut f: impl FnMut()) -> Duration {
+    // Warm up and calibrate.
+    let t = Instant::now();
+    f();
+    let once = t.elapsed().max(Duration::from_nanos(20));
+    let reps = (target.as_secs_f64() / once.as_secs_f64()).clamp(1.0, 1e7) as u32;
+    for _ in 0..reps.min(1000) {
+        f();
+    }
+    let mut times: Vec<Duration> = (0..samples)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..reps {
+                f();
+            }
+            t.elapsed() / reps
+        })
+        .collect();
+    times.sort();
+    times[samples / 2]
+}
+
+fn random<T: From<f32>>(len: usize, seed: u64) -> Vec<T> {
+    // A small xorshift: deterministic, no zeros.
+    let mut s = seed | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            T::from((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
+        })
+        .collect()
+}
+
+/// ns per element of one in-place transform of a hot row of `2^log2` elements, on this thread.
+fn ns_per_element<T: FwhtFloat + From<f32>>(
+    isa: Isa,
+    log2: u32,
+    samples: usize,
+    target: Duration,
+) -> f64
+where
+    f64: From<T>,
+{
+    let n = 1usize << log2;
+    let mut x: Vec<T> = random(n, 7 + log2 as u64);
+    let scale = T::from(1.0 / (n as f32).sqrt());
+    let t = median_time(samples, target, || {
+        fwht_rows_inplace_with(isa, false, black_box(&mut x), n, scale).unwrap();
+    });
+    t.as_secs_f64() * 1e9 / n as f64
+}
+
+fn one_thread_table<T: FwhtFloat + From<f32>>(
+    name: &str,
+    args: &Args,
+    samples: usize,
+    target: Duration,
+) where
+    f64: From<T>,
+{
+    let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.is_available()).collect();
+    let is_f32 = name == "f32";
+    print!("| n ({name}) |");
+    for isa in &isas {
+        print!(" {isa:?} |");
+    }
+    println!(" FFHT | best / FFHT |");
+    print!("|---|");
+    for _ in &isas {
+        print!("---:|");
+    }
+    println!("---:|---:|");
+    for log2 in args.min_log2..=args.max_log2 {
+        let times: Vec<f64> = isas
+            .iter()
+            .map(|&isa| ns_per_element::<T>(isa, log2, samples, target))
+            .collect();
+        print!("| 2^{log2} |");
+        for t in &times {
+            print!(" {t:.3} |");
+        }
+        let best = times.iter().cloned().fold(f64::INFINITY, f64::min);
+        let ffht = FFHT
+            .iter()
+            .find(|f| f.0 == log2)
+            .and_then(|f| if is_f32 { f.1 } else { f.2 });
+        match ffht {
+            Some(f) => println!(" {f:.3} | {:.2}× |", best / f),
+            None => println!(" — | — |"),
+        }
+    }
+    println!();
+}
+
+/// CPU time (user + system) this process has used, from `/proc/self/stat` (Linux; `None` elsewhere).
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th of those.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10)) // USER_HZ = 100 on Linux
+}
+
+/// Wall-clock median (ns/element) and CPU time per element over all repetitions, for `f` run in `pool`.
+fn wall_and_cpu(
+    pool: &rayon::ThreadPool,
+    samples: usize,
+    elems: usize,
+    mut f: impl FnMut() + Send,
+) -> (f64, Option<f64>) {
+    pool.install(|| {
+        f();
+        let t = Instant::now();
+        f();
+        let reps = (0.02 / t.elapsed().as_secs_f64()).clamp(1.0, 1e6) as u32; // ~20 ms per sample
+        let cpu0 = cpu_time();
+        let mut walls: Vec<f64> = (0..samples)
+            .map(|_| {
+                let t = Instant::now();
+                for _ in 0..reps {
+                    f();
+                }
+                t.elapsed().as_secs_f64() / reps as f64
+            })
+            .collect();
+        let cpu = cpu_time().zip(cpu0).map(|(b, a)| {
+            (b - a).as_secs_f64() * 1e9 / (samples as f64 * reps as f64 * elems as f64)
+        });
+        walls.sort_by(f64::total_cmp);
+        (walls[samples / 2] * 1e9 / elems as f64, cpu)
+    })
+}
+
+fn batch_table(samples: usize) {
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let two = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    println!("| rows × n (f32) | 1 thread, ns/element | 2 threads, ns/element | speed-up | CPU ns/element, 1 → 2 threads |");
+    println!("|---|---:|---:|---:|---:|");
+    for (rows, log2) in [
+        (64, 10),
+        (256, 6),
+        (256, 8),
+        (256, 10),
+        (256, 12),
+        (256, 14),
+    ] {
+        let n = 1usize << log2;
+        let mut x: Vec<f32> = random(rows * n, 11);
+        let scale = 1.0 / (n as f32).sqrt();
+        let (t1, c1) = wall_and_cpu(&one, samples, rows * n, || {
+            fwht_rows_inplace(black_box(&mut x), n, scale).unwrap()
+        });
+        let (t2, c2) = wall_and_cpu(&two, samples, rows * n, || {
+            fwht_rows_inplace(black_box(&mut x), n, scale).unwrap()
+        });
+        let cpu = match (c1, c2) {
+            (Some(a), Some(b)) => format!("{a:.3} → {b:.3}"),
+            _ => "—".into(),
+        };
+        println!(
+            "| {rows} × 2^{log2} | {t1:.3} | {t2:.3} | {:.2}× | {cpu} |",
+            t1 / t2
+        );
+    }
+    println!();
+}
+
+fn dense_table(samples: usize) -> candle_core::Result<()> {
+    println!(
+        "| x: 256 × n, f32, {} threads | dense `x.matmul(H_n)`, ns/element | `hadamard_transform`, ns/element | FWHT speed-up |",
+        rayon::current_num_threads()
+    );
+    println!("|---|---:|---:|---:|");
+    for log2 in [10u32, 12] {
+        let n = 1usize << log2;
+        let x = Tensor::from_vec(random::<f32>(256 * n, 3), (256, n), &Device::Cpu)?;
+        let scale = 1.0 / (n as f64).sqrt();
+        let h = candle_structured::fwht::hadamard_matrix(n, candle_core::DType::F32, &Device::Cpu)?;
+        let dense = median_time(samples.min(7), Duration::from_millis(50), || {
+            black_box(x.matmul(&h).unwrap());
+        });
+        let fast = median_time(samples, Duration::from_millis(2), || {
+            black_box(hadamard_transform(&x, scale).unwrap());
+        });
+        // Sanity: both agree.
+        let err = (hadamard_transform(&x, scale)? - hadamard_transform_ref(&x, scale)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(err < 1e-3, "fast and dense transforms disagree by {err}");
+        let per = |t: Duration| t.as_secs_f64() * 1e9 / (256 * n) as f64;
+        println!(
+            "| n = {n} | {:.2} | {:.3} | {:.0}× |",
+            per(dense),
+            per(fast),
+            dense.as_secs_f64() / fast.as_secs_f64()
+        );
+    }
+    println!();
+    Ok(())
+}
+
+fn main() -> candle_core::Result<()> {
+    let args = Args::parse();
+    let (samples, target) = if args.quick {
+        (11, Duration::from_micros(300))
+    } else {
+        (41, Duration::from_millis(1))
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    println!(
+        "Walsh-Hadamard transform, detected instruction set: {:?}; ns per element, one thread, median of {samples}.\n",
+        Isa::detect()
+    );
+    match args.only.as_deref() {
+        Some("f64") => pool.install(|| one_thread_table::<f64>("f64", &args, samples, target)),
+        Some(_) => pool.install(|| one_thread_table::<f32>("f32", &args, samples, target)),
+        None => {
+            pool.install(|| one_thread_table::<f32>("f32", &args, samples, target));
+            pool.install(|| one_thread_table::<f64>("f64", &args, samples, target));
+            batch_table(samples.min(15));
+            if !args.no_dense {
+                dense_table(samples)?;
+            }
+        }
+    }
+    Ok(())
+}

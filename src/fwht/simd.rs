@@ -1,0 +1,446 @@
+//! x86-64 SIMD kernels (AVX2 + FMA, AVX-512F) for the in-place Walsh-Hadamard transform.
+//!
+//! One generic kernel, written over the small [`Vector`] trait and instantiated per register type inside
+//! `#[target_feature]` entry points (every generic function is `#[inline(always)]`, so the intrinsics are compiled
+//! with the entry point's features). For a row of `n = 2^k` elements in vectors of `W = 2^w` lanes:
+//!
+//! 1. the first pass loads up to `2^r` consecutive vectors, runs the `w` stages of stride `< W` inside each register
+//!    (a lane permutation and one FMA with a ±1 sign vector per stage), then `r` stages of butterflies across the
+//!    registers;
+//! 2. every later pass loads `2^r` vectors at a stride of `h` vectors and runs `r` more stages across registers
+//!    (radix-`2^r`), so a row of `2^k` elements costs about `(k - w) / r` sweeps over memory;
+//! 3. rows longer than an L1-sized block are first transformed block by block (each block stays in L1), then the
+//!    remaining stages run as radix-`2^r` passes over the whole row, at most 8 registers at once when the stride is
+//!    4 KiB or more (such vectors share one set of the 8-way L1; holding 16 of them was up to 3× slower);
+//! 4. the scale is multiplied into the values of the last pass before they are stored.
+//!
+//! Each stage performs the same additions, in the same order, as the portable kernel, so results agree bit for bit.
+
+use std::arch::x86_64::*;
+
+/// A SIMD register of `2^LOG` lanes of `E`, with the operations the kernel needs.
+pub(super) trait Vector: Copy {
+    type E: Copy + PartialEq;
+    /// log2 of the lane count.
+    const LOG: u32;
+    const ONE: Self::E;
+    const NEG_ONE: Self::E;
+    unsafe fn load(p: *const Self::E) -> Self;
+    unsafe fn store(self, p: *mut Self::E);
+    unsafe fn add(self, o: Self) -> Self;
+    unsafe fn mul(self, o: Self) -> Self;
+    /// `self · m + a`, rounded once.
+    unsafe fn fma(self, m: Self, a: Self) -> Self;
+    unsafe fn splat(v: Self::E) -> Self;
+    /// The `LOG` stages of strides `1, 2, …, 2^(LOG-1)` inside the register.
+    unsafe fn inreg(self) -> Self;
+}
+
+#[derive(Clone, Copy)]
+pub(super) struct F32x8(__m256);
+#[derive(Clone, Copy)]
+pub(super) struct F64x4(__m256d);
+#[derive(Clone, Copy)]
+pub(super) struct F32x16(__m512);
+#[derive(Clone, Copy)]
+pub(super) struct F64x8(__m512d);
+
+// In every in-register stage of stride s, lane i becomes x[i ^ s] + sign_i · x[i] with sign_i = +1 where bit s of i
+// is clear (x[i] + x[i + s]) and -1 where it is set (x[i - s] - x[i]): one permutation and one exact FMA.
+
+impl Vector for F32x8 {
+    type E = f32;
+    const LOG: u32 = 3;
+    const ONE: f32 = 1.0;
+    const NEG_ONE: f32 = -1.0;
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        F32x8(_mm256_loadu_ps(p))
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        _mm256_storeu_ps(p, self.0)
+    }
+    #[inline(always)]
+    unsafe fn add(self, o: Self) -> Self {
+        F32x8(_mm256_add_ps(self.0, o.0))
+    }
+    #[inline(always)]
+    unsafe fn mul(self, o: Self) -> Self {
+        F32x8(_mm256_mul_ps(self.0, o.0))
+    }
+    #[inline(always)]
+    unsafe fn fma(self, m: Self, a: Self) -> Self {
+        F32x8(_mm256_fmadd_ps(self.0, m.0, a.0))
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        F32x8(_mm256_set1_ps(v))
+    }
+    #[inline(always)]
+    unsafe fn inreg(self) -> Self {
+        let x = self.0;
+        let s1 = _mm256_setr_ps(1., -1., 1., -1., 1., -1., 1., -1.);
+        let x = _mm256_fmadd_ps(x, s1, _mm256_permute_ps(x, 0b1011_0001));
+        let s2 = _mm256_setr_ps(1., 1., -1., -1., 1., 1., -1., -1.);
+        let x = _mm256_fmadd_ps(x, s2, _mm256_permute_ps(x, 0b0100_1110));
+        let s4 = _mm256_setr_ps(1., 1., 1., 1., -1., -1., -1., -1.);
+        let x = _mm256_fmadd_ps(x, s4, _mm256_permute2f128_ps(x, x, 0x01));
+        F32x8(x)
+    }
+}
+
+impl Vector for F64x4 {
+    type E = f64;
+    const LOG: u32 = 2;
+    const ONE: f64 = 1.0;
+    const NEG_ONE: f64 = -1.0;
+    #[inline(always)]
+    unsafe fn load(p: *const f64) -> Self {
+        F64x4(_mm256_loadu_pd(p))
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f64) {
+        _mm256_storeu_pd(p, self.0)
+    }
+    #[inline(always)]
+    unsafe fn add(self, o: Self) -> Self {
+        F64x4(_mm256_add_pd(self.0, o.0))
+    }
+    #[inline(always)]
+    unsafe fn mul(self, o: Self) -> Self {
+        F64x4(_mm256_mul_pd(self.0, o.0))
+    }
+    #[inline(always)]
+    unsafe fn fma(self, m: Self, a: Self) -> Self {
+        F64x4(_mm256_fmadd_pd(self.0, m.0, a.0))
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f64) -> Self {
+        F64x4(_mm256_set1_pd(v))
+    }
+    #[inline(always)]
+    unsafe fn inreg(self) -> Self {
+        let x = self.0;
+        let s1 = _mm256_setr_pd(1., -1., 1., -1.);
+        let x = _mm256_fmadd_pd(x, s1, _mm256_permute_pd(x, 0b0101));
+        let s2 = _mm256_setr_pd(1., 1., -1., -1.);
+        let x = _mm256_fmadd_pd(x, s2, _mm256_permute2f128_pd(x, x, 0x01));
+        F64x4(x)
+    }
+}
+
+impl Vector for F32x16 {
+    type E = f32;
+    const LOG: u32 = 4;
+    const ONE: f32 = 1.0;
+    const NEG_ONE: f32 = -1.0;
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        F32x16(_mm512_loadu_ps(p))
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        _mm512_storeu_ps(p, self.0)
+    }
+    #[inline(always)]
+    unsafe fn add(self, o: Self) -> Self {
+        F32x16(_mm512_add_ps(self.0, o.0))
+    }
+    #[inline(always)]
+    unsafe fn mul(self, o: Self) -> Self {
+        F32x16(_mm512_mul_ps(self.0, o.0))
+    }
+    #[inline(always)]
+    unsafe fn fma(self, m: Self, a: Self) -> Self {
+        F32x16(_mm512_fmadd_ps(self.0, m.0, a.0))
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        F32x16(_mm512_set1_ps(v))
+    }
+    #[inline(always)]
+    unsafe fn inreg(self) -> Self {
+        let x = self.0;
+        let s1 = _mm512_setr_ps(
+            1., -1., 1., -1., 1., -1., 1., -1., 1., -1., 1., -1., 1., -1., 1., -1.,
+        );
+        let x = _mm512_fmadd_ps(x, s1, _mm512_permute_ps(x, 0b1011_0001));
+        let s2 = _mm512_setr_ps(
+            1., 1., -1., -1., 1., 1., -1., -1., 1., 1., -1., -1., 1., 1., -1., -1.,
+        );
+        let x = _mm512_fmadd_ps(x, s2, _mm512_permute_ps(x, 0b0100_1110));
+        let s4 = _mm512_setr_ps(
+            1., 1., 1., 1., -1., -1., -1., -1., 1., 1., 1., 1., -1., -1., -1., -1.,
+        );
+        let x = _mm512_fmadd_ps(x, s4, _mm512_shuffle_f32x4(x, x, 0b1011_0001));
+        let s8 = _mm512_setr_ps(
+            1., 1., 1., 1., 1., 1., 1., 1., -1., -1., -1., -1., -1., -1., -1., -1.,
+        );
+        let x = _mm512_fmadd_ps(x, s8, _mm512_shuffle_f32x4(x, x, 0b0100_1110));
+        F32x16(x)
+    }
+}
+
+impl Vector for F64x8 {
+    type E = f64;
+    const LOG: u32 = 3;
+    const ONE: f64 = 1.0;
+    const NEG_ONE: f64 = -1.0;
+    #[inline(always)]
+    unsafe fn load(p: *const f64) -> Self {
+        F64x8(_mm512_loadu_pd(p))
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f64) {
+        _mm512_storeu_pd(p, self.0)
+    }
+    #[inline(always)]
+    unsafe fn add(self, o: Self) -> Self {
+        F64x8(_mm512_add_pd(self.0, o.0))
+    }
+    #[inline(always)]
+    unsafe fn mul(self, o: Self) -> Self {
+        F64x8(_mm512_mul_pd(self.0, o.0))
+    }
+    #[inline(always)]
+    unsafe fn fma(self, m: Self, a: Self) -> Self {
+        F64x8(_mm512_fmadd_pd(self.0, m.0, a.0))
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f64) -> Self {
+        F64x8(_mm512_set1_pd(v))
+    }
+    #[inline(always)]
+    unsafe fn inreg(self) -> Self {
+        let x = self.0;
+        let s1 = _mm512_setr_pd(1., -1., 1., -1., 1., -1., 1., -1.);
+        let x = _mm512_fmadd_pd(x, s1, _mm512_permute_pd(x, 0b0101_0101));
+        let s2 = _mm512_setr_pd(1., 1., -1., -1., 1., 1., -1., -1.);
+        let x = _mm512_fmadd_pd(x, s2, _mm512_shuffle_f64x2(x, x, 0b1011_0001));
+        let s4 = _mm512_setr_pd(1., 1., 1., 1., -1., -1., -1., -1.);
+        let x = _mm512_fmadd_pd(x, s4, _mm512_shuffle_f64x2(x, x, 0b0100_1110));
+        F64x8(x)
+    }
+}
+
+/// The `log2(N)` butterfly stages across `N` registers (strides 1, 2, …, N/2 in register units).
+///
+/// `a - b` is computed as the exact `fma(b, -1, a)`: on CPUs with separate add and FMA pipes (AMD Zen) the two
+/// halves of each butterfly then run side by side. `neg_one` must be opaque to the compiler, which would otherwise
+/// fold the FMA back into a subtraction.
+#[inline(always)]
+unsafe fn butterflies<V: Vector, const N: usize>(r: &mut [V; N], neg_one: V) {
+    let mut s = 1;
+    while s < N {
+        let mut i = 0;
+        while i < N {
+            for j in i..i + s {
+                let (a, b) = (r[j], r[j + s]);
+                r[j] = a.add(b);
+                r[j + s] = b.fma(neg_one, a);
+            }
+            i += 2 * s;
+        }
+        s *= 2;
+    }
+}
+
+/// One radix-`N` pass over `nvec` vectors at `p`: for every group of `N` vectors `h` apart, `log2(N)` stages
+/// across registers (after the in-register stages when `FIRST`, where `h` must be 1), times `scale` when `SCALE`.
+#[inline(always)]
+unsafe fn pass<V: Vector, const N: usize, const FIRST: bool, const SCALE: bool>(
+    p: *mut V::E,
+    nvec: usize,
+    h: usize,
+    scale: V,
+) {
+    let w = 1usize << V::LOG;
+    let neg_one = std::hint::black_box(V::splat(V::NEG_ONE));
+    let mut block = 0;
+    while block < nvec {
+        for j in 0..h {
+            let q = p.add((block + j) * w);
+            let mut r = [scale; N];
+            for (i, v) in r.iter_mut().enumerate() {
+                let x = V::load(q.add(i * h * w));
+                *v = if FIRST { x.inreg() } else { x };
+            }
+            butterflies(&mut r, neg_one);
+            for (i, v) in r.iter().enumerate() {
+                let y = if SCALE { v.mul(scale) } else { *v };
+                y.store(q.add(i * h * w));
+            }
+        }
+        block += N * h;
+    }
+}
+
+/// Runs [`pass`] with `N = 2^radix` (0 ≤ radix ≤ 4).
+#[inline(always)]
+unsafe fn run_pass<V: Vector>(
+    radix: u32,
+    first: bool,
+    p: *mut V::E,
+    nvec: usize,
+    h: usize,
+    scale: Option<V>,
+) {
+    macro_rules! go {
+        ($n:literal) => {
+            match (first, scale) {
+                (true, None) => pass::<V, $n, true, false>(p, nvec, h, V::splat(V::ONE)),
+                (true, Some(s)) => pass::<V, $n, true, true>(p, nvec, h, s),
+                (false, None) => pass::<V, $n, false, false>(p, nvec, h, V::splat(V::ONE)),
+                (false, Some(s)) => pass::<V, $n, false, true>(p, nvec, h, s),
+            }
+        };
+    }
+    match radix {
+        0 => go!(1),
+        1 => go!(2),
+        2 => go!(4),
+        3 => go!(8),
+        _ => go!(16),
+    }
+}
+
+/// Cross-register stages `stages` of them, starting at a stride of `h` vectors, in passes of at most `rmax` stages
+/// (as even as possible); the last pass applies `scale`.
+#[inline(always)]
+unsafe fn passes<V: Vector>(
+    p: *mut V::E,
+    nvec: usize,
+    mut h: usize,
+    stages: u32,
+    rmax: u32,
+    scale: Option<V>,
+) {
+    if stages == 0 {
+        return;
+    }
+    // Vectors 4 KiB apart or more share an L1 set (8 ways): hold at most 8 of them at once.
+    let rmax = if (h << V::LOG) * std::mem::size_of::<V::E>() >= 4096 {
+        rmax.min(3)
+    } else {
+        rmax
+    };
+    let count = stages.div_ceil(rmax);
+    let (base, extra) = (stages / count, stages % count);
+    for i in 0..count {
+        let r = base + u32::from(i < extra);
+        let s = if i + 1 == count { scale } else { None };
+        run_pass::<V>(r, false, p, nvec, h, s);
+        h <<= r;
+    }
+}
+
+/// The whole transform of `2^k` elements at `p` (`k ≥ V::LOG`) with the data kept within one level of cache:
+/// a first pass with the in-register stages, then radix passes.
+#[inline(always)]
+unsafe fn in_cache<V: Vector>(p: *mut V::E, k: u32, rmax: u32, scale: Option<V>) {
+    let nvec = 1usize << (k - V::LOG);
+    let cross = k - V::LOG;
+    let first = cross.min(rmax);
+    let last = cross == first;
+    run_pass::<V>(first, true, p, nvec, 1, if last { scale } else { None });
+    passes::<V>(p, nvec, 1 << first, cross - first, rmax, scale);
+}
+
+/// Tuning of one kernel: the widest radix (log2 of the registers held at once) and the L1 block (log2 of
+/// elements).
+#[derive(Clone, Copy)]
+struct Plan {
+    rmax: u32,
+    l1_log: u32,
+}
+
+/// `x ← scale · x · H_n` in place, `n = x.len() = 2^k` with `k ≥ V::LOG`.
+///
+/// Rows longer than the L1 block are transformed block by block, then the stages that span blocks run as radix
+/// passes over the whole row (8 registers at once, the strides being 4 KiB or more). A two-level variant (rows of
+/// L2 size, then column panels copied into a contiguous buffer) was measured slower at every size up to 2^22 on the
+/// development machine (AMD Zen 4 VM), so it is not used.
+#[inline(always)]
+unsafe fn transform<V: Vector>(x: &mut [V::E], scale: V::E, plan: Plan) {
+    let n = x.len();
+    debug_assert!(n.is_power_of_two() && n >= 1 << V::LOG);
+    let k = n.trailing_zeros();
+    let p = x.as_mut_ptr();
+    let scale = if scale == V::ONE {
+        None
+    } else {
+        Some(V::splat(scale))
+    };
+    if k <= plan.l1_log {
+        in_cache::<V>(p, k, plan.rmax, scale);
+        return;
+    }
+    let block = 1usize << plan.l1_log;
+    let mut start = 0;
+    while start < n {
+        in_cache::<V>(p.add(start), plan.l1_log, plan.rmax, None);
+        start += block;
+    }
+    passes::<V>(
+        p,
+        n >> V::LOG,
+        block >> V::LOG,
+        k - plan.l1_log,
+        plan.rmax,
+        scale,
+    );
+}
+
+const AVX2_F32: Plan = Plan {
+    rmax: 3,
+    l1_log: 12,
+};
+const AVX2_F64: Plan = Plan {
+    rmax: 3,
+    l1_log: 11,
+};
+const AVX512_F32: Plan = Plan {
+    rmax: 4,
+    l1_log: 12,
+};
+const AVX512_F64: Plan = Plan {
+    rmax: 4,
+    l1_log: 11,
+};
+
+/// AVX2 kernel for f32; `x.len()` is a power of two ≥ 8.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn f32_avx2(x: &mut [f32], scale: f32) {
+    transform::<F32x8>(x, scale, AVX2_F32)
+}
+
+/// AVX2 kernel for f64; `x.len()` is a power of two ≥ 4.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn f64_avx2(x: &mut [f64], scale: f64) {
+    transform::<F64x4>(x, scale, AVX2_F64)
+}
+
+/// AVX-512 kernel for f32; `x.len()` is a power of two ≥ 16.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn f32_avx512(x: &mut [f32], scale: f32) {
+    transform::<F32x16>(x, scale, AVX512_F32)
+}
+
+/// AVX-512 kernel for f64; `x.len()` is a power of two ≥ 8.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn f64_avx512(x: &mut [f64], scale: f64) {
+    transform::<F64x8>(x, scale, AVX512_F64)
+}
