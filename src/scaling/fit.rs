@@ -116,7 +116,7 @@ impl PowerLaw {
 /// Weighted least squares `y = a + b x`; returns `(a, b)`.
 fn wls(x: &[f64], y: &[f64], w: &[f64]) -> Option<(f64, f64)> {
     let sw: f64 = w.iter().sum();
-    if !(sw > 0.0) {
+    if sw.is_nan() || sw <= 0.0 {
         return None;
     }
     let mx = x.iter().zip(w).map(|(x, w)| x * w).sum::<f64>() / sw;
@@ -128,7 +128,7 @@ fn wls(x: &[f64], y: &[f64], w: &[f64]) -> Option<(f64, f64)> {
         .zip(w)
         .map(|((x, y), w)| w * (x - mx) * (y - my))
         .sum();
-    if !(sxx > 0.0) {
+    if sxx.is_nan() || sxx <= 0.0 {
         return None;
     }
     let b = sxy / sxx;
@@ -156,7 +156,7 @@ pub fn fit_power_law(x: &[f64], y: &[f64], method: Method) -> candle_core::Resul
     let degenerate = || Error::Fit("power law: all x values are equal".to_string());
     let (mut a, mut b) = wls(&lx, &ly, &w).ok_or_else(degenerate)?;
     if let Method::Huber { delta } = method {
-        if !(delta > 0.0) {
+        if delta.is_nan() || delta <= 0.0 {
             return Err(
                 Error::Fit(format!("power law: Huber delta = {delta}, must be > 0")).into(),
             );

@@ -70,7 +70,7 @@ impl Frontier {
 /// Linear interpolation of `ln y` in `ln x` on sorted `(x, y)` points; `None` outside `[x_0, x_last]` (with a
 /// relative tolerance of 1e-9 at the ends).
 pub fn interp_loglog(xy: &[(f64, f64)], x: f64) -> Option<f64> {
-    if xy.is_empty() || !(x > 0.0) {
+    if xy.is_empty() || x.is_nan() || x <= 0.0 {
         return None;
     }
     let tol = 1e-9;

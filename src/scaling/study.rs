@@ -351,6 +351,9 @@ fn equal_n_gap(family: &[Run], base: &[Run], final_points: usize) -> candle_core
     mean(&gaps).ok_or_else(|| Error::Fit("no family run with a known N".into()).into())
 }
 
+/// A gap statistic of (family runs, baseline runs).
+type GapFn<'a> = dyn Fn(&[Run], &[Run]) -> candle_core::Result<f64> + Sync + 'a;
+
 /// Compare `family` with `baselines` (both already priced by the same cost model), see [`Comparison`].
 pub fn compare_with_baselines(
     family: &[Run],
@@ -364,7 +367,7 @@ pub fn compare_with_baselines(
             .cloned()
             .partition(|r| Some(&r.family) != fam0.as_ref())
     };
-    let interval = |g: &(dyn Fn(&[Run], &[Run]) -> candle_core::Result<f64> + Sync)| -> Interval {
+    let interval = |g: &GapFn| -> Interval {
         match bootstrap_runs(&both, &opts.bootstrap, |rs| {
             let (b, f) = split(rs);
             Ok(vec![g(&f, &b)?])
