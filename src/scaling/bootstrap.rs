@@ -142,7 +142,9 @@ pub fn resample_runs(runs: &[Run], rng: &mut impl Rng) -> Vec<Run> {
 }
 
 /// Fit `fit` on all runs, then on `opts.resamples` resamples of the runs (see the [module docs](self)).
-/// Errors if the full fit fails, or if more than half of the resamples fail.
+/// Errors if the full fit fails, or if every resample fails. With few runs many resamples fail (a resample of
+/// one distinct run cannot fit a slope): the intervals are then conditional on the resamples that could be fitted,
+/// and [`Bootstrap::failed`] says how many could not.
 pub fn bootstrap_runs<F>(
     runs: &[Run],
     opts: &BootstrapOptions,
@@ -168,9 +170,9 @@ where
         .collect();
     let failed = results.iter().filter(|r| r.is_none()).count();
     let samples: Vec<Vec<f64>> = results.into_iter().flatten().collect();
-    if opts.resamples > 0 && failed * 2 > opts.resamples {
+    if opts.resamples > 0 && samples.is_empty() {
         return Err(Error::Fit(format!(
-            "bootstrap: {failed} of {} resamples failed to fit (too few runs?)",
+            "bootstrap: all {} resamples failed to fit (too few runs?)",
             opts.resamples
         ))
         .into());

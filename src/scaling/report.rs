@@ -93,6 +93,11 @@ fn pf_cc(law_log_scale: f64) -> String {
     }
 }
 
+/// The first line of an error (candle appends a backtrace when `RUST_BACKTRACE` is set).
+fn short(e: &candle_core::Error) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
+}
+
 fn pct(x: f64) -> String {
     format!("{:+.1}%", (x.exp() - 1.0) * 100.0)
 }
@@ -333,6 +338,7 @@ pub fn write_report(
     );
     let _ = writeln!(w, "| family | frozen cost | runs | slope (LS) [95%] | slope (Huber) [95%] | C_c (PF-days) | E + (C_c/C)^α | figure |");
     let _ = writeln!(w, "|---|---|---:|---|---|---:|---|---|");
+    let mut few = false;
     for r in &results {
         let n = runs.iter().filter(|x| x.family == r.family).count();
         let cost = if runs
@@ -349,6 +355,7 @@ pub fn write_report(
             .and_then(|s| s.file_name())
             .map(|s| format!("![]({}.svg)", s.to_string_lossy()))
             .unwrap_or_default();
+        few |= n < 3;
         match &r.law {
             Some(l) => {
                 let off = l
@@ -378,6 +385,14 @@ pub fn write_report(
         }
     }
 
+    if few {
+        let _ = writeln!(
+            w,
+            "\nFamilies with fewer than 3 runs: their intervals come from resamples of 1–2 distinct runs and are not \
+             reliable (a single run gives a zero-width interval)."
+        );
+    }
+
     // ---- L(N), Chinchilla, prediction (baselines)
     if !baselines.is_empty() {
         let _ = writeln!(w, "\n## Baselines: `L(N)`, `L(N, D)` and extrapolation\n");
@@ -392,7 +407,7 @@ pub fn write_report(
                 );
             }
             Err(e) => {
-                let _ = writeln!(w, "- `L(N)`: not fitted ({e}).");
+                let _ = writeln!(w, "- `L(N)`: not fitted ({}).", short(&e));
             }
         }
         if opts.chinchilla {
@@ -411,7 +426,7 @@ pub fn write_report(
                     );
                 }
                 Err(e) => {
-                    let _ = writeln!(w, "- Chinchilla `L(N, D)`: not fitted ({e}).");
+                    let _ = writeln!(w, "- Chinchilla `L(N, D)`: not fitted ({}).", short(&e));
                 }
             }
         }
@@ -436,7 +451,7 @@ pub fn write_report(
                     }
                 }
                 Err(e) => {
-                    let _ = writeln!(w, "- Extrapolation: not done ({e}).");
+                    let _ = writeln!(w, "- Extrapolation: not done ({}).", short(&e));
                 }
             }
         }
