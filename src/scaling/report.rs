@@ -527,12 +527,15 @@ pub fn write_report(
         );
         let _ = writeln!(w, "|---|---|---|---:|---:|");
         for r in &comps {
+            let frozen = runs
+                .iter()
+                .any(|x| x.family == r.family && x.n_frozen > 0.0);
             for t in &r.comparison.as_ref().expect("filtered").twins {
                 let _ = writeln!(
                     w,
                     "| {} | {} | {} | {:.3e} | {} |",
                     t.0,
-                    r.cost.label(),
+                    if frozen { r.cost.label() } else { "–".into() },
                     t.1,
                     t.2 / PF_DAY,
                     pct(t.3)
@@ -545,15 +548,17 @@ pub fn write_report(
             let frozen = runs
                 .iter()
                 .any(|x| x.family == r.family && x.n_frozen > 0.0);
+            let n_runs = runs.iter().filter(|x| x.family == r.family).count();
             let _ = writeln!(
                 w,
-                "- {}{}: at equal compute it {}; at equal trainable N it {}.",
+                "- {}{} ({n_runs} run{}): at equal compute it {}; at equal trainable N it {}.",
                 r.family,
                 if frozen {
                     format!(" (frozen cost {})", r.cost.label())
                 } else {
                     String::new()
                 },
+                if n_runs == 1 { "" } else { "s" },
                 c.equal_compute_verdict.phrase(),
                 c.equal_n_verdict.phrase()
             );
