@@ -1,7 +1,8 @@
-//! Samples text from a checkpoint written by `train_small`.
+//! Samples text from a checkpoint written by `train_small`, or measures its loss on a text file (`--eval`).
 //!
 //! ```bash
 //! cargo run --release --example generate -- --run-dir runs/small-cpu --prompt "Le paquet" --temperature 0.8 --top-k 40
+//! cargo run --release --example generate -- --run-dir runs/small-cpu --eval some_french_text.txt
 //! ```
 
 #[global_allocator]
@@ -12,7 +13,9 @@ use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use candle_structured::data::load_tokenizer;
 use candle_structured::model::gpt;
-use candle_structured::train::{load_checkpoint, restore_weights, CHECKPOINT_FILE, TOKENIZER_FILE};
+use candle_structured::train::{
+    evaluate_text, load_checkpoint, restore_weights, CHECKPOINT_FILE, TOKENIZER_FILE,
+};
 use clap::Parser;
 use std::path::PathBuf;
 
@@ -46,6 +49,9 @@ struct Args {
     /// cpu or cuda (cuda needs the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Instead of sampling, print the loss (nats per token, bits per byte) on this UTF-8 text file (.gz accepted).
+    #[arg(long)]
+    eval: Option<PathBuf>,
 }
 
 fn device(name: &str) -> Result<Device> {
@@ -63,6 +69,19 @@ fn device(name: &str) -> Result<Device> {
         }
         other => bail!("unknown device {other:?} (expected cpu or cuda)"),
     }
+}
+
+/// A UTF-8 file, gzip-decompressed when its name ends in `.gz`.
+fn read_text(path: &std::path::Path) -> Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut bytes = Vec::new();
+    if path.extension().is_some_and(|e| e == "gz") {
+        flate2::read::MultiGzDecoder::new(file).read_to_end(&mut bytes)?;
+    } else {
+        std::io::BufReader::new(file).read_to_end(&mut bytes)?;
+    }
+    String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))
 }
 
 fn main() -> Result<()> {
@@ -84,6 +103,19 @@ fn main() -> Result<()> {
             .unwrap_or_else(|| PathBuf::from(TOKENIZER_FILE))
     });
     let tokenizer = load_tokenizer(&tok_path)?;
+    if let Some(path) = &args.eval {
+        let text = read_text(path)?;
+        let r = evaluate_text(&model, &tokenizer, &text, cfg.context, 8, &device)?;
+        println!(
+            "{}: {:.4} nats/token, {:.4} bits/byte over {} tokens ({} bytes of text)",
+            path.display(),
+            r.loss,
+            r.bits_per_byte,
+            r.tokens,
+            text.len()
+        );
+        return Ok(());
+    }
     let enc = tokenizer
         .encode(args.prompt.as_str(), false)
         .map_err(|e| anyhow::anyhow!("cannot tokenize the prompt: {e}"))?;
@@ -98,7 +130,14 @@ fn main() -> Result<()> {
         ckpt.meta.tokens,
         prompt.len()
     );
-    let out = model.generate(&prompt, args.max_tokens, args.temperature, args.top_k, args.seed, &device)?;
+    let out = model.generate(
+        &prompt,
+        args.max_tokens,
+        args.temperature,
+        args.top_k,
+        args.seed,
+        &device,
+    )?;
     let text = tokenizer
         .decode(&out, true)
         .map_err(|e| anyhow::anyhow!("cannot decode: {e}"))

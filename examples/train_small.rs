@@ -19,7 +19,7 @@ use candle_nn::{VarBuilder, VarMap};
 use candle_structured::data::{default_corpus_dir, Corpus, CorpusOptions};
 use candle_structured::model::{gpt, preset, presets_table};
 use candle_structured::params::CountParams;
-use candle_structured::train::{train, TrainOptions};
+use candle_structured::train::{load_checkpoint, train, TrainOptions, CHECKPOINT_FILE};
 use clap::Parser;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -81,7 +81,7 @@ struct Args {
     #[arg(long, default_value_t = 64)]
     eval_windows: usize,
     /// Test windows evaluated at the end.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 128)]
     test_windows: usize,
     /// Checkpoint every N steps (0: only at the end and on Ctrl-C).
     #[arg(long, default_value_t = 100)]
@@ -114,7 +114,36 @@ fn device(name: &str) -> Result<Device> {
     }
 }
 
+/// mimalloc gives freed memory back to the OS after 10 ms by default, and every training step then takes zeroed
+/// pages again from the kernel (a third of the CPU time went to page clearing). Its options are read at process
+/// start, so the example re-runs itself once with them set, unless the caller set them.
+fn reexec_with_allocator_options() -> Result<Option<i32>> {
+    const MARK: &str = "CANDLE_STRUCTURED_ALLOC_SET";
+    if std::env::var_os(MARK).is_some() {
+        return Ok(None);
+    }
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(std::env::args_os().skip(1)).env(MARK, "1");
+    for (k, v) in [
+        ("MIMALLOC_PURGE_DELAY", "-1"),
+        ("MIMALLOC_ARENA_RESERVE", "4GiB"),
+    ] {
+        if std::env::var_os(k).is_none() {
+            cmd.env(k, v);
+        }
+    }
+    // Ctrl-C reaches the child too (same process group); the parent just waits for it.
+    ctrlc::set_handler(|| {})?;
+    match cmd.status() {
+        Ok(status) => Ok(Some(status.code().unwrap_or(130))),
+        Err(_) => Ok(None), // cannot re-run: train in this process with the default options
+    }
+}
+
 fn main() -> Result<()> {
+    if let Some(code) = reexec_with_allocator_options()? {
+        std::process::exit(code);
+    }
     let args = Args::parse();
     if args.list_presets {
         print!("{}", presets_table());
@@ -123,6 +152,25 @@ fn main() -> Result<()> {
     let t0 = std::time::Instant::now();
     let mut preset = preset(&args.preset)?;
     let device = device(&args.device)?;
+    let run_dir = args
+        .run_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(&preset.name));
+    // A resumed run continues with the model and recipe stored in its checkpoint.
+    let resumed = if args.resume {
+        let path = run_dir.join(CHECKPOINT_FILE);
+        let ckpt = load_checkpoint(&path, &Device::Cpu)
+            .with_context(|| format!("--resume: cannot resume from {}", run_dir.display()))?;
+        eprintln!(
+            "resuming {} at step {} ({} tokens); model and recipe from the checkpoint",
+            path.display(),
+            ckpt.meta.step,
+            ckpt.meta.tokens
+        );
+        Some(ckpt.meta)
+    } else {
+        None
+    };
     let mut cfg = preset.model.clone();
     cfg.seed = args.seed;
     if let Some(p) = args.dropout {
@@ -147,16 +195,21 @@ fn main() -> Result<()> {
     if let Some(b) = budget {
         spec = spec.with_budget(b);
     }
+    if let Some(meta) = &resumed {
+        cfg = meta.config.clone();
+        spec = meta.train.clone();
+    }
 
     // Data: decompress, train the tokenizer, tokenize (all cached).
     let data = args.data.clone().unwrap_or_else(default_corpus_dir);
     let mut copts = CorpusOptions::new(&data, cfg.vocab_size);
     copts.cache_root = args.cache.clone();
     copts.tokenizer = args.tokenizer.clone();
-    copts.tokenizer_train_bytes = (args.tokenizer_train_bytes > 0).then_some(args.tokenizer_train_bytes);
+    copts.tokenizer_train_bytes =
+        (args.tokenizer_train_bytes > 0).then_some(args.tokenizer_train_bytes);
     copts.verbose = true;
     let corpus = Corpus::prepare(&copts)?;
-    if args.tokenizer.is_some() && corpus.vocab_size != cfg.vocab_size {
+    if args.tokenizer.is_some() && resumed.is_none() && corpus.vocab_size != cfg.vocab_size {
         eprintln!(
             "the tokenizer has {} tokens: the model's vocabulary is set to it (preset: {})",
             corpus.vocab_size, cfg.vocab_size
@@ -166,10 +219,6 @@ fn main() -> Result<()> {
     preset.model = cfg.clone();
 
     // Run folder: never overwrite a previous run silently.
-    let run_dir = args
-        .run_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(&preset.name));
     if !args.resume && run_dir.join("checkpoint.safetensors").exists() {
         let mut k = 1;
         let moved = loop {
@@ -241,7 +290,11 @@ fn main() -> Result<()> {
             report.steps,
             spec.total_steps(),
             report.tokens,
-            if args.preset != "small-cpu" { format!(" --preset {}", args.preset) } else { String::new() }
+            if args.preset != "small-cpu" {
+                format!(" --preset {}", args.preset)
+            } else {
+                String::new()
+            }
         );
     } else {
         if let Some(v) = report.valid {

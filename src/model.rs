@@ -116,7 +116,8 @@ impl GptConfig {
     /// Checks that the sizes are consistent.
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::Config(format!("GptConfig: {msg}")).into());
-        if self.vocab_size == 0 || self.context == 0 || self.d_model == 0 || self.layers.is_empty() {
+        if self.vocab_size == 0 || self.context == 0 || self.d_model == 0 || self.layers.is_empty()
+        {
             return bad(format!(
                 "vocab_size ({}), context ({}), d_model ({}) and the number of layers ({}) must be positive",
                 self.vocab_size,
@@ -126,7 +127,10 @@ impl GptConfig {
             ));
         }
         if self.vocab_size > u32::MAX as usize {
-            return bad(format!("vocab_size {} does not fit token ids in u32", self.vocab_size));
+            return bad(format!(
+                "vocab_size {} does not fit token ids in u32",
+                self.vocab_size
+            ));
         }
         for i in 0..self.layers.len() {
             match self.layers[i] {
@@ -147,7 +151,8 @@ impl GptConfig {
             Some(LayerSpec::Block(k)) => *k,
             _ => BlockKind::Dense,
         };
-        let mut c = BlockConfig::new(self.d_model, self.n_heads, kind).with_seed(self.layer_seed(i));
+        let mut c =
+            BlockConfig::new(self.d_model, self.n_heads, kind).with_seed(self.layer_seed(i));
         c.dropout = self.dropout;
         c.ln_eps = self.ln_eps;
         c.rotary_base = self.rotary_base;
@@ -191,14 +196,22 @@ impl GptConfig {
                     let h = 4 * d;
                     let ln = ParamCount::dense(4 * d);
                     match kind {
-                        BlockKind::Dense => ln + dense(d, 3 * d) + dense(d, d) + dense(d, h) + dense(h, d),
+                        BlockKind::Dense => {
+                            ln + dense(d, 3 * d) + dense(d, d) + dense(d, h) + dense(h, d)
+                        }
                         BlockKind::FastFood => {
-                            ln + fastfood(d, 3 * d) + fastfood(d, d) + fastfood(d, h) + fastfood(h, d)
+                            ln + fastfood(d, 3 * d)
+                                + fastfood(d, d)
+                                + fastfood(d, h)
+                                + fastfood(h, d)
                         }
                         BlockKind::BlockHadamard { n_blocks } => {
                             ln + dense(d, 3 * d)
                                 + dense(d, d)
-                                + ParamCount::structured(2 * d * h / n_blocks + h + d, 2 * d * h + h + d)
+                                + ParamCount::structured(
+                                    2 * d * h / n_blocks + h + d,
+                                    2 * d * h + h + d,
+                                )
                         }
                     }
                 }
@@ -233,7 +246,7 @@ impl GptConfig {
 #[derive(Debug, Clone)]
 pub enum GptLayer {
     /// A trainable transformer block.
-    Block(RotaryGptBlock),
+    Block(Box<RotaryGptBlock>),
     /// A frozen random MLP.
     Frozen(FrozenRandomMlp),
 }
@@ -303,7 +316,9 @@ impl Gpt {
         for (i, l) in cfg.layers.iter().enumerate() {
             let lvb = vb.pp(format!("h.{i}"));
             layers.push(match *l {
-                LayerSpec::Block(_) => GptLayer::Block(rotary_gpt_block(&cfg.block_config(i), lvb)?),
+                LayerSpec::Block(_) => {
+                    GptLayer::Block(Box::new(rotary_gpt_block(&cfg.block_config(i), lvb)?))
+                }
                 LayerSpec::Frozen { hidden } => GptLayer::Frozen(frozen_random_mlp(
                     d,
                     hidden,
@@ -313,7 +328,9 @@ impl Gpt {
                 )?),
             });
         }
-        let ln_f_w = vb.pp("ln_f").get_with_hints(d, "weight", Init::Const(1.0))?;
+        let ln_f_w = vb
+            .pp("ln_f")
+            .get_with_hints(d, "weight", Init::Const(1.0))?;
         let ln_f_b = vb.pp("ln_f").get_with_hints(d, "bias", Init::Const(0.0))?;
         let lm_head = if cfg.tie_embeddings {
             None
@@ -343,7 +360,10 @@ impl Gpt {
     /// Final hidden states `(batch, seq, d)` (after the last LayerNorm).
     pub fn hidden_states(&self, ids: &Tensor, train: bool) -> Result<Tensor> {
         let (b, t) = ids.dims2().map_err(|_| {
-            Error::Config(format!("Gpt: token ids of shape {:?}, expected (batch, seq)", ids.dims()))
+            Error::Config(format!(
+                "Gpt: token ids of shape {:?}, expected (batch, seq)",
+                ids.dims()
+            ))
         })?;
         if t > self.cfg.context {
             return Err(Error::Config(format!(
@@ -364,7 +384,10 @@ impl Gpt {
             ))
             .into());
         }
-        let x = self.wte.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.d_model))?;
+        let x = self
+            .wte
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, self.cfg.d_model))?;
         let mut x = crate::ops::dropout(&x, self.cfg.dropout, train)?;
         for layer in &self.layers {
             x = layer.forward_t(&x, train)?;
@@ -377,7 +400,9 @@ impl Gpt {
         let h = self.hidden_states(ids, train)?;
         let (b, t, d) = h.dims3()?;
         let head = self.lm_head.as_ref().unwrap_or(&self.wte);
-        h.reshape((b * t, d))?.matmul(&head.t()?)?.reshape((b, t, self.cfg.vocab_size))
+        h.reshape((b * t, d))?
+            .matmul(&head.t()?)?
+            .reshape((b, t, self.cfg.vocab_size))
     }
 
     /// Mean next-token cross-entropy in nats of `ids` `(batch, seq)` against `targets` `(batch, seq)`.
@@ -391,7 +416,10 @@ impl Gpt {
             ))
             .into());
         }
-        crate::ops::cross_entropy(&logits.reshape((b * t, v))?, &targets.flatten_all()?.to_dtype(DType::U32)?)
+        crate::ops::cross_entropy(
+            &logits.reshape((b * t, v))?,
+            &targets.flatten_all()?.to_dtype(DType::U32)?,
+        )
     }
 
     /// Samples `max_new` tokens after `prompt` (no key/value cache: each step re-reads the last `context` tokens).
@@ -415,7 +443,9 @@ impl Gpt {
             let start = tokens.len().saturating_sub(self.cfg.context);
             let ids = Tensor::new(&tokens[start..], device)?.unsqueeze(0)?;
             let logits = self.logits(&ids, false)?;
-            let last = logits.i((0, tokens.len() - start - 1))?.to_dtype(DType::F64)?;
+            let last = logits
+                .i((0, tokens.len() - start - 1))?
+                .to_dtype(DType::F64)?;
             let logits: Vec<f64> = last.to_vec1()?;
             let next = if temperature <= 0.0 {
                 argmax(&logits)
@@ -455,7 +485,10 @@ fn sample(logits: &[f64], temperature: f64, top_k: usize, u: f64) -> usize {
         idx.truncate(top_k);
     }
     let m = logits[idx[0]];
-    let w: Vec<f64> = idx.iter().map(|&i| ((logits[i] - m) / temperature).exp()).collect();
+    let w: Vec<f64> = idx
+        .iter()
+        .map(|&i| ((logits[i] - m) / temperature).exp())
+        .collect();
     let total: f64 = w.iter().sum();
     let mut acc = 0.0;
     for (k, &wk) in w.iter().enumerate() {
@@ -551,8 +584,9 @@ pub struct Preset {
     pub train: TrainSpec,
 }
 
-/// Token budget of the CPU twins of the 768-wide dense and doped presets: ~1.2M tokens, 300 steps of 4096 tokens.
-pub const CPU_TOKENS: u64 = 300 * 4096;
+/// Token budget of the CPU twins: 200 steps of 16 × 256 tokens (819,200 tokens), so that `small-cpu` trains in
+/// under 10 minutes on 2 cores of this machine (tokenizer and evaluations included).
+pub const CPU_TOKENS: u64 = 200 * 4096;
 
 fn paper_train(lr: f64, decay_tokens: u64) -> TrainSpec {
     TrainSpec {
@@ -600,15 +634,96 @@ pub fn presets() -> Vec<Preset> {
     let bd = LayerSpec::Block(BlockKind::BlockHadamard { n_blocks: 4 });
     let (g32_8, g40_9) = (32_800_000_000, 40_900_000_000);
     let paper = vec![
-        P { name: "xxsmall", what: "Table 1, 3 dense layers", d: 768, heads: 12, layers: dense(3), lr: 5e-4, decay: g32_8, cpu_tokens: CPU_TOKENS },
-        P { name: "xsmall", what: "Table 1, 6 dense layers", d: 768, heads: 12, layers: dense(6), lr: 5e-4, decay: g32_8, cpu_tokens: CPU_TOKENS },
-        P { name: "small", what: "Table 1, 12 dense layers", d: 768, heads: 12, layers: dense(12), lr: 5e-4, decay: g32_8, cpu_tokens: CPU_TOKENS },
-        P { name: "medium", what: "Table 1, 24 dense layers", d: 1024, heads: 16, layers: dense(24), lr: 3e-4, decay: g40_9, cpu_tokens: CPU_TOKENS },
-        P { name: "doped-xsmall", what: "Table 2, 3 trainable + 2 frozen layers", d: 768, heads: 12, layers: alternating(3, 2, BlockKind::Dense, 6 * 768), lr: 5e-4, decay: g32_8, cpu_tokens: CPU_TOKENS },
-        P { name: "doped-small", what: "Table 2, 6 trainable + 5 frozen layers", d: 768, heads: 12, layers: alternating(6, 5, BlockKind::Dense, 6 * 768), lr: 5e-4, decay: g32_8, cpu_tokens: CPU_TOKENS },
-        P { name: "doped-medium", what: "Table 2, 12 trainable + 11 frozen layers", d: 1024, heads: 16, layers: alternating(12, 11, BlockKind::Dense, 6 * 1024), lr: 3e-4, decay: g40_9, cpu_tokens: CPU_TOKENS },
-        P { name: "fastfood", what: "Table 3, 12 layers, every linear map AdaptiveFastFood", d: 1024, heads: 16, layers: vec![ff; 12], lr: 5e-4, decay: g32_8, cpu_tokens: CPU_TOKENS },
-        P { name: "blockdiag", what: "Table 3, 12 layers, MLP = BlockHadamardMlp (4 blocks)", d: 1024, heads: 16, layers: vec![bd; 12], lr: 5e-4, decay: g32_8, cpu_tokens: CPU_TOKENS },
+        P {
+            name: "xxsmall",
+            what: "Table 1, 3 dense layers",
+            d: 768,
+            heads: 12,
+            layers: dense(3),
+            lr: 5e-4,
+            decay: g32_8,
+            cpu_tokens: CPU_TOKENS,
+        },
+        P {
+            name: "xsmall",
+            what: "Table 1, 6 dense layers",
+            d: 768,
+            heads: 12,
+            layers: dense(6),
+            lr: 5e-4,
+            decay: g32_8,
+            cpu_tokens: CPU_TOKENS,
+        },
+        P {
+            name: "small",
+            what: "Table 1, 12 dense layers",
+            d: 768,
+            heads: 12,
+            layers: dense(12),
+            lr: 5e-4,
+            decay: g32_8,
+            cpu_tokens: CPU_TOKENS,
+        },
+        P {
+            name: "medium",
+            what: "Table 1, 24 dense layers",
+            d: 1024,
+            heads: 16,
+            layers: dense(24),
+            lr: 3e-4,
+            decay: g40_9,
+            cpu_tokens: CPU_TOKENS,
+        },
+        P {
+            name: "doped-xsmall",
+            what: "Table 2, 3 trainable + 2 frozen layers",
+            d: 768,
+            heads: 12,
+            layers: alternating(3, 2, BlockKind::Dense, 6 * 768),
+            lr: 5e-4,
+            decay: g32_8,
+            cpu_tokens: CPU_TOKENS,
+        },
+        P {
+            name: "doped-small",
+            what: "Table 2, 6 trainable + 5 frozen layers",
+            d: 768,
+            heads: 12,
+            layers: alternating(6, 5, BlockKind::Dense, 6 * 768),
+            lr: 5e-4,
+            decay: g32_8,
+            cpu_tokens: CPU_TOKENS,
+        },
+        P {
+            name: "doped-medium",
+            what: "Table 2, 12 trainable + 11 frozen layers",
+            d: 1024,
+            heads: 16,
+            layers: alternating(12, 11, BlockKind::Dense, 6 * 1024),
+            lr: 3e-4,
+            decay: g40_9,
+            cpu_tokens: CPU_TOKENS,
+        },
+        P {
+            name: "fastfood",
+            what: "Table 3, 12 layers, every linear map AdaptiveFastFood",
+            d: 1024,
+            heads: 16,
+            layers: vec![ff; 12],
+            lr: 5e-4,
+            decay: g32_8,
+            cpu_tokens: CPU_TOKENS,
+        },
+        P {
+            name: "blockdiag",
+            what: "Table 3, 12 layers, MLP = BlockHadamardMlp (4 blocks)",
+            d: 1024,
+            heads: 16,
+            layers: vec![bd; 12],
+            lr: 5e-4,
+            decay: g32_8,
+            cpu_tokens: CPU_TOKENS,
+        },
     ];
     let mut out = Vec::new();
     for p in &paper {
@@ -616,7 +731,10 @@ pub fn presets() -> Vec<Preset> {
         model.layers = p.layers.clone();
         out.push(Preset {
             name: p.name.into(),
-            description: format!("{} (d_model {}, {} heads, context 1024)", p.what, p.d, p.heads),
+            description: format!(
+                "{} (d_model {}, {} heads, context 1024)",
+                p.what, p.d, p.heads
+            ),
             model,
             train: paper_train(p.lr, p.decay),
         });
@@ -627,7 +745,9 @@ pub fn presets() -> Vec<Preset> {
             .layers
             .iter()
             .map(|l| match *l {
-                LayerSpec::Frozen { hidden } => LayerSpec::Frozen { hidden: hidden / p.d * d },
+                LayerSpec::Frozen { hidden } => LayerSpec::Frozen {
+                    hidden: hidden / p.d * d,
+                },
                 other => other,
             })
             .collect();
@@ -639,7 +759,11 @@ pub fn presets() -> Vec<Preset> {
         let train = train.with_budget(p.cpu_tokens);
         out.push(Preset {
             name: format!("{}-cpu", p.name),
-            description: format!("CPU twin of {} (d_model {d}, {} heads, context 256, vocab 4096)", p.name, d / 32),
+            description: format!(
+                "CPU twin of {} (d_model {d}, {} heads, context 256, vocab 4096)",
+                p.name,
+                d / 32
+            ),
             model,
             train,
         });
@@ -654,7 +778,10 @@ pub fn preset(name: &str) -> Result<Preset> {
         Some(p) => Ok(p.clone()),
         None => Err(Error::Config(format!(
             "unknown preset {name:?}; known presets: {}",
-            all.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+            all.iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
         .into()),
     }

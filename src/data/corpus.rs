@@ -57,7 +57,11 @@ fn list_files(source: &Path) -> Result<Vec<PathBuf>> {
     }
     out.sort();
     if out.is_empty() {
-        return Err(Error::Data(format!("the data folder {} holds no files", source.display())).into());
+        return Err(Error::Data(format!(
+            "the data folder {} holds no files",
+            source.display()
+        ))
+        .into());
     }
     Ok(out)
 }
@@ -97,7 +101,12 @@ fn read_text(path: &Path) -> Result<String> {
     if is_gz {
         flate2::read::MultiGzDecoder::new(std::io::BufReader::new(file))
             .read_to_end(&mut bytes)
-            .map_err(|e| Error::Data(format!("{}: cannot decompress gzip data: {e}", path.display())))?;
+            .map_err(|e| {
+                Error::Data(format!(
+                    "{}: cannot decompress gzip data: {e}",
+                    path.display()
+                ))
+            })?;
     } else {
         std::io::BufReader::new(file)
             .read_to_end(&mut bytes)
@@ -166,7 +175,13 @@ pub fn prepare_text(source: &Path, cache_root: &Path, verbose: bool) -> Result<T
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "corpus".into())
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let dir = cache_root.join(format!("{name}-{fp:016x}"));
     let text_dir = dir.join("text");
@@ -217,7 +232,11 @@ pub fn prepare_text(source: &Path, cache_root: &Path, verbose: bool) -> Result<T
     };
     let total: usize = texts.iter().map(|t| t.trim().len()).sum();
     if total == 0 {
-        return Err(Error::Data(format!("the data path {} holds no text (it is empty)", source.display())).into());
+        return Err(Error::Data(format!(
+            "the data path {} holds no text (it is empty)",
+            source.display()
+        ))
+        .into());
     }
     for (s, t) in texts.iter().enumerate() {
         if t.trim().is_empty() {

@@ -131,7 +131,11 @@ impl Corpus {
                         &path,
                     )?;
                     if opts.verbose {
-                        eprintln!("  done in {:.1} s -> {}", t0.elapsed().as_secs_f64(), path.display());
+                        eprintln!(
+                            "  done in {:.1} s -> {}",
+                            t0.elapsed().as_secs_f64(),
+                            path.display()
+                        );
                     }
                 }
                 path
@@ -140,7 +144,8 @@ impl Corpus {
         let tokenizer = load_tokenizer(&tokenizer_path)?;
         let vocab_size = tokenizer.get_vocab_size(true);
         let token_bytes = token_byte_lengths(&tokenizer);
-        let tok_bytes = std::fs::read(&tokenizer_path).map_err(|e| Error::io(&tokenizer_path, e))?;
+        let tok_bytes =
+            std::fs::read(&tokenizer_path).map_err(|e| Error::io(&tokenizer_path, e))?;
         let tok_hash = fnv1a(&tok_bytes);
         let tok_dir = cache_dir.join(format!("tokens-{tok_hash:016x}"));
         let mut files = Vec::new();

@@ -30,7 +30,10 @@ pub fn train_tokenizer(
     let content = std::fs::read_to_string(text).map_err(|e| Error::io(text, e))?;
     let mut end = max_bytes.unwrap_or(usize::MAX).min(content.len());
     if end < content.len() {
-        end = content[end..].find('\n').map(|k| end + k + 1).unwrap_or(content.len());
+        end = content[end..]
+            .find('\n')
+            .map(|k| end + k + 1)
+            .unwrap_or(content.len());
     }
     let content = &content[..end];
     let trainer = BpeTrainerBuilder::new()
@@ -60,7 +63,11 @@ pub fn train_tokenizer(
 /// Loads a `tokenizer.json`, with an error that names the file.
 pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
     if !path.exists() {
-        return Err(Error::Data(format!("the tokenizer file {} does not exist", path.display())).into());
+        return Err(Error::Data(format!(
+            "the tokenizer file {} does not exist",
+            path.display()
+        ))
+        .into());
     }
     Tokenizer::from_file(path).map_err(|e| tok_err("cannot read the tokenizer", path, e))
 }
@@ -102,7 +109,10 @@ pub fn tokenize_to_file(tokenizer: &Tokenizer, text: &Path, out: &Path) -> Resul
             end += 1;
         }
         if end < content.len() {
-            end = content[end..].find('\n').map(|k| end + k + 1).unwrap_or(content.len());
+            end = content[end..]
+                .find('\n')
+                .map(|k| end + k + 1)
+                .unwrap_or(content.len());
         }
         chunks.push(&content[start..end]);
         start = end;
@@ -144,7 +154,7 @@ impl TokenFile {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         let width = if vocab_size > 1 << 16 { 4 } else { 2 };
         let bytes = file.metadata().map_err(|e| Error::io(path, e))?.len() as usize;
-        if bytes % width != 0 {
+        if !bytes.is_multiple_of(width) {
             return Err(Error::Data(format!(
                 "{} is {bytes} bytes, not a whole number of {width}-byte tokens (truncated?); delete it to \
                  tokenize again",

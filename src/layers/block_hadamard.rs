@@ -92,8 +92,8 @@ impl BlockHadamardMlp {
             || !n_blocks.is_power_of_two()
             || d_model == 0
             || hidden == 0
-            || d_model % n_blocks != 0
-            || hidden % n_blocks != 0
+            || !d_model.is_multiple_of(n_blocks)
+            || !hidden.is_multiple_of(n_blocks)
         {
             return Err(Error::Config(format!(
                 "BlockHadamardMlp: n_blocks ({n_blocks}) must be a power of two dividing d_model ({d_model}) \
@@ -177,16 +177,16 @@ impl Module for BlockHadamardMlp {
             self.d_model / self.n_blocks,
             self.hidden / self.n_blocks,
         );
-        // (rows, m, db) → (m, rows, db) @ (m, db, hb) → (m, rows, hb)
+        // (rows, m, db) → (m, rows, db) @ (m, db, hb) → (m, rows, hb), block-major.
         let x = xs.reshape((rows, m, db))?.transpose(0, 1)?.contiguous()?;
         let z = x.matmul(&self.w1)?;
-        // Mix across blocks: the block axis last, orthonormal Hadamard over it.
-        let z = z.permute((1, 2, 0))?; // (rows, hb, m)
-        let z = crate::hadamard_transform(&z, 1.0 / (m as f64).sqrt())?;
-        let u = z.transpose(1, 2)?.reshape((rows, self.hidden))?; // (rows, m·hb), block-major
-        let v = crate::ops::gelu(&u.broadcast_add(&self.b1)?)?;
-        // (rows, m, hb) → (m, rows, hb) @ (m, hb, db) → (m, rows, db)
-        let v = v.reshape((rows, m, hb))?.transpose(0, 1)?.contiguous()?;
+        // Mix across blocks: the transform reads the block axis in place through a permuted view and writes
+        // (rows, hb, m); the bias and GELU work in that layout (b1 (m, hb) seen as (hb, m)), and one copy brings
+        // the hidden activations back to block-major for the second batched product.
+        let u = crate::hadamard_transform(&z.permute((1, 2, 0))?, 1.0 / (m as f64).sqrt())?;
+        let u = u.broadcast_add(&self.b1.reshape((m, hb))?.t()?)?;
+        let v = crate::ops::gelu(&u)?.permute((2, 0, 1))?.contiguous()?; // (m, rows, hb)
+                                                                         // (m, rows, hb) @ (m, hb, db) → (m, rows, db) → (rows, d)
         let y = v
             .matmul(&self.w2)?
             .transpose(0, 1)?

@@ -2,9 +2,10 @@
 //! permutation.
 
 use super::init::{get_or_init, linear_bias, SeededRng};
+use super::permute::LastDimPermutation;
 use crate::error::Error;
 use crate::params::{CountParams, ParamCount, ParamCounts};
-use candle_core::{Device, Result, Tensor};
+use candle_core::{Result, Tensor, D};
 use candle_nn::{Module, VarBuilder};
 
 /// Adaptive FastFood, a drop-in for a linear layer (Le et al. 2013, "Fastfood"; Yang et al. 2015, "Deep Fried
@@ -77,8 +78,8 @@ pub struct AdaptiveFastFood {
     g: Tensor,
     s: Tensor,
     bias: Option<Tensor>,
-    /// `(k·n,)` u32: position `j·n + i` holds `j·n + π_j(i)`.
-    perm: Tensor,
+    /// Over the flattened `(k, n)`: position `j·n + i` holds `j·n + π_j(i)`.
+    perm: LastDimPermutation,
 }
 
 /// An [`AdaptiveFastFood`] `in_dim → out_dim` with a bias; `seed` draws the permutations and the initial values.
@@ -167,8 +168,7 @@ impl AdaptiveFastFood {
                 Error::Config(format!("AdaptiveFastFood: k·n = {} too large", k * n)).into(),
             );
         }
-        let device = vb.device().clone();
-        let perm = Tensor::from_vec(global, k * n, &Device::Cpu)?.to_device(&device)?;
+        let perm = LastDimPermutation::new(global, vb.device())?;
 
         // Initial values from the seed: B ∈ {±1}, G ~ N(0,1), S = χ_n / ‖G_j‖.
         let mut rng = SeededRng::new(seed, "fastfood.init");
@@ -257,12 +257,9 @@ impl AdaptiveFastFood {
             .into());
         }
         let base = (j * self.n) as u32;
-        Ok(self
-            .perm
-            .narrow(0, j * self.n, self.n)?
-            .to_vec1::<u32>()?
-            .into_iter()
-            .map(|v| v - base)
+        Ok(self.perm.as_slice()[j * self.n..(j + 1) * self.n]
+            .iter()
+            .map(|&v| v - base)
             .collect())
     }
 }
@@ -281,30 +278,36 @@ impl Module for AdaptiveFastFood {
             ))
             .into());
         }
-        let rows: usize = lead.iter().product();
         let (n, k) = (self.n, self.k);
-        let mut x = xs.reshape((rows, self.in_dim))?;
-        if n > self.in_dim {
-            x = x.pad_with_zeros(1, 0, n - self.in_dim)?;
-        }
-        // (rows, 1, n) ⊙ B (k, n) → (rows, k, n)
-        let z = x.unsqueeze(1)?.broadcast_mul(&self.b)?;
-        let z = crate::hadamard_transform(&z, 1.0 / (n as f64).sqrt())?;
-        let z = z.reshape((rows, k * n))?.index_select(&self.perm, 1)?;
-        let z = z.reshape((rows, k, n))?.broadcast_mul(&self.g)?;
-        let z = crate::hadamard_transform(&z, 1.0 / self.sigma)?;
-        let z = z.broadcast_mul(&self.s)?.reshape((rows, k * n))?;
-        let mut y = if k * n > self.out_dim {
-            z.narrow(1, 0, self.out_dim)?
+        // Shapes: (…, n) when k = 1, (…, k, n) otherwise; no reshape of the activations until the end (in
+        // candle's backward every node costs a pass over its gradient).
+        let diag = |t: &Tensor| if k == 1 { t.squeeze(0) } else { Ok(t.clone()) };
+        let mut x = if n > self.in_dim {
+            xs.pad_with_zeros(D::Minus1, 0, n - self.in_dim)?
         } else {
-            z
+            xs.clone()
         };
-        if let Some(bias) = &self.bias {
-            y = y.broadcast_add(bias)?;
+        if k > 1 {
+            x = x.unsqueeze(D::Minus2)?;
         }
-        let mut out_shape = lead.to_vec();
-        out_shape.push(self.out_dim);
-        y.reshape(out_shape)
+        let z = x.broadcast_mul(&diag(&self.b)?)?;
+        let z = crate::hadamard_transform(&z, 1.0 / (n as f64).sqrt())?;
+        let z = self.perm.apply(&z)?;
+        let z = z.broadcast_mul(&diag(&self.g)?)?;
+        let z = crate::hadamard_transform(&z, 1.0 / self.sigma)?;
+        let mut y = z.broadcast_mul(&diag(&self.s)?)?;
+        if k > 1 {
+            let mut flat = lead.to_vec();
+            flat.push(k * n);
+            y = y.reshape(flat)?;
+        }
+        if k * n > self.out_dim {
+            y = y.narrow(D::Minus1, 0, self.out_dim)?;
+        }
+        match &self.bias {
+            Some(bias) => y.broadcast_add(bias),
+            None => Ok(y),
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use candle_nn::{Init, Module, VarBuilder};
 /// y = x + W2 · GELU(W1 · LN(x))        W1: (hidden, d), W2: (d, hidden), no biases
 /// ```
 ///
-/// with `hidden = 6·d` by default ([`frozen_random_mlp`]). `W1 ~ N(0, 2/d)` and `W2 ~ N(0, 2/hidden)`: the scale
+/// with `hidden = 6·d` in the paper ([`FrozenRandomMlp::HIDDEN_MULTIPLE`]). `W1 ~ N(0, 2/d)` and `W2 ~ N(0, 2/hidden)`: the scale
 /// `candle_nn::linear` initialises a trainable MLP with, drawn from `seed` by a value-stable generator.
 ///
 /// # Frozen
@@ -74,6 +74,8 @@ pub fn frozen_random_mlp(
 }
 
 impl FrozenRandomMlp {
+    /// The paper's hidden width, as a multiple of `d_model` (`hidden = 6·d_model`).
+    pub const HIDDEN_MULTIPLE: usize = 6;
     /// LayerNorm epsilon.
     pub const LN_EPS: f64 = 1e-5;
 

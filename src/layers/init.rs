@@ -9,7 +9,8 @@
 //! [`candle_nn::Init`] cannot express `B ∈ {±1}` or `S = χ_n / ‖G‖`, so the variable is requested with a NaN
 //! sentinel and, when the backend created it (a fresh [`candle_nn::VarMap`] entry), overwritten in place with the
 //! seeded values. Backends that hold data (safetensors, a `HashMap`, an already-initialised `VarMap` entry,
-//! [`VarBuilder::zeros`]) return their own values, which are kept.
+//! [`VarBuilder::zeros`]) return their own values, which are kept (a stored tensor that is entirely NaN, e.g. from a
+//! diverged run, is indistinguishable from a fresh one and would be re-initialised).
 
 use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};

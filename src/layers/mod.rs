@@ -19,6 +19,7 @@ mod fastfood;
 mod frozen_mlp;
 pub mod init;
 mod linear;
+mod permute;
 mod rotary_block;
 
 pub use block_hadamard::{block_hadamard_mlp, BlockHadamardMlp};

@@ -81,7 +81,7 @@ impl BlockConfig {
                 self.d_model, self.n_heads, self.hidden
             ));
         }
-        if self.d_model % self.n_heads != 0 || self.head_dim() % 2 != 0 {
+        if !self.d_model.is_multiple_of(self.n_heads) || !self.head_dim().is_multiple_of(2) {
             return bad(format!(
                 "d_model ({}) must be n_heads ({}) times an even head dimension",
                 self.d_model, self.n_heads
@@ -93,8 +93,8 @@ impl BlockConfig {
         if let BlockKind::BlockHadamard { n_blocks } = self.kind {
             if n_blocks == 0
                 || !n_blocks.is_power_of_two()
-                || self.d_model % n_blocks != 0
-                || self.hidden % n_blocks != 0
+                || !self.d_model.is_multiple_of(n_blocks)
+                || !self.hidden.is_multiple_of(n_blocks)
             {
                 return bad(format!(
                     "n_blocks ({n_blocks}) must be a power of two dividing d_model ({}) and hidden ({})",
@@ -152,7 +152,7 @@ pub fn rotary_tables(
     dtype: DType,
     device: &Device,
 ) -> Result<(Tensor, Tensor)> {
-    if head_dim == 0 || head_dim % 2 != 0 {
+    if head_dim == 0 || !head_dim.is_multiple_of(2) {
         return Err(Error::Config(format!("rotary: head_dim {head_dim} must be even")).into());
     }
     let key = (

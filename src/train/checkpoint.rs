@@ -57,7 +57,9 @@ fn dtype_to_st(dtype: DType) -> Result<safetensors::Dtype> {
         DType::U8 => safetensors::Dtype::U8,
         DType::I64 => safetensors::Dtype::I64,
         other => {
-            return Err(Error::Checkpoint(format!("cannot store tensors of dtype {other:?}")).into())
+            return Err(
+                Error::Checkpoint(format!("cannot store tensors of dtype {other:?}")).into(),
+            )
         }
     })
 }
@@ -81,8 +83,16 @@ fn dtype_from_st(dtype: safetensors::Dtype) -> Result<DType> {
 fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
     let t = t.to_device(&Device::Cpu)?.flatten_all()?;
     Ok(match t.dtype() {
-        DType::F32 => t.to_vec1::<f32>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        DType::F64 => t.to_vec1::<f64>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        DType::F32 => t
+            .to_vec1::<f32>()?
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect(),
+        DType::F64 => t
+            .to_vec1::<f64>()?
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect(),
         DType::BF16 => t
             .to_vec1::<half::bf16>()?
             .iter()
@@ -93,11 +103,21 @@ fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
             .iter()
             .flat_map(|x| x.to_le_bytes())
             .collect(),
-        DType::U32 => t.to_vec1::<u32>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        DType::U32 => t
+            .to_vec1::<u32>()?
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect(),
         DType::U8 => t.to_vec1::<u8>()?,
-        DType::I64 => t.to_vec1::<i64>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        DType::I64 => t
+            .to_vec1::<i64>()?
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect(),
         other => {
-            return Err(Error::Checkpoint(format!("cannot store tensors of dtype {other:?}")).into())
+            return Err(
+                Error::Checkpoint(format!("cannot store tensors of dtype {other:?}")).into(),
+            )
         }
     })
 }
@@ -112,7 +132,12 @@ pub fn checkpoint_bytes(meta: &CheckpointMeta, tensors: &[(String, Tensor)]) -> 
         let bytes = tensor_bytes(t)?;
         sum = fnv1a_extend(sum, name.as_bytes());
         sum = fnv1a_extend(sum, &bytes);
-        data.push((name.to_string(), dtype_to_st(t.dtype())?, t.dims().to_vec(), bytes));
+        data.push((
+            name.to_string(),
+            dtype_to_st(t.dtype())?,
+            t.dims().to_vec(),
+            bytes,
+        ));
     }
     let views = data
         .iter()
@@ -141,7 +166,11 @@ pub fn previous_path(path: &Path) -> PathBuf {
 /// Writes a checkpoint atomically: the new file is written beside `path` and flushed, the current checkpoint (if
 /// any) is kept as [`previous_path`], then the new file is renamed over `path`. At every instant `path` is either
 /// the old complete checkpoint or the new complete one.
-pub fn save_checkpoint(path: &Path, meta: &CheckpointMeta, tensors: &[(String, Tensor)]) -> Result<()> {
+pub fn save_checkpoint(
+    path: &Path,
+    meta: &CheckpointMeta,
+    tensors: &[(String, Tensor)],
+) -> Result<()> {
     let bytes = checkpoint_bytes(meta, tensors)?;
     if path.exists() {
         let prev = previous_path(path);
@@ -163,11 +192,18 @@ pub fn load_checkpoint(path: &Path, device: &Device) -> Result<Checkpoint> {
         String::new()
     };
     let corrupt = |what: String| -> candle_core::Error {
-        Error::Checkpoint(format!("{} is truncated or corrupt ({what}){hint}", path.display())).into()
+        Error::Checkpoint(format!(
+            "{} is truncated or corrupt ({what}){hint}",
+            path.display()
+        ))
+        .into()
     };
     let bytes = std::fs::read(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            candle_core::Error::from(Error::Checkpoint(format!("no checkpoint at {}", path.display())))
+            candle_core::Error::from(Error::Checkpoint(format!(
+                "no checkpoint at {}",
+                path.display()
+            )))
         } else {
             Error::io(path, e).into()
         }
@@ -179,9 +215,9 @@ pub fn load_checkpoint(path: &Path, device: &Device) -> Result<Checkpoint> {
         .metadata()
         .as_ref()
         .ok_or_else(|| corrupt("no metadata: not a candle-structured checkpoint".into()))?;
-    let meta_json = info
-        .get("candle_structured")
-        .ok_or_else(|| corrupt("no run state in the metadata: not a candle-structured checkpoint".into()))?;
+    let meta_json = info.get("candle_structured").ok_or_else(|| {
+        corrupt("no run state in the metadata: not a candle-structured checkpoint".into())
+    })?;
     let meta: CheckpointMeta =
         serde_json::from_str(meta_json).map_err(|e| corrupt(format!("run state: {e}")))?;
     if meta.format != CHECKPOINT_FORMAT {
@@ -201,7 +237,12 @@ pub fn load_checkpoint(path: &Path, device: &Device) -> Result<Checkpoint> {
         let view = st.tensor(&name).map_err(|e| corrupt(e.to_string()))?;
         sum = fnv1a_extend(sum, name.as_bytes());
         sum = fnv1a_extend(sum, view.data());
-        let t = Tensor::from_raw_buffer(view.data(), dtype_from_st(view.dtype())?, view.shape(), device)?;
+        let t = Tensor::from_raw_buffer(
+            view.data(),
+            dtype_from_st(view.dtype())?,
+            view.shape(),
+            device,
+        )?;
         tensors.insert(name, t);
     }
     if format!("{sum:016x}") != expected {
@@ -231,7 +272,11 @@ pub fn config_differences(a: &GptConfig, b: &GptConfig) -> String {
                     s
                 }
             };
-            out.push(format!("{k}: checkpoint {} vs this run {}", show(va), show(&vb)));
+            out.push(format!(
+                "{k}: checkpoint {} vs this run {}",
+                show(va),
+                show(&vb)
+            ));
         }
     }
     out.join("; ")

@@ -22,8 +22,8 @@ mod optim;
 mod schedule;
 
 pub use checkpoint::{
-    checkpoint_bytes, config_differences, load_checkpoint, previous_path, save_checkpoint, Checkpoint,
-    CheckpointMeta, CHECKPOINT_FORMAT,
+    checkpoint_bytes, config_differences, load_checkpoint, previous_path, save_checkpoint,
+    Checkpoint, CheckpointMeta, CHECKPOINT_FORMAT,
 };
 pub use optim::{clip_grad_norm, global_grad_norm, AdamW, AdamWConfig};
 pub use schedule::{pf_days, training_flops, LrSchedule, PF_DAY};
@@ -176,18 +176,80 @@ pub fn evaluate(
     })
 }
 
+/// Loss of `model` on a UTF-8 text it has never seen: the text is tokenized with `tokenizer` and cut into
+/// consecutive windows of `seq_len + 1` tokens (stride `seq_len`, so every token but the first is predicted once;
+/// a text shorter than one window is evaluated as one shorter window). Bits per byte count the UTF-8 bytes of the
+/// predicted tokens.
+pub fn evaluate_text(
+    model: &Gpt,
+    tokenizer: &tokenizers::Tokenizer,
+    text: &str,
+    seq_len: usize,
+    micro_batch: usize,
+    device: &Device,
+) -> Result<EvalResult> {
+    let enc = tokenizer
+        .encode(text, false)
+        .map_err(|e| Error::Data(format!("cannot tokenize the evaluation text: {e}")))?;
+    let ids = enc.get_ids();
+    if ids.len() < 2 {
+        return Err(Error::Data(format!(
+            "the evaluation text holds {} token(s); at least 2 are needed",
+            ids.len()
+        ))
+        .into());
+    }
+    let seq_len = seq_len.min(ids.len() - 1).min(model.config().context);
+    let token_bytes = crate::data::token_byte_lengths(tokenizer);
+    let starts: Vec<usize> = (0..)
+        .map(|k| k * seq_len)
+        .take_while(|s| s + seq_len < ids.len())
+        .collect();
+    let mut nats = 0f64;
+    let mut bytes = 0u64;
+    let mut count = 0usize;
+    for chunk in starts.chunks(micro_batch.max(1)) {
+        let mut buf = Vec::with_capacity(chunk.len() * (seq_len + 1));
+        for &s in chunk {
+            buf.extend_from_slice(&ids[s..s + seq_len + 1]);
+        }
+        let (x, y) = crate::data::windows_to_tensors(&buf, chunk.len(), seq_len, device)?;
+        let loss = model.loss(&x, &y, false)?.to_scalar::<f32>()? as f64;
+        let n = chunk.len() * seq_len;
+        nats += loss * n as f64;
+        count += n;
+        for w in buf.chunks_exact(seq_len + 1) {
+            bytes += w[1..]
+                .iter()
+                .map(|&t| token_bytes.get(t as usize).copied().unwrap_or(0) as u64)
+                .sum::<u64>();
+        }
+    }
+    Ok(EvalResult {
+        loss: nats / count as f64,
+        bits_per_byte: nats / (std::f64::consts::LN_2 * bytes.max(1) as f64),
+        tokens: count,
+    })
+}
+
 /// Rough activation memory of one forward/backward pass in bytes (f32), for choosing the micro-batch: per
 /// layer about `40·d + 5·heads·seq` floats per token are kept for the backward pass, plus `4·vocab` per token for
 /// the logits and their gradient.
 pub fn activation_bytes(cfg: &GptConfig, micro_batch: usize, seq_len: usize) -> u64 {
-    let per_token = cfg.n_layers() * (40 * cfg.d_model + 5 * cfg.n_heads * seq_len) + 4 * cfg.vocab_size;
+    let per_token =
+        cfg.n_layers() * (40 * cfg.d_model + 5 * cfg.n_heads * seq_len) + 4 * cfg.vocab_size;
     (micro_batch * seq_len * per_token * 4) as u64
 }
 
-/// Memory available for activations: `MemAvailable` on Linux CPUs, `None` elsewhere (no check).
+/// Memory available for activations: `MemAvailable` on Linux CPUs; on a GPU the environment variable
+/// `CANDLE_STRUCTURED_DEVICE_MEMORY_GIB`, or 80 GiB (an H100) when it is not set.
 fn available_memory(device: &Device) -> Option<u64> {
     if !device.is_cpu() {
-        return None;
+        let gib = std::env::var("CANDLE_STRUCTURED_DEVICE_MEMORY_GIB")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(80.0);
+        return Some((gib * (1u64 << 30) as f64) as u64);
     }
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
@@ -221,7 +283,7 @@ pub fn plan_micro_batch(
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     match micro_batch {
         Some(mb) => {
-            if mb == 0 || spec.batch_size % mb != 0 {
+            if mb == 0 || !spec.batch_size.is_multiple_of(mb) {
                 return Err(Error::Config(format!(
                     "the batch of {} sequences is not a multiple of the micro-batch of {mb}",
                     spec.batch_size
@@ -250,7 +312,9 @@ pub fn plan_micro_batch(
                 return Ok(spec.batch_size);
             };
             for mb in (1..=spec.batch_size).rev() {
-                if spec.batch_size % mb == 0 && activation_bytes(cfg, mb, spec.seq_len) <= budget {
+                if spec.batch_size.is_multiple_of(mb)
+                    && activation_bytes(cfg, mb, spec.seq_len) <= budget
+                {
                     return Ok(mb);
                 }
             }
@@ -276,7 +340,12 @@ pub fn named_vars(varmap: &VarMap) -> Vec<(String, Var)> {
 
 /// Loads the weights of a checkpoint into `varmap`'s variables. Errors (and changes nothing) when the checkpoint
 /// was written for another configuration or misses a variable.
-pub fn restore_weights(ckpt: &Checkpoint, cfg: &GptConfig, varmap: &VarMap, path: &Path) -> Result<()> {
+pub fn restore_weights(
+    ckpt: &Checkpoint,
+    cfg: &GptConfig,
+    varmap: &VarMap,
+    path: &Path,
+) -> Result<()> {
     if ckpt.meta.config != *cfg {
         return Err(Error::Checkpoint(format!(
             "{} was written for another model configuration ({})",
@@ -289,7 +358,9 @@ pub fn restore_weights(ckpt: &Checkpoint, cfg: &GptConfig, varmap: &VarMap, path
     let mut values = Vec::with_capacity(vars.len());
     for (name, var) in &vars {
         let Some(t) = ckpt.tensors.get(&format!("model/{name}")) else {
-            return Err(Error::Checkpoint(format!("{} has no weights for {name}", path.display())).into());
+            return Err(
+                Error::Checkpoint(format!("{} has no weights for {name}", path.display())).into(),
+            );
         };
         if t.dims() != var.dims() {
             return Err(Error::Checkpoint(format!(
@@ -457,7 +528,8 @@ pub fn train(
     // The tokenizer travels with the run.
     let tok_copy = opts.run_dir.join(TOKENIZER_FILE);
     if std::fs::canonicalize(&corpus.tokenizer_path).ok() != std::fs::canonicalize(&tok_copy).ok() {
-        let bytes = std::fs::read(&corpus.tokenizer_path).map_err(|e| Error::io(&corpus.tokenizer_path, e))?;
+        let bytes = std::fs::read(&corpus.tokenizer_path)
+            .map_err(|e| Error::io(&corpus.tokenizer_path, e))?;
         crate::data::write_atomic(&tok_copy, &bytes)?;
     }
 
@@ -498,28 +570,29 @@ pub fn train(
         indicatif::ProgressBar::hidden()
     };
 
-    let save = |step: u64, tokens: u64, sampler: BatchSampler, opt: &AdamW, elapsed: f64| -> Result<()> {
-        let (moments, adam_step) = opt.state();
-        let mut tensors: Vec<(String, Tensor)> = Vec::with_capacity(3 * moments.len());
-        for ((name, var), (_, m, v)) in opt.params().iter().zip(moments) {
-            tensors.push((format!("model/{name}"), var.as_tensor().clone()));
-            tensors.push((format!("adam.m/{name}"), m));
-            tensors.push((format!("adam.v/{name}"), v));
-        }
-        let meta = CheckpointMeta {
-            format: CHECKPOINT_FORMAT,
-            step,
-            tokens,
-            sampler,
-            adam_step,
-            config: cfg.clone(),
-            train: spec.clone(),
-            preset: opts.preset.clone(),
-            tokenizer: Some(TOKENIZER_FILE.into()),
-            elapsed_s: elapsed,
+    let save =
+        |step: u64, tokens: u64, sampler: BatchSampler, opt: &AdamW, elapsed: f64| -> Result<()> {
+            let (moments, adam_step) = opt.state();
+            let mut tensors: Vec<(String, Tensor)> = Vec::with_capacity(3 * moments.len());
+            for ((name, var), (_, m, v)) in opt.params().iter().zip(moments) {
+                tensors.push((format!("model/{name}"), var.as_tensor().clone()));
+                tensors.push((format!("adam.m/{name}"), m));
+                tensors.push((format!("adam.v/{name}"), v));
+            }
+            let meta = CheckpointMeta {
+                format: CHECKPOINT_FORMAT,
+                step,
+                tokens,
+                sampler,
+                adam_step,
+                config: cfg.clone(),
+                train: spec.clone(),
+                preset: opts.preset.clone(),
+                tokenizer: Some(TOKENIZER_FILE.into()),
+                elapsed_s: elapsed,
+            };
+            save_checkpoint(&ckpt_path, &meta, &tensors)
         };
-        save_checkpoint(&ckpt_path, &meta, &tensors)
-    };
 
     let mut losses = Vec::new();
     let mut train_time = 0f64;
@@ -532,14 +605,19 @@ pub fn train(
             break;
         }
         let t0 = Instant::now();
-        let lr = schedule.lr(tokens);
+        // The rate for the tokens this step brings the total to (the first step of warmup is not wasted at 0).
+        let lr = schedule.lr(tokens + spec.tokens_per_step());
         let mut grads: Vec<Option<Tensor>> = vec![None; opt.params().len()];
         let mut loss_sum = 0f64;
         for _ in 0..accum {
             let (x, y) = sampler.next_batch(&corpus.train, micro, spec.seq_len, &device)?;
             let loss = model.loss(&x, &y, true)?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
-            let scaled = if accum > 1 { (loss / accum as f64)? } else { loss };
+            let scaled = if accum > 1 {
+                (loss / accum as f64)?
+            } else {
+                loss
+            };
             let store = scaled.backward()?;
             for (acc, g) in grads.iter_mut().zip(opt.grads_of(&store)) {
                 *acc = match (acc.take(), g) {
@@ -579,8 +657,16 @@ pub fn train(
             "tokens_per_s": spec.tokens_per_step() as f64 / dt,
             "elapsed_s": elapsed_before + t_start.elapsed().as_secs_f64(),
         });
-        if opts.eval_every > 0 && step % opts.eval_every == 0 && step < total_steps {
-            let r = evaluate(model, &corpus.valid, &val_windows, spec.seq_len, micro, &corpus.token_bytes, &device)?;
+        if opts.eval_every > 0 && step.is_multiple_of(opts.eval_every) && step < total_steps {
+            let r = evaluate(
+                model,
+                &corpus.valid,
+                &val_windows,
+                spec.seq_len,
+                micro,
+                &corpus.token_bytes,
+                &device,
+            )?;
             line["val_loss"] = json_f64(r.loss);
             line["val_bpb"] = json_f64(r.bits_per_byte);
             last_val = Some(r);
@@ -595,19 +681,50 @@ pub fn train(
         }
         bar.set_message(msg);
         bar.set_position(step);
-        if opts.checkpoint_every > 0 && step % opts.checkpoint_every == 0 && step < total_steps {
-            save(step, tokens, sampler, &opt, elapsed_before + t_start.elapsed().as_secs_f64())?;
+        if opts.checkpoint_every > 0
+            && step.is_multiple_of(opts.checkpoint_every)
+            && step < total_steps
+        {
+            save(
+                step,
+                tokens,
+                sampler,
+                &opt,
+                elapsed_before + t_start.elapsed().as_secs_f64(),
+            )?;
         }
     }
-    save(step, tokens, sampler, &opt, elapsed_before + t_start.elapsed().as_secs_f64())?;
+    save(
+        step,
+        tokens,
+        sampler,
+        &opt,
+        elapsed_before + t_start.elapsed().as_secs_f64(),
+    )?;
     let (mut valid, mut test) = (None, None);
     if !interrupted {
-        let v = evaluate(model, &corpus.valid, &val_windows, spec.seq_len, micro, &corpus.token_bytes, &device)?;
+        let v = evaluate(
+            model,
+            &corpus.valid,
+            &val_windows,
+            spec.seq_len,
+            micro,
+            &corpus.token_bytes,
+            &device,
+        )?;
         let test_w = eval_windows(corpus.test.len(), spec.seq_len, opts.test_windows);
         let t = if test_w.is_empty() {
             None
         } else {
-            Some(evaluate(model, &corpus.test, &test_w, spec.seq_len, micro, &corpus.token_bytes, &device)?)
+            Some(evaluate(
+                model,
+                &corpus.test,
+                &test_w,
+                spec.seq_len,
+                micro,
+                &corpus.token_bytes,
+                &device,
+            )?)
         };
         let flops = training_flops(n, tokens);
         log.write(&json!({

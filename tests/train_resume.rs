@@ -1,0 +1,336 @@
+//! Exact resume, checkpoint integrity and the loop's clear errors, on a tiny model and a tiny synthetic corpus.
+#![cfg(feature = "train")]
+
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+use candle_structured::data::{eval_windows, Corpus, CorpusOptions};
+use candle_structured::model::{gpt, GptConfig, TrainSpec};
+use candle_structured::train::{
+    evaluate, evaluate_text, load_checkpoint, named_vars, previous_path, train, TrainOptions,
+    TrainReport,
+};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+fn tmp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("cs-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// ~40 KB of pseudo-French from a seeded generator.
+fn synthetic_text(seed: u64) -> String {
+    const WORDS: &[&str] = &[
+        "le",
+        "paquet",
+        "est",
+        "installé",
+        "dans",
+        "le",
+        "système",
+        "avec",
+        "la",
+        "commande",
+        "apt",
+        "de",
+        "Debian",
+        "pour",
+        "les",
+        "utilisateurs",
+        "fichier",
+        "configuration",
+        "serveur",
+        "noyau",
+        "une",
+        "mise",
+        "à",
+        "jour",
+        "sécurité",
+        "réseau",
+        "et",
+        "des",
+        "sources",
+        "vers",
+        "répertoire",
+        "options",
+    ];
+    let mut s = seed;
+    let mut out = String::new();
+    while out.len() < 40_000 {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let n = 6 + (s >> 60) as usize;
+        for k in 0..n {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            out.push_str(WORDS[(s >> 33) as usize % WORDS.len()]);
+            out.push(if k + 1 == n { '.' } else { ' ' });
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn corpus(dir: &Path) -> Corpus {
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("train.txt"), synthetic_text(1)).unwrap();
+    std::fs::write(src.join("valid.txt"), synthetic_text(2)).unwrap();
+    std::fs::write(src.join("test.txt"), synthetic_text(3)).unwrap();
+    let mut o = CorpusOptions::new(&src, 300);
+    o.cache_root = dir.join("cache");
+    Corpus::prepare(&o).unwrap()
+}
+
+fn tiny() -> (GptConfig, TrainSpec) {
+    let mut cfg = GptConfig::dense(300, 32, 32, 2, 2);
+    cfg.dropout = 0.0;
+    let spec = TrainSpec {
+        batch_size: 4,
+        seq_len: 16,
+        lr: 3e-3,
+        min_lr_fraction: 0.1,
+        warmup_tokens: 128,
+        decay_tokens: 8 * 64,
+        max_tokens: 8 * 64,
+        weight_decay: 0.01,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        grad_clip: 1.0,
+    };
+    (cfg, spec)
+}
+
+fn opts(run: &Path) -> TrainOptions {
+    let mut o = TrainOptions::new(run);
+    o.progress = false;
+    o.eval_every = 3;
+    o.eval_windows = 8;
+    o.test_windows = 8;
+    o.checkpoint_every = 5;
+    o.micro_batch = Some(2); // gradient accumulation over 2 micro-batches
+    o
+}
+
+/// `scramble`: overwrite the fresh weights with another model's, so a resumed run must restore them.
+fn run(cfg: &GptConfig, spec: &TrainSpec, o: &TrainOptions, scramble: bool) -> TrainReport {
+    let vm = VarMap::new();
+    let model = gpt(cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+    if scramble {
+        let mut other = cfg.clone();
+        other.seed = 99;
+        let vm2 = VarMap::new();
+        gpt(
+            &other,
+            VarBuilder::from_varmap(&vm2, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        let theirs = named_vars(&vm2);
+        for ((n1, v1), (n2, v2)) in named_vars(&vm).iter().zip(&theirs) {
+            assert_eq!(n1, n2);
+            v1.set(v2.as_tensor()).unwrap();
+        }
+    }
+    let stop = AtomicBool::new(false);
+    let c = corpus(o.run_dir.parent().unwrap());
+    train(&model, &vm, &c, spec, o, &stop).unwrap()
+}
+
+fn log_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn interrupted_and_resumed_equals_uninterrupted() {
+    let dir = tmp_dir("resume");
+    let (cfg, spec) = tiny();
+    let a = run(&cfg, &spec, &opts(&dir.join("a")), false);
+    assert_eq!(a.steps, 8);
+    assert!(!a.interrupted);
+
+    let mut ob = opts(&dir.join("b"));
+    ob.stop_at_step = Some(4);
+    let b1 = run(&cfg, &spec, &ob, false);
+    assert!(b1.interrupted);
+    assert_eq!(b1.steps, 4);
+    ob.stop_at_step = None;
+    ob.resume = true;
+    // Other initial weights: they must come from the checkpoint.
+    let b2 = run(&cfg, &spec, &ob, true);
+    assert_eq!(b2.steps, 8);
+    let mut b = b1.losses.clone();
+    b.extend(&b2.losses);
+    assert_eq!(a.losses.len(), 8);
+    for (x, y) in a.losses.iter().zip(&b) {
+        assert_eq!(x.to_bits(), y.to_bits(), "{:?} vs {:?}", a.losses, b);
+    }
+    assert_eq!(
+        a.valid.unwrap().loss.to_bits(),
+        b2.valid.unwrap().loss.to_bits()
+    );
+    assert_eq!(
+        a.test.unwrap().loss.to_bits(),
+        b2.test.unwrap().loss.to_bits()
+    );
+    // The logs read as one run: same step lines (losses, lr, norms, compute, val losses).
+    let keys = [
+        "step",
+        "tokens",
+        "train_loss",
+        "lr",
+        "grad_norm",
+        "flops",
+        "val_loss",
+        "val_bpb",
+    ];
+    let steps = |lines: Vec<serde_json::Value>| -> Vec<Vec<serde_json::Value>> {
+        lines
+            .into_iter()
+            .filter(|l| l.get("train_loss").is_some())
+            .map(|l| {
+                keys.iter()
+                    .map(|k| l.get(*k).cloned().unwrap_or_default())
+                    .collect()
+            })
+            .collect()
+    };
+    let la = steps(log_lines(&a.log));
+    let lb = steps(log_lines(&b2.log));
+    assert_eq!(la.len(), 8);
+    assert_eq!(la, lb);
+    // Compute accounting in the log: C = 6 · N · tokens.
+    let n = cfg.param_counts().non_embedding.trainable as f64;
+    for l in log_lines(&a.log)
+        .iter()
+        .filter(|l| l.get("train_loss").is_some())
+    {
+        let tokens = l["tokens"].as_f64().unwrap();
+        assert_eq!(l["flops"].as_f64().unwrap(), 6.0 * n * tokens);
+        assert_eq!(l["n_frozen"].as_u64().unwrap(), 0);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_checkpoints_and_recipes_get_clear_errors() {
+    let dir = tmp_dir("errors");
+    let (cfg, spec) = tiny();
+    let run_dir = dir.join("r");
+    let mut o = opts(&run_dir);
+    o.checkpoint_every = 2;
+    run(&cfg, &spec, &o, false);
+    let ckpt = run_dir.join("checkpoint.safetensors");
+    let prev = previous_path(&ckpt);
+    assert!(ckpt.exists() && prev.exists());
+    let c = corpus(&dir);
+    let stop = AtomicBool::new(false);
+    let try_train = |cfg: &GptConfig, spec: &TrainSpec, o: &TrainOptions| -> String {
+        let vm = VarMap::new();
+        let model = gpt(cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+        train(&model, &vm, &c, spec, o, &stop)
+            .unwrap_err()
+            .to_string()
+    };
+
+    // Starting afresh over an existing checkpoint is refused (nothing is lost).
+    let err = try_train(&cfg, &spec, &opts(&run_dir));
+    assert!(err.contains("already holds a checkpoint"), "{err}");
+
+    // A checkpoint from another configuration.
+    let mut other = cfg.clone();
+    other.d_model = 64;
+    other.n_heads = 4;
+    let mut o2 = opts(&run_dir);
+    o2.resume = true;
+    let err = try_train(&other, &spec, &o2);
+    assert!(
+        err.contains("another model configuration") && err.contains("d_model"),
+        "{err}"
+    );
+
+    // Sequence length above the context.
+    let mut long = spec.clone();
+    long.seq_len = 64;
+    let err = try_train(&cfg, &long, &opts(&dir.join("long")));
+    assert!(err.contains("above the model's context"), "{err}");
+
+    // A batch that does not fit: not a multiple of the micro-batch, or far too large for memory.
+    let mut o3 = opts(&dir.join("batch"));
+    o3.micro_batch = Some(3);
+    let err = try_train(&cfg, &spec, &o3);
+    assert!(err.contains("not a multiple of the micro-batch"), "{err}");
+    let mut huge = spec.clone();
+    huge.batch_size = 1 << 24;
+    o3.micro_batch = Some(1 << 24);
+    let err = try_train(&cfg, &huge, &o3);
+    assert!(err.contains("GiB"), "{err}");
+
+    // Resume without a checkpoint.
+    let mut o4 = opts(&dir.join("none"));
+    o4.resume = true;
+    let err = try_train(&cfg, &spec, &o4);
+    assert!(err.contains("no checkpoint"), "{err}");
+
+    // A truncated checkpoint: a clear error naming the previous good one, which still loads.
+    let good = std::fs::read(&ckpt).unwrap();
+    std::fs::write(&ckpt, &good[..good.len() / 2]).unwrap();
+    let err = try_train(&cfg, &spec, &o2);
+    assert!(
+        err.contains("truncated or corrupt") && err.contains("prev"),
+        "{err}"
+    );
+    assert!(load_checkpoint(&prev, &Device::Cpu).is_ok());
+    // A corrupt one (one flipped bit in the tensor data): the checksum catches it.
+    let mut bad = good.clone();
+    let k = bad.len() - 10;
+    bad[k] ^= 0x10;
+    std::fs::write(&ckpt, &bad).unwrap();
+    let err = load_checkpoint(&ckpt, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("checksum"), "{err}");
+    // Not a checkpoint at all.
+    std::fs::write(&ckpt, b"hello").unwrap();
+    let err = load_checkpoint(&ckpt, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("truncated or corrupt"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn evaluate_text_agrees_with_the_token_file_evaluation() {
+    let dir = tmp_dir("evaltext");
+    let c = corpus(&dir);
+    let (cfg, _) = tiny();
+    let vm = VarMap::new();
+    let model = gpt(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+    let tok = candle_structured::data::load_tokenizer(&c.tokenizer_path).unwrap();
+    let text = std::fs::read_to_string(dir.join("src").join("valid.txt")).unwrap();
+    let a = evaluate_text(&model, &tok, &text, 16, 8, &Device::Cpu).unwrap();
+    let windows = eval_windows(c.valid.len(), 16, usize::MAX);
+    let b = evaluate(
+        &model,
+        &c.valid,
+        &windows,
+        16,
+        8,
+        &c.token_bytes,
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(a.tokens, b.tokens);
+    assert!((a.loss - b.loss).abs() < 1e-9, "{a:?} vs {b:?}");
+    assert!((a.bits_per_byte - b.bits_per_byte).abs() < 1e-9);
+    // Untrained: about ln(vocab) nats per token.
+    assert!((a.loss - (300f64).ln()).abs() < 0.5, "{a:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
