@@ -1,11 +1,430 @@
-//! CUDA launch of the Walsh-Hadamard kernels in `cuda/` (filled in by the CUDA work).
+//! CUDA launch of the Walsh-Hadamard kernels in `cuda/fwht.cu`.
+//!
+//! The kernels are compiled to PTX by `build.rs` (nvcc, only with the `cuda` feature), embedded here with
+//! `include_str!`, and loaded once per device through candle's `CudaDevice::get_or_load_custom_func`; the
+//! launches go on the device's stream through cudarc, so they order with every other candle op.
+//!
+//! * n ≤ 2^15 (2^14 for f64): one pass, one kernel launch (`fwht_<dtype>_<log2 n>`).
+//! * larger n (up to 2^24): n = n_hi · n_lo; per group of rows whose f32/f64 scratch fits in L2, a row pass over
+//!   the sub-rows of length n_lo (`fwht_<dtype>_acc_<log2 n_lo>`) then a column pass of length n_hi
+//!   (`fwht_cols_<dtype>_<log2 n_hi>`) that applies the scale and writes the output dtype.
+//! * Input rows at a constant stride with contiguous elements (any leading shape that collapses to one row
+//!   stride, broadcast rows included) are read in place; other layouts are first copied to a contiguous buffer
+//!   with candle's own strided copy.
 
-use candle_core::{CudaStorage, Layout, Result};
+use super::check_len;
+use crate::error::Error;
+use candle_core::backend::BackendStorage;
+use candle_core::cuda::{CudaDType, CudaDevice, CudaStorage};
+use candle_core::{DType, Layout, Result};
+use cudarc::driver::sys::CUfunction_attribute;
+use cudarc::driver::{
+    CudaFunction, CudaSlice, CudaView, CudaViewMut, DevicePtr, DeviceRepr, LaunchConfig,
+    PushKernelArg,
+};
+use half::{bf16, f16};
 
-pub(super) fn forward(
-    _storage: &CudaStorage,
-    _layout: &Layout,
-    _scale: f64,
-) -> Result<CudaStorage> {
-    candle_core::bail!("hadamard_transform: the CUDA kernels are not implemented yet")
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fwht.ptx"));
+const MODULE: &str = "candle_structured_fwht";
+
+/// Scratch per group of rows in the multi-pass transform (f32, or f64 for f64).
+/// 128 MiB measured best on an H100 among 4…256 MiB (docs/gpu-notes.md): larger groups mean fewer, fuller
+/// launches. Tuning knob for measurements: the environment variable `CANDLE_STRUCTURED_FWHT_SCRATCH_MIB`.
+fn group_scratch_bytes() -> usize {
+    static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BYTES.get_or_init(|| {
+        std::env::var("CANDLE_STRUCTURED_FWHT_SCRATCH_MIB")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&m| m > 0)
+            .map_or(128 << 20, |m| m << 20)
+    })
+}
+
+/// Element types with kernels, and the type their arithmetic runs in.
+trait Elem: CudaDType + DeviceRepr + 'static {
+    const NAME: &'static str;
+    type Acc: CudaDType + DeviceRepr + Copy + 'static;
+    fn acc(scale: f64) -> Self::Acc;
+}
+
+macro_rules! elem {
+    ($t:ty, $name:literal, $acc:ty) => {
+        impl Elem for $t {
+            const NAME: &'static str = $name;
+            type Acc = $acc;
+            #[allow(clippy::unnecessary_cast)]
+            fn acc(scale: f64) -> $acc {
+                scale as $acc
+            }
+        }
+    };
+}
+elem!(f32, "f32", f32);
+elem!(f16, "f16", f32);
+elem!(bf16, "bf16", f32);
+elem!(f64, "f64", f64);
+
+/// Launch geometry of the one-pass kernel; mirrors `RowCfg` in `cuda/fwht.cu` (the kernel traps on a mismatch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RowCfg {
+    rows_per_block: u32,
+    block: u32,
+    smem: u32,
+}
+
+fn row_cfg(log_n: u32, acc_bytes: u32, in_bytes: u32) -> RowCfg {
+    let log_e = if log_n <= 3 {
+        log_n
+    } else {
+        (if in_bytes == 2 { 4 } else { 3 }).max((log_n - 4) / 2)
+    };
+    let log_t = log_n - log_e;
+    let t = 1u32 << log_t;
+    let rows_per_block = if t >= 256 { 1 } else { 256 / t };
+    let smem = if log_t > 5 {
+        rows_per_block * (1u32 << log_n) * acc_bytes
+    } else {
+        0
+    };
+    RowCfg {
+        rows_per_block,
+        block: rows_per_block * t,
+        smem,
+    }
+}
+
+/// Largest log2(n) done in one pass (the row must fit in shared memory as f32 or f64).
+fn one_pass_max(acc_bytes: u32) -> u32 {
+    if acc_bytes == 4 {
+        15
+    } else {
+        14
+    }
+}
+
+/// Split of log2(n) into (log2 n_lo, log2 n_hi) for the multi-pass transform: n_lo = 2^12 while n_hi ≤ 2^9,
+/// then n_lo grows up to the one-pass limit (n_hi ≤ 2^10).
+fn split(log_n: u32, acc_bytes: u32) -> (u32, u32) {
+    let lo = 12.max(log_n.saturating_sub(9)).min(one_pass_max(acc_bytes));
+    (lo, log_n - lo)
+}
+
+/// (columns per block, threads, shared bytes) of the column kernel; mirrors `ColCfg` in `cuda/fwht.cu`.
+fn col_cfg(log_hi: u32, acc_bytes: u32) -> (u32, u32, u32) {
+    let nc = 16u32.max(1 << 13u32.saturating_sub(log_hi));
+    (nc, 256, (1u32 << log_hi) * nc * acc_bytes)
+}
+
+/// If every row of `layout` is contiguous and the rows sit at one constant stride, returns that stride.
+fn row_stride(layout: &Layout) -> Option<usize> {
+    let dims = layout.dims();
+    let strides = layout.stride();
+    let k = dims.len();
+    let n = dims[k - 1];
+    if n > 1 && strides[k - 1] != 1 {
+        return None;
+    }
+    let mut stride = None;
+    let mut span = 1usize;
+    for i in (0..k - 1).rev() {
+        if dims[i] == 1 {
+            continue;
+        }
+        match stride {
+            None => stride = Some(strides[i]),
+            Some(s) => {
+                if strides[i] != s * span {
+                    return None;
+                }
+            }
+        }
+        span *= dims[i];
+    }
+    Some(stride.unwrap_or(n))
+}
+
+fn driver_err(e: cudarc::driver::DriverError) -> candle_core::Error {
+    candle_core::Error::wrap(e)
+}
+
+fn load(dev: &CudaDevice, name: &str, smem: u32) -> Result<CudaFunction> {
+    let func = dev
+        .get_or_load_custom_func(name, MODULE, PTX)?
+        .into_cuda_function();
+    if smem > 48 * 1024 {
+        func.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem as i32,
+        )
+        .map_err(driver_err)?;
+    }
+    Ok(func)
+}
+
+fn grid(blocks: usize) -> Result<u32> {
+    u32::try_from(blocks)
+        .ok()
+        .filter(|&b| b < (1 << 31))
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "hadamard_transform: {blocks} thread blocks exceed CUDA's grid limit"
+            ))
+            .into()
+        })
+}
+
+/// Launches the one-pass row kernel `name` (input `I`, output `O`, arithmetic `A`).
+#[allow(clippy::too_many_arguments)]
+fn launch_rows<I, O, A: DeviceRepr>(
+    dev: &CudaDevice,
+    name: &str,
+    log_n: u32,
+    input: &CudaView<'_, I>,
+    output: &mut CudaViewMut<'_, O>,
+    rows: usize,
+    sub_log: u32,
+    in_stride: usize,
+    out_stride: usize,
+    scale: A,
+    vec_in: bool,
+    vec_out: bool,
+) -> Result<()> {
+    let cfg = row_cfg(
+        log_n,
+        std::mem::size_of::<A>() as u32,
+        std::mem::size_of::<I>() as u32,
+    );
+    let func = load(dev, name, cfg.smem)?;
+    let launch = LaunchConfig {
+        grid_dim: (grid(rows.div_ceil(cfg.rows_per_block as usize))?, 1, 1),
+        block_dim: (cfg.block, 1, 1),
+        shared_mem_bytes: cfg.smem,
+    };
+    let (rows, sub_log) = (rows as i64, sub_log as i32);
+    let (in_stride, out_stride) = (in_stride as i64, out_stride as i64);
+    let (vec_in, vec_out) = (vec_in as i32, vec_out as i32);
+    let stream = dev.cuda_stream();
+    let mut b = stream.launch_builder(&func);
+    b.arg(input)
+        .arg(output)
+        .arg(&rows)
+        .arg(&sub_log)
+        .arg(&in_stride)
+        .arg(&out_stride)
+        .arg(&scale)
+        .arg(&vec_in)
+        .arg(&vec_out);
+    // SAFETY: the argument list matches the kernel's signature in cuda/fwht.cu; every (sub-)row read or written
+    // lies inside `input`/`output` by construction of `rows`, the strides and the offsets.
+    unsafe { b.launch(launch) }.map_err(driver_err)?;
+    Ok(())
+}
+
+/// The op's CUDA forward: a fresh contiguous output holding `scale · x · H_n` for every row of `storage`
+/// viewed through `layout`.
+pub(super) fn forward(storage: &CudaStorage, layout: &Layout, scale: f64) -> Result<CudaStorage> {
+    match storage.dtype() {
+        DType::F32 => run::<f32>(storage, layout, scale),
+        DType::F16 => run::<f16>(storage, layout, scale),
+        DType::BF16 => run::<bf16>(storage, layout, scale),
+        DType::F64 => run::<f64>(storage, layout, scale),
+        other => Err(Error::UnsupportedDType(other).into()),
+    }
+}
+
+fn run<T: Elem>(storage: &CudaStorage, layout: &Layout, scale: f64) -> Result<CudaStorage> {
+    let dev = storage.device().clone();
+    let n = layout.dims().last().copied().unwrap_or(1);
+    let log_n = check_len(n)?;
+    let numel = layout.shape().elem_count();
+    let esz = std::mem::size_of::<T>();
+    let acc_bytes = std::mem::size_of::<T::Acc>() as u32;
+    let mut out: CudaSlice<T> = unsafe { dev.alloc::<T>(numel)? };
+    if numel == 0 {
+        return Ok(CudaStorage::wrap_cuda_slice(out, dev));
+    }
+    let rows = numel / n;
+    let scale_acc = T::acc(scale);
+
+    // Input rows: read in place at a constant row stride, or from a contiguous copy.
+    let copy;
+    let (src, start, in_stride): (&CudaSlice<T>, usize, usize) = match row_stride(layout) {
+        Some(s) => (storage.as_cuda_slice::<T>()?, layout.start_offset(), s),
+        None => {
+            // SAFETY: fully written by the strided copy below.
+            let buf = unsafe { dev.alloc::<T>(numel)? };
+            let mut tmp = CudaStorage::wrap_cuda_slice(buf, dev.clone());
+            storage.copy_strided_src(&mut tmp, 0, layout)?;
+            copy = tmp;
+            (copy.as_cuda_slice::<T>()?, 0, n)
+        }
+    };
+    let stream = dev.cuda_stream();
+    let base = {
+        let (ptr, _sync) = src.device_ptr(&stream);
+        ptr as usize
+    };
+    let stride_ok = rows == 1 || (in_stride * esz).is_multiple_of(16);
+    let vec_in = |first_row: usize| {
+        (base + (start + first_row * in_stride) * esz).is_multiple_of(16) && stride_ok
+    };
+
+    // n = 1, 2, 4 over contiguous rows: 8 values (several rows) per thread.
+    if log_n < 3 && (rows == 1 || in_stride == n) && numel.is_multiple_of(8) {
+        launch_rows::<T, T, T::Acc>(
+            &dev,
+            &format!("fwht_{}_pack_{log_n}", T::NAME),
+            3,
+            &src.slice(start..),
+            &mut out.slice_mut(..),
+            numel / 8,
+            0,
+            8,
+            8,
+            scale_acc,
+            (base + start * esz).is_multiple_of(16),
+            true,
+        )?;
+        return Ok(CudaStorage::wrap_cuda_slice(out, dev));
+    }
+    if log_n <= one_pass_max(acc_bytes) {
+        launch_rows(
+            &dev,
+            &format!("fwht_{}_{log_n}", T::NAME),
+            log_n,
+            &src.slice(start..),
+            &mut out.slice_mut(..),
+            rows,
+            0,
+            in_stride,
+            n,
+            scale_acc,
+            vec_in(0),
+            true,
+        )?;
+        return Ok(CudaStorage::wrap_cuda_slice(out, dev));
+    }
+
+    let (log_lo, log_hi) = split(log_n, acc_bytes);
+    let n_lo = 1usize << log_lo;
+    let group = (group_scratch_bytes() / (n * acc_bytes as usize)).clamp(1, rows);
+    // SAFETY: each group's scratch is fully written by the row pass before the column pass reads it.
+    let mut scratch: CudaSlice<T::Acc> = unsafe { dev.alloc::<T::Acc>(group * n)? };
+    let row_kernel = format!("fwht_{}_acc_{log_lo}", T::NAME);
+    let col_kernel = format!("fwht_cols_{}_{log_hi}", T::NAME);
+    let (nc, col_block, col_smem) = col_cfg(log_hi, acc_bytes);
+    let col_func = load(&dev, &col_kernel, col_smem)?;
+    let mut first = 0;
+    while first < rows {
+        let g = group.min(rows - first);
+        launch_rows(
+            &dev,
+            &row_kernel,
+            log_lo,
+            &src.slice(start + first * in_stride..),
+            &mut scratch.slice_mut(..),
+            g << log_hi,
+            log_hi,
+            in_stride,
+            n,
+            T::acc(1.0),
+            vec_in(first),
+            true,
+        )?;
+        let launch = LaunchConfig {
+            grid_dim: (grid(g * (n_lo / nc as usize))?, 1, 1),
+            block_dim: (col_block, 1, 1),
+            shared_mem_bytes: col_smem,
+        };
+        let (groups, n_lo_i, stride_i) = (g as i64, n_lo as i64, n as i64);
+        let mut dst = out.slice_mut(first * n..(first + g) * n);
+        let mut b = stream.launch_builder(&col_func);
+        b.arg(&scratch)
+            .arg(&mut dst)
+            .arg(&groups)
+            .arg(&n_lo_i)
+            .arg(&stride_i)
+            .arg(&stride_i)
+            .arg(&scale_acc);
+        // SAFETY: matches fwht_cols_* in cuda/fwht.cu; the grid covers g rows of n elements in both buffers.
+        unsafe { b.launch(launch) }.map_err(driver_err)?;
+        first += g;
+    }
+    Ok(CudaStorage::wrap_cuda_slice(out, dev))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geometry_matches_the_kernel_rules() {
+        // n = 2^15 f32: 1024 threads of 32 values, 128 KiB of shared memory.
+        assert_eq!(
+            row_cfg(15, 4, 4),
+            RowCfg {
+                rows_per_block: 1,
+                block: 1024,
+                smem: 128 << 10
+            }
+        );
+        // n = 2^10: 8 values per thread, 128 threads per row, 2 rows per block.
+        assert_eq!(
+            row_cfg(10, 4, 4),
+            RowCfg {
+                rows_per_block: 2,
+                block: 256,
+                smem: 2 * 1024 * 4
+            }
+        );
+        // n = 2^5: one warp-free row of 4 threads, no shared memory.
+        assert_eq!(row_cfg(5, 4, 4).smem, 0);
+        // bf16, n = 2^10: 16 values per thread, 64 threads per row, 4 rows per block.
+        assert_eq!(
+            row_cfg(10, 4, 2),
+            RowCfg {
+                rows_per_block: 4,
+                block: 256,
+                smem: 4 * 1024 * 4
+            }
+        );
+        for log_n in 0..=15 {
+            for in_bytes in [2, 4] {
+                let c = row_cfg(log_n, 4, in_bytes);
+                assert!(
+                    c.block.is_multiple_of(32) && c.block <= 1024,
+                    "{log_n}: {c:?}"
+                );
+                assert!(c.smem <= 227 << 10);
+            }
+        }
+        for log_n in 16..=24 {
+            for acc in [4, 8] {
+                let (lo, hi) = split(log_n, acc);
+                assert_eq!(lo + hi, log_n);
+                assert!(lo <= one_pass_max(acc) && (1..=10).contains(&hi));
+                assert!(col_cfg(hi, acc).2 <= 227 << 10);
+            }
+        }
+    }
+
+    #[test]
+    fn row_strides() {
+        use candle_core::Shape;
+        let l = Layout::contiguous(Shape::from((3, 4, 8)));
+        assert_eq!(row_stride(&l), Some(8));
+        let l = Layout::contiguous(Shape::from((6, 16)))
+            .narrow(1, 4, 8)
+            .unwrap();
+        assert_eq!(row_stride(&l), Some(16));
+        let l = Layout::contiguous(Shape::from((8, 4)))
+            .transpose(0, 1)
+            .unwrap();
+        assert_eq!(row_stride(&l), None);
+        let l = Layout::contiguous(Shape::from((2, 6, 8)))
+            .narrow(1, 1, 4)
+            .unwrap();
+        assert_eq!(row_stride(&l), None);
+    }
 }

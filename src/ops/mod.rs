@@ -6,9 +6,37 @@
 //! against (forward values and gradients). Faster fused versions replace the bodies here without changing the
 //! signatures.
 
+mod attention;
+mod dropout;
+mod gelu;
+pub(crate) mod kernels;
+mod layer_norm;
+mod rotary;
 pub mod slow;
+mod softmax_xent;
 
-use candle_core::{Result, Tensor};
+use candle_core::{Result, Tensor, D};
+use kernels::fused_ok;
+
+/// Whether the fused CPU kernels are switched off (`CANDLE_STRUCTURED_SLOW_OPS=1`): every op then runs its slow
+/// twin. Read once.
+fn forced_slow() -> bool {
+    use std::sync::OnceLock;
+    static SLOW: OnceLock<bool> = OnceLock::new();
+    *SLOW.get_or_init(|| {
+        std::env::var("CANDLE_STRUCTURED_SLOW_OPS").is_ok_and(|v| !v.is_empty() && v != "0")
+    })
+}
+
+/// Whether these tensors take the fused path: CPU, `f32`/`f64`, one dtype, and not forced slow.
+fn fused(ts: &[&Tensor]) -> bool {
+    !forced_slow() && fused_ok(ts)
+}
+
+/// A fresh seed for the counter-based dropout masks of the fused ops.
+fn seed() -> u64 {
+    rand::random::<u64>()
+}
 
 /// Layer normalisation over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`.
 /// `weight` and `bias` have shape `(d,)`; either may be absent (identity).
@@ -18,19 +46,55 @@ pub fn layer_norm(
     bias: Option<&Tensor>,
     eps: f64,
 ) -> Result<Tensor> {
-    slow::layer_norm(xs, weight, bias, eps)
+    let mut all = vec![xs];
+    all.extend(weight);
+    all.extend(bias);
+    if !fused(&all) || xs.rank() == 0 {
+        return slow::layer_norm(xs, weight, bias, eps);
+    }
+    let d = xs.dim(D::Minus1)?;
+    let w = match weight {
+        Some(w) => w.clone(),
+        None => Tensor::ones(d, xs.dtype(), xs.device())?,
+    };
+    let b = match bias {
+        Some(b) => b.clone(),
+        None => Tensor::zeros(d, xs.dtype(), xs.device())?,
+    };
+    let x2 = xs.contiguous()?.reshape(((), d))?;
+    x2.apply_op3(
+        &w.contiguous()?,
+        &b.contiguous()?,
+        layer_norm::LayerNorm { eps },
+    )?
+    .reshape(xs.shape())
 }
 
 /// GELU with the exact error function, `x · Φ(x)` (PyTorch's `nn.GELU()` default).
 pub fn gelu(xs: &Tensor) -> Result<Tensor> {
-    slow::gelu(xs)
+    if !fused(&[xs]) {
+        return slow::gelu(xs);
+    }
+    xs.contiguous()?.apply_op1(gelu::Gelu)
 }
 
 /// Rotary position embedding, rotate-half form (GPT-NeoX): `x · cos + rotate_half(x) · sin`, where
 /// `rotate_half([x1, x2]) = [-x2, x1]` splits the head dimension in halves.
 /// `xs`: `(batch, heads, seq, head_dim)`; `cos`, `sin`: `(seq, head_dim / 2)`.
 pub fn rotary(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    slow::rotary(xs, cos, sin)
+    if !fused(&[xs, cos, sin]) || xs.rank() != 4 {
+        return slow::rotary(xs, cos, sin);
+    }
+    let xs = if kernels::View4::from_layout(xs.layout()).is_some() {
+        xs.clone()
+    } else {
+        xs.contiguous()?
+    };
+    xs.apply_op3(
+        &cos.contiguous()?,
+        &sin.contiguous()?,
+        rotary::Rotary { inverse: false },
+    )
 }
 
 /// Causal scaled-dot-product attention: `softmax(q·kᵀ / √d + causal mask) · v`, with dropout `p` on the attention
@@ -42,12 +106,35 @@ pub fn causal_attention(
     dropout: f32,
     train: bool,
 ) -> Result<Tensor> {
-    slow::causal_attention(q, k, v, dropout, train)
+    if !fused(&[q, k, v]) || q.rank() != 4 || !(0.0..1.0).contains(&dropout) {
+        return slow::causal_attention(q, k, v, dropout, train);
+    }
+    let view = |t: &Tensor| -> Result<Tensor> {
+        if kernels::View4::from_layout(t.layout()).is_some() {
+            Ok(t.clone())
+        } else {
+            t.contiguous()
+        }
+    };
+    let p_drop = if train { dropout } else { 0.0 };
+    let op = attention::CausalAttention {
+        p_drop,
+        seed: if p_drop > 0.0 { seed() } else { 0 },
+    };
+    // The op stores (b, t, h, hd); present it as (b, h, t, hd).
+    view(q)?
+        .apply_op3(&view(k)?, &view(v)?, op)?
+        .transpose(1, 2)
 }
 
 /// Mean cross-entropy in nats of `logits` `(rows, vocab)` against integer `targets` `(rows,)` (u32).
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    slow::cross_entropy(logits, targets)
+    if !fused(&[logits]) || !targets.device().is_cpu() || logits.rank() != 2 {
+        return slow::cross_entropy(logits, targets);
+    }
+    logits
+        .contiguous()?
+        .apply_op2(&targets.contiguous()?, softmax_xent::CrossEntropy)
 }
 
 /// Inverted dropout: zeroes each element with probability `p` and scales the rest by `1 / (1 - p)`.
@@ -55,5 +142,38 @@ pub fn dropout(xs: &Tensor, p: f32, train: bool) -> Result<Tensor> {
     if !train || p == 0.0 {
         return Ok(xs.clone());
     }
-    candle_nn::ops::dropout(xs, p)
+    if !fused(&[xs]) || !(0.0..1.0).contains(&p) {
+        return slow::dropout(xs, p, train);
+    }
+    xs.contiguous()?
+        .apply_op1(dropout::Dropout { p, seed: seed() })
+}
+
+/// [`causal_attention`] in training mode with a given dropout seed instead of a fresh one, so that repeated calls
+/// draw the same mask (for gradient checks). CPU `f32`/`f64` only.
+#[doc(hidden)]
+pub fn causal_attention_seeded(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    dropout: f32,
+    seed: u64,
+) -> Result<Tensor> {
+    if !fused_ok(&[q, k, v]) {
+        candle_core::bail!("causal_attention_seeded: CPU f32/f64 only")
+    }
+    let op = attention::CausalAttention {
+        p_drop: dropout,
+        seed,
+    };
+    q.apply_op3(k, v, op)?.transpose(1, 2)
+}
+
+/// [`dropout`] with a given seed (for gradient checks). CPU `f32`/`f64` only.
+#[doc(hidden)]
+pub fn dropout_seeded(xs: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
+    if !fused_ok(&[xs]) {
+        candle_core::bail!("dropout_seeded: CPU f32/f64 only")
+    }
+    xs.contiguous()?.apply_op1(dropout::Dropout { p, seed })
 }

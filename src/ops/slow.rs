@@ -53,7 +53,7 @@ pub fn causal_attention(
     let mask = causal_mask(seq, scores.dtype(), scores.device())?;
     let scores = scores.broadcast_add(&mask)?;
     let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
-    let probs = super::dropout(&probs, dropout, train)?;
+    let probs = self::dropout(&probs, dropout, train)?;
     probs.matmul(&v.contiguous()?)
 }
 
@@ -85,4 +85,12 @@ pub fn causal_mask(seq: usize, dtype: DType, device: &Device) -> Result<Tensor> 
 /// See [`super::cross_entropy`].
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     candle_nn::loss::cross_entropy(logits, targets)
+}
+
+/// See [`super::dropout`]: candle's mask-tensor dropout.
+pub fn dropout(xs: &Tensor, p: f32, train: bool) -> Result<Tensor> {
+    if !train || p == 0.0 {
+        return Ok(xs.clone());
+    }
+    candle_nn::ops::dropout(xs, p)
 }

@@ -1,0 +1,403 @@
+// Fast Walsh-Hadamard transform kernels for candle-structured.
+//
+// y = scale * x * H_n over rows of length n = 2^m, H_n the Sylvester Hadamard matrix in natural order.
+// Element types f32, f16, bf16 (arithmetic in f32) and f64 (arithmetic in f64); the scale is fused into the
+// final store. Built to PTX by build.rs (nvcc --ptx) when the crate's `cuda` feature is on, and launched from
+// src/fwht/cuda.rs through cudarc. Written for this crate.
+//
+// One pass (n <= 2^15; 2^14 for f64): one row lives in the registers of T = n/E threads, E = 2^e values each.
+//   index i = k*E + r   (k: thread in the row, r: register)
+//   * bits [0, e)        butterflies inside each thread's registers (loaded with 16-byte vector loads);
+//   * bits [e, e+5)      butterflies across the lanes of a warp with __shfl_xor_sync;
+//   * bits [e+5, m)      (only when T > 32) the row goes through shared memory once (XOR-swizzled 16-byte
+//                        chunks: no bank conflicts), each thread picks up values that differ in the warp bits,
+//                        butterflies them in registers, and the row goes back the same way.
+//   Stages run from bit 0 upwards, with u+v on the lower and u-v on the upper element, exactly as the CPU kernel,
+//   so f32 results match the CPU op bit for bit.
+// More passes (n up to 2^24): n = n_hi * n_lo. Pass 1 transforms the n_hi contiguous sub-rows of length n_lo of
+//   each row into an f32 (f64) scratch buffer (same row kernel, "sub-row" addressing); pass 2 transforms the
+//   columns (stride n_lo, length n_hi <= 2^10) through a shared-memory tile and writes the output with the scale.
+//   The host runs both passes over groups of rows whose scratch fits in L2, so the intermediate rarely reaches DRAM.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+namespace {
+
+__device__ __forceinline__ float to_acc(float x) { return x; }
+__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ double to_acc(double x) { return x; }
+
+template <typename T, typename A> struct FromAcc;
+template <> struct FromAcc<float, float> {
+    static __device__ __forceinline__ float f(float x) { return x; }
+};
+template <> struct FromAcc<__half, float> {
+    static __device__ __forceinline__ __half f(float x) { return __float2half_rn(x); }
+};
+template <> struct FromAcc<__nv_bfloat16, float> {
+    static __device__ __forceinline__ __nv_bfloat16 f(float x) { return __float2bfloat16_rn(x); }
+};
+template <> struct FromAcc<double, double> {
+    static __device__ __forceinline__ double f(double x) { return x; }
+};
+
+constexpr int cmax(int a, int b) { return a > b ? a : b; }
+constexpr int cmin(int a, int b) { return a < b ? a : b; }
+
+// Launch geometry of the one-pass kernel for n = 2^LOG_N. MUST match `RowCfg` in src/fwht/cuda.rs (the kernel
+// traps when launched with another block size).
+template <int LOG_N, typename Acc, int IN_BYTES> struct RowCfg {
+    static constexpr int N = 1 << LOG_N;
+    // e >= (m-5)/2 keeps the warp bits (m-e-5) within one register group. (n = 2^15: 1024 threads of 32 values,
+    // capped at 64 registers, spill 60 bytes; 512 threads of 64 values spilled more.)
+    // 2-byte inputs take at least 16 values (32 bytes in flight per thread) from n = 16 on.
+    static constexpr int LOG_E = LOG_N <= 3 ? LOG_N : cmax(IN_BYTES == 2 ? 4 : 3, (LOG_N - 4) / 2);
+    static constexpr int E = 1 << LOG_E;
+    static constexpr int LOG_T = LOG_N - LOG_E;  // threads per row
+    static constexpr int T = 1 << LOG_T;
+    static constexpr int ROWS = T >= 256 ? 1 : 256 / T;  // rows per block
+    static constexpr int BLOCK = ROWS * T;
+    static constexpr int LOG_LANE = cmin(LOG_T, 5);
+    static constexpr int LOG_W = LOG_T > 5 ? LOG_T - 5 : 0;
+    static constexpr int W = 1 << LOG_W;
+    static constexpr int CH = 16 / (int)sizeof(Acc);  // Acc values per 16-byte chunk
+    static constexpr int LOG_CH = sizeof(Acc) == 4 ? 2 : 1;
+    // n = 2^14 (f32 arithmetic): ask for two 512-thread blocks per SM (<= 64 registers) so that one block loads
+    // while the other computes.
+    static constexpr int MIN_BLOCKS = (LOG_N == 14 && sizeof(Acc) == 4) ? 2 : 1;
+};
+
+// Butterflies on register-index bits [0, LOG_B) of v[0..E).
+template <int LOG_B, int E, typename Acc> __device__ __forceinline__ void butterfly_regs(Acc (&v)[E]) {
+#pragma unroll
+    for (int h = 1; h < (1 << LOG_B); h <<= 1) {
+#pragma unroll
+        for (int i = 0; i < E; ++i) {
+            if ((i & h) == 0) {
+                const Acc a = v[i], b = v[i + h];
+                v[i] = a + b;
+                v[i + h] = a - b;
+            }
+        }
+    }
+}
+
+template <typename T, int E, typename Acc> __device__ __forceinline__ void load_vals(const T* p, Acc (&v)[E], bool vec) {
+    if constexpr ((E * sizeof(T)) % 16 == 0) {
+        if (vec) {
+            constexpr int NV = E * sizeof(T) / 16;
+            union {
+                uint4 u[NV];
+                T t[E];
+            } tmp;
+            const uint4* q = reinterpret_cast<const uint4*>(p);
+#pragma unroll
+            for (int j = 0; j < NV; ++j) tmp.u[j] = __ldcs(q + j);  // streamed: read once
+#pragma unroll
+            for (int i = 0; i < E; ++i) v[i] = to_acc(tmp.t[i]);
+            return;
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < E; ++i) v[i] = to_acc(__ldcs(p + i));
+}
+
+template <typename T, int E, typename Acc>
+__device__ __forceinline__ void store_vals(T* p, const Acc (&v)[E], Acc scale, bool vec) {
+    if constexpr ((E * sizeof(T)) % 16 == 0) {
+        if (vec) {
+            constexpr int NV = E * sizeof(T) / 16;
+            union {
+                uint4 u[NV];
+                T t[E];
+            } tmp;
+#pragma unroll
+            for (int i = 0; i < E; ++i) tmp.t[i] = FromAcc<T, Acc>::f(v[i] * scale);
+            uint4* q = reinterpret_cast<uint4*>(p);
+#pragma unroll
+            for (int j = 0; j < NV; ++j) q[j] = tmp.u[j];
+            return;
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < E; ++i) p[i] = FromAcc<T, Acc>::f(v[i] * scale);
+}
+
+// Position of element `idx` of a row in the swizzled shared-memory buffer: 16-byte chunk c goes to
+// c ^ ((c >> SHIFT) & 7), where c >> SHIFT is the thread that owns the chunk in the natural layout. Bijective
+// (unitriangular over GF(2)) and conflict-free for both access patterns used below.
+template <int LOG_CH, int SHIFT> __device__ __forceinline__ int swz(int idx) {
+    const int c = idx >> LOG_CH;
+    return ((c ^ ((c >> SHIFT) & 7)) << LOG_CH) | (idx & ((1 << LOG_CH) - 1));
+}
+
+// One-pass transform of `rows` (sub-)rows of length 2^LOG_N.
+// Sub-row q lives at in + (q >> sub_log) * in_stride + (q & (2^sub_log - 1)) * 2^LOG_N (same for out), so
+// sub_log = 0 is a plain batch of rows with a row stride, and sub_log > 0 cuts each row into 2^sub_log pieces.
+// LOG_B < 0: transform all LOG_N bits. LOG_B in [0, LOG_E] with LOG_N = 3 ("packed" kernels): rows of 2^LOG_B
+// elements stored contiguously, handled 8 values (2^(3-LOG_B) rows) per thread.
+template <typename TIn, typename TOut, typename Acc, int LOG_N, int LOG_B = -1>
+__device__ __forceinline__ void fwht_rows_body(const TIn* in, TOut* out, long long rows, int sub_log,
+                                               long long in_stride, long long out_stride, Acc scale, int vin,
+                                               int vout) {
+    using C = RowCfg<LOG_N, Acc, (int)sizeof(TIn)>;
+    constexpr int E = C::E;
+    if (blockDim.x != C::BLOCK) __trap();
+    const int tid = threadIdx.x;
+    const int rloc = tid >> C::LOG_T;
+    const int k = tid & (C::T - 1);
+    const long long q = (long long)blockIdx.x * C::ROWS + rloc;
+    const bool active = q < rows;
+    const long long sub_mask = (1ll << sub_log) - 1;
+    const long long in_off = (q >> sub_log) * in_stride + ((q & sub_mask) << LOG_N);
+    const long long out_off = (q >> sub_log) * out_stride + ((q & sub_mask) << LOG_N);
+
+    Acc v[E];
+    if (active) {
+        load_vals<TIn, E, Acc>(in + in_off + (long long)k * E, v, vin != 0);
+    } else {
+#pragma unroll
+        for (int i = 0; i < E; ++i) v[i] = Acc(0);
+    }
+
+    // bits [0, e): inside the thread
+    static_assert(LOG_B < 0 || (LOG_B <= C::LOG_E && C::LOG_T == 0), "packed rows fit in one thread");
+    butterfly_regs<(LOG_B < 0 ? C::LOG_E : LOG_B), E, Acc>(v);
+
+    // bits [e, e + LOG_LANE): across lanes
+#pragma unroll
+    for (int b = 0; b < C::LOG_LANE; ++b) {
+        const int mask = 1 << b;
+        const bool upper = (k & mask) != 0;
+#pragma unroll
+        for (int i = 0; i < E; ++i) {
+            const Acc o = __shfl_xor_sync(0xffffffffu, v[i], mask);
+            v[i] = upper ? (o - v[i]) : (v[i] + o);
+        }
+    }
+
+    // bits [e + 5, m): across warps, through shared memory
+    if constexpr (C::LOG_W > 0) {
+        extern __shared__ __align__(16) unsigned char smem_raw[];
+        Acc* sm = reinterpret_cast<Acc*>(smem_raw) + (long long)rloc * C::N;
+        constexpr int LOG_CH = C::LOG_CH;
+        constexpr int CH = C::CH;
+        constexpr int SHIFT = C::LOG_E - LOG_CH;
+        static_assert(SHIFT >= 1, "swizzle needs at least two chunks per thread");
+        static_assert(C::LOG_W <= C::LOG_E, "warp bits must fit in one register group");
+        // natural layout, 16-byte chunks
+#pragma unroll
+        for (int j = 0; j < E / CH; ++j) {
+            const int idx = k * E + j * CH;
+            Acc* dst = sm + swz<LOG_CH, SHIFT>(idx);
+            if constexpr (CH == 4) {
+                *reinterpret_cast<float4*>(dst) = make_float4(v[j * 4], v[j * 4 + 1], v[j * 4 + 2], v[j * 4 + 3]);
+            } else {
+                *reinterpret_cast<double2*>(dst) = make_double2(v[j * 2], v[j * 2 + 1]);
+            }
+        }
+        __syncthreads();
+        // transposed: register s*W + hi holds index hi * 2^(e+5) + s * T + k
+#pragma unroll
+        for (int s = 0; s < E / C::W; ++s) {
+#pragma unroll
+            for (int hi = 0; hi < C::W; ++hi) {
+                const int idx = (hi << (C::LOG_E + 5)) + s * C::T + k;
+                v[s * C::W + hi] = sm[swz<LOG_CH, SHIFT>(idx)];
+            }
+        }
+        butterfly_regs<C::LOG_W, E, Acc>(v);
+#pragma unroll
+        for (int s = 0; s < E / C::W; ++s) {
+#pragma unroll
+            for (int hi = 0; hi < C::W; ++hi) {
+                const int idx = (hi << (C::LOG_E + 5)) + s * C::T + k;
+                sm[swz<LOG_CH, SHIFT>(idx)] = v[s * C::W + hi];
+            }
+        }
+        __syncthreads();
+#pragma unroll
+        for (int j = 0; j < E / CH; ++j) {
+            const int idx = k * E + j * CH;
+            const Acc* src = sm + swz<LOG_CH, SHIFT>(idx);
+            if constexpr (CH == 4) {
+                const float4 f = *reinterpret_cast<const float4*>(src);
+                v[j * 4] = f.x;
+                v[j * 4 + 1] = f.y;
+                v[j * 4 + 2] = f.z;
+                v[j * 4 + 3] = f.w;
+            } else {
+                const double2 d = *reinterpret_cast<const double2*>(src);
+                v[j * 2] = d.x;
+                v[j * 2 + 1] = d.y;
+            }
+        }
+    }
+
+    if (active) store_vals<TOut, E, Acc>(out + out_off + (long long)k * E, v, scale, vout != 0);
+}
+
+// Column pass: for each row (blockIdx.x / tiles) and each tile of NC consecutive columns, transforms the
+// 2^A values at stride n_lo (a column of the n_hi x n_lo view of the row) and writes scale * result.
+template <int A> struct ColCfg {
+    // columns per block: tiles of 2^13 values (2^14 at A = 10), so that small n_hi still moves long rows
+    static constexpr int NC = cmax(16, 1 << cmax(0, 13 - A));
+    static constexpr int BLOCK = 256;
+};
+
+template <typename TOut, typename Acc, int A>
+__device__ __forceinline__ void fwht_cols_body(const Acc* in, TOut* out, long long groups, long long n_lo,
+                                               long long in_stride, long long out_stride, Acc scale) {
+    constexpr int H = 1 << A;
+    constexpr int NC = ColCfg<A>::NC;
+    constexpr int BLOCK = ColCfg<A>::BLOCK;
+    if (blockDim.x != BLOCK) __trap();
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    Acc* tile = reinterpret_cast<Acc*>(smem_raw);  // [H][NC]
+    const long long tiles = n_lo / NC;
+    const long long row = blockIdx.x / tiles;
+    if (row >= groups) return;  // whole block leaves together
+    const long long col0 = (blockIdx.x % tiles) * NC;
+    const Acc* src = in + row * in_stride + col0;
+    TOut* dst = out + row * out_stride + col0;
+    const int tid = threadIdx.x;
+
+    static_assert((H * NC) % BLOCK == 0, "whole tiles");
+    // unrolled so that 8 independent loads per thread are in flight
+#pragma unroll 8
+    for (int j = 0; j < H * NC / BLOCK; ++j) {
+        const int i = j * BLOCK + tid;
+        const int r = i / NC, c = i % NC;
+        tile[i] = src[(long long)r * n_lo + c];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int b = 0; b < A; b += 3) {
+        const int g = (A - b) < 3 ? (A - b) : 3;
+        const int G = 1 << g;
+        const int sets = H * NC / G;
+        for (int set = tid; set < sets; set += BLOCK) {
+            const int c = set % NC;
+            const int qq = set / NC;
+            const int base = ((qq >> b) << (b + g)) | (qq & ((1 << b) - 1));
+            Acc u[8];
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+                if (j < G) u[j] = tile[(base + (j << b)) * NC + c];
+#pragma unroll
+            for (int h = 1; h < 8; h <<= 1) {
+                if (h < G) {
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) {
+                        if ((j & h) == 0 && j + h < G) {
+                            const Acc x = u[j], y = u[j + h];
+                            u[j] = x + y;
+                            u[j + h] = x - y;
+                        }
+                    }
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+                if (j < G) tile[(base + (j << b)) * NC + c] = u[j];
+        }
+        __syncthreads();
+    }
+#pragma unroll 8
+    for (int j = 0; j < H * NC / BLOCK; ++j) {
+        const int i = j * BLOCK + tid;
+        const int r = i / NC, c = i % NC;
+        __stcs(dst + (long long)r * n_lo + c, FromAcc<TOut, Acc>::f(tile[i] * scale));  // keep L2 for scratch
+    }
+}
+
+}  // namespace
+
+#define ROW_KERNEL(NAME, TIN, TOUT, ACC, LOG)                                                                     \
+    extern "C" __global__ void __launch_bounds__(RowCfg<LOG, ACC, sizeof(TIN)>::BLOCK,                           \
+                                                 RowCfg<LOG, ACC, sizeof(TIN)>::MIN_BLOCKS)                      \
+        NAME##_##LOG(const TIN* in, TOUT* out, long long rows, int sub_log, long long in_stride,                   \
+                     long long out_stride, ACC scale, int vin, int vout) {                                         \
+        fwht_rows_body<TIN, TOUT, ACC, LOG>(in, out, rows, sub_log, in_stride, out_stride, scale, vin, vout);     \
+    }
+
+#define PACK_KERNEL(NAME, T, ACC, LB)                                                                            \
+    extern "C" __global__ void __launch_bounds__(RowCfg<3, ACC, sizeof(T)>::BLOCK)                               \
+        NAME##_##LB(const T* in, T* out, long long rows, int sub_log, long long in_stride, long long out_stride,  \
+                    ACC scale, int vin, int vout) {                                                                \
+        fwht_rows_body<T, T, ACC, 3, LB>(in, out, rows, sub_log, in_stride, out_stride, scale, vin, vout);        \
+    }
+#define PACKS(NAME, T, ACC) PACK_KERNEL(NAME, T, ACC, 0) PACK_KERNEL(NAME, T, ACC, 1) PACK_KERNEL(NAME, T, ACC, 2)
+
+#define COL_KERNEL(NAME, TOUT, ACC, A)                                                                            \
+    extern "C" __global__ void __launch_bounds__(256)                                                             \
+        NAME##_##A(const ACC* in, TOUT* out, long long groups, long long n_lo, long long in_stride,               \
+                   long long out_stride, ACC scale) {                                                              \
+        fwht_cols_body<TOUT, ACC, A>(in, out, groups, n_lo, in_stride, out_stride, scale);                         \
+    }
+
+#define ROWS_0_14(NAME, TIN, TOUT, ACC)                                                                           \
+    ROW_KERNEL(NAME, TIN, TOUT, ACC, 0)                                                                           \
+    ROW_KERNEL(NAME, TIN, TOUT, ACC, 1)                                                                           \
+    ROW_KERNEL(NAME, TIN, TOUT, ACC, 2)                                                                           \
+    ROW_KERNEL(NAME, TIN, TOUT, ACC, 3)                                                                           \
+    ROW_KERNEL(NAME, TIN, TOUT, ACC, 4)                                                                           \
+    ROW_KERNEL(NAME, TIN, TOUT, ACC, 5)                                                                           \
+    ROW_KERNEL(NAME, TIN, TOUT, ACC, 6)                                                                           \
+    ROW_KERNEL(NAME, TIN, TOUT, ACC, 7)                                                                           \
+    ROW_KERNEL(NAME, TIN, TOUT, ACC, 8)                                                                           \
+    ROW_KERNEL(NAME, TIN, TOUT, ACC, 9)                                                                           \
+    ROW_KERNEL(NAME, TIN, TOUT, ACC, 10)                                                                          \
+    ROW_KERNEL(NAME, TIN, TOUT, ACC, 11)                                                                          \
+    ROW_KERNEL(NAME, TIN, TOUT, ACC, 12)                                                                          \
+    ROW_KERNEL(NAME, TIN, TOUT, ACC, 13)                                                                          \
+    ROW_KERNEL(NAME, TIN, TOUT, ACC, 14)
+
+#define COLS_1_10(NAME, TOUT, ACC)                                                                                \
+    COL_KERNEL(NAME, TOUT, ACC, 1)                                                                                \
+    COL_KERNEL(NAME, TOUT, ACC, 2)                                                                                \
+    COL_KERNEL(NAME, TOUT, ACC, 3)                                                                                \
+    COL_KERNEL(NAME, TOUT, ACC, 4)                                                                                \
+    COL_KERNEL(NAME, TOUT, ACC, 5)                                                                                \
+    COL_KERNEL(NAME, TOUT, ACC, 6)                                                                                \
+    COL_KERNEL(NAME, TOUT, ACC, 7)                                                                                \
+    COL_KERNEL(NAME, TOUT, ACC, 8)                                                                                \
+    COL_KERNEL(NAME, TOUT, ACC, 9)                                                                                \
+    COL_KERNEL(NAME, TOUT, ACC, 10)
+
+// one pass, T -> T: fwht_<dtype>_<log2 n>, n = 2^0 .. 2^15 (2^14 for f64)
+ROWS_0_14(fwht_f32, float, float, float)
+ROW_KERNEL(fwht_f32, float, float, float, 15)
+ROWS_0_14(fwht_f16, __half, __half, float)
+ROW_KERNEL(fwht_f16, __half, __half, float, 15)
+ROWS_0_14(fwht_bf16, __nv_bfloat16, __nv_bfloat16, float)
+ROW_KERNEL(fwht_bf16, __nv_bfloat16, __nv_bfloat16, float, 15)
+ROWS_0_14(fwht_f64, double, double, double)
+
+// n = 1, 2, 4 with contiguous rows: 8 values per thread: fwht_<dtype>_pack_<log2 n>
+PACKS(fwht_f32_pack, float, float)
+PACKS(fwht_f16_pack, __half, float)
+PACKS(fwht_bf16_pack, __nv_bfloat16, float)
+PACKS(fwht_f64_pack, double, double)
+
+// first pass of the multi-pass transform, T -> accumulator scratch: fwht_<dtype>_acc_<log2 n_lo>
+#define ACC_ROWS(NAME, TIN, ACC)                                                                                  \
+    ROW_KERNEL(NAME, TIN, ACC, ACC, 12)                                                                           \
+    ROW_KERNEL(NAME, TIN, ACC, ACC, 13)                                                                           \
+    ROW_KERNEL(NAME, TIN, ACC, ACC, 14)
+ACC_ROWS(fwht_f32_acc, float, float)
+ROW_KERNEL(fwht_f32_acc, float, float, float, 15)
+ACC_ROWS(fwht_f16_acc, __half, float)
+ROW_KERNEL(fwht_f16_acc, __half, float, float, 15)
+ACC_ROWS(fwht_bf16_acc, __nv_bfloat16, float)
+ROW_KERNEL(fwht_bf16_acc, __nv_bfloat16, float, float, 15)
+ACC_ROWS(fwht_f64_acc, double, double)
+
+// second pass, accumulator scratch -> T with the scale: fwht_cols_<dtype>_<log2 n_hi>
+COLS_1_10(fwht_cols_f32, float, float)
+COLS_1_10(fwht_cols_f16, __half, float)
+COLS_1_10(fwht_cols_bf16, __nv_bfloat16, float)
+COLS_1_10(fwht_cols_f64, double, double)

@@ -1,0 +1,652 @@
+//! Every CUDA check and timing of the Walsh-Hadamard transform in one binary, for one call on a GPU machine.
+//!
+//! ```text
+//! cargo run --release --features cuda --example gpu_check            # checks + timings
+//! cargo run --release --features cuda --example gpu_check -- --quick # checks, fewer sizes, short timings
+//! ```
+//!
+//! 1. Correctness against the CPU op on seeded random inputs: f32, f64, f16, bf16; n = 2^0 … 2^20 (several rows)
+//!    and 2^21 … 2^24 (one or two rows); strided, offset, transposed, non-collapsible and broadcast layouts;
+//!    gradients through `backward`; the self-inverse property `H(H(x)/√n)/√n = x` on the GPU alone; every layer
+//!    (AdaptiveFastFood, BlockHadamardMlp, FrozenRandomMlp, RotaryGptBlock of each kind) forward and every
+//!    gradient against the same layer, same seed, on the CPU, in f32 and bf16.
+//! 2. Timings with CUDA events on candle's stream: the transform against a device-to-device copy of the same
+//!    bytes (64 MiB) for every n and dtype; against a cuBLAS bf16 matmul by the dense Hadamard matrix
+//!    (n = 4096, 16384 rows); latency of one row of 4096.
+//!
+//! Exits with status 1 when any check fails.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Module, ModuleT, Tensor, Var, D};
+use candle_nn::{VarBuilder, VarMap};
+use candle_structured::fwht::hadamard_matrix;
+use candle_structured::hadamard_transform;
+use clap::Parser;
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::CudaStream;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Fewer sizes and shorter timings.
+    #[arg(long)]
+    quick: bool,
+    /// Skip the timings.
+    #[arg(long)]
+    no_timing: bool,
+    /// Skip the correctness checks.
+    #[arg(long)]
+    no_checks: bool,
+    /// Bytes of data per timed transform (MiB).
+    #[arg(long, default_value_t = 64)]
+    mib: usize,
+    /// Smallest log2(n) timed.
+    #[arg(long, default_value_t = 0)]
+    tmin: usize,
+    /// Largest log2(n) timed.
+    #[arg(long, default_value_t = 24)]
+    tmax: usize,
+    /// Time only the copy-ratio table (no cuBLAS, no latency).
+    #[arg(long)]
+    ratios_only: bool,
+}
+
+struct Checker {
+    failures: Vec<String>,
+    count: usize,
+}
+
+impl Checker {
+    fn record(&mut self, what: &str, err: f64, tol: f64) {
+        self.count += 1;
+        let ok = err.is_finite() && err <= tol;
+        if !ok {
+            println!("FAIL {what}: rel err {err:.3e} > tol {tol:.1e}");
+            self.failures.push(format!("{what}: {err:.3e}"));
+        }
+    }
+}
+
+fn randn(rng: &mut StdRng, shape: &[usize], dtype: DType) -> Result<Tensor> {
+    let numel: usize = shape.iter().product();
+    let data: Vec<f64> = (0..numel).map(|_| StandardNormal.sample(rng)).collect();
+    Ok(Tensor::from_vec(data, shape, &Device::Cpu)?.to_dtype(dtype)?)
+}
+
+/// ‖a − b‖ / ‖b‖ in f64, both brought to the CPU; NaN if either holds a non-finite value.
+fn rel_err(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let a = a
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    let b = b
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    if a.len() != b.len() {
+        bail!("length mismatch {} vs {}", a.len(), b.len());
+    }
+    let (mut num, mut den) = (0f64, 0f64);
+    for (x, y) in a.iter().zip(&b) {
+        if !x.is_finite() || !y.is_finite() {
+            return Ok(f64::NAN);
+        }
+        num += (x - y) * (x - y);
+        den += y * y;
+    }
+    Ok(if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    })
+}
+
+fn tol(dtype: DType) -> f64 {
+    match dtype {
+        DType::F64 => 1e-12,
+        DType::F32 => 1e-5,
+        DType::F16 => 2e-3,
+        _ => 1e-2, // bf16: one rounding of an f32 result, 8 significant bits
+    }
+}
+
+fn name(dtype: DType) -> &'static str {
+    dtype.as_str()
+}
+
+fn checks(gpu: &Device, quick: bool, c: &mut Checker) -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(20261123);
+    let t0 = Instant::now();
+
+    // 1. every dtype, every n, against the CPU op
+    let max_log = if quick { 16 } else { 24 };
+    for dtype in [DType::F32, DType::F64, DType::F16, DType::BF16] {
+        let mut worst = 0f64;
+        for log_n in 0..=max_log {
+            let n = 1usize << log_n;
+            let rows = if log_n <= 20 {
+                ((1usize << 20) >> log_n).clamp(3, 4096)
+            } else if log_n <= 22 {
+                2
+            } else {
+                1
+            };
+            let x = randn(&mut rng, &[rows, n], dtype)?;
+            let scale = 1.0 / (n as f64).sqrt();
+            let want = hadamard_transform(&x, scale)?;
+            let got = hadamard_transform(&x.to_device(gpu)?, scale)?;
+            if got.dtype() != dtype || got.dims() != [rows, n] {
+                c.failures
+                    .push(format!("{} n=2^{log_n}: wrong dtype/shape", name(dtype)));
+            }
+            let e = rel_err(&got, &want)?;
+            worst = worst.max(e);
+            c.record(
+                &format!("{} n=2^{log_n} rows={rows}", name(dtype)),
+                e,
+                tol(dtype),
+            );
+        }
+        println!(
+            "check  {:5} n=2^0..2^{max_log} vs CPU op: worst rel err {worst:.2e} (tol {:.0e})",
+            name(dtype),
+            tol(dtype)
+        );
+    }
+
+    // 2. layouts: each view built the same way on both devices
+    for dtype in [DType::F32, DType::BF16, DType::F16, DType::F64] {
+        for log_n in [0usize, 3, 7, 10, 12, 15, 17] {
+            let n = 1usize << log_n;
+            let base = randn(&mut rng, &[5, 2 * n + 1], dtype)?;
+            let gbase = base.to_device(gpu)?;
+            let scale = 0.5;
+            // (a) row stride 2n+1, offset 1: strided rows, misaligned for vector loads
+            // (b) row stride 2n+1, offset n: strided rows
+            // (c) broadcast rows (stride 0)
+            // (d) transposed: last stride != 1 (contiguous copy first)
+            // (e) 3-D with leading dims that do not collapse
+            type View = fn(&Tensor, usize) -> candle_core::Result<Tensor>;
+            let views: [(&str, View); 5] = [
+                ("narrow+1", |t, n| t.narrow(1, 1, n)),
+                ("narrow+n", |t, n| t.narrow(1, n, n)),
+                ("broadcast", |t, n| {
+                    t.narrow(0, 2, 1)?.narrow(1, 0, n)?.broadcast_as((4, n))
+                }),
+                ("transposed", |t, n| {
+                    // (n, 5) transposed to (5, n)
+                    t.narrow(1, 0, n)?.t()?.contiguous()?.t()
+                }),
+                ("3d-noncollapsible", |t, n| {
+                    t.narrow(1, 0, 2 * n)?
+                        .reshape((5, 2, n))?
+                        .narrow(0, 1, 3)?
+                        .narrow(1, 1, 1)?
+                        .broadcast_as((3, 2, n))?
+                        .transpose(0, 1)
+                }),
+            ];
+            for (label, f) in views {
+                let xc = f(&base, n)?;
+                let xg = f(&gbase, n)?;
+                let want = hadamard_transform(&xc, scale)?;
+                let got = hadamard_transform(&xg, scale)?;
+                c.record(
+                    &format!("{} n=2^{log_n} layout {label}", name(dtype)),
+                    rel_err(&got, &want)?,
+                    tol(dtype),
+                );
+            }
+        }
+    }
+    println!("check  layouts (narrowed, offset, broadcast, transposed, 3-D) f32/bf16/f16/f64 n=2^0..2^17: done");
+
+    // 3. gradients through backward, against the CPU
+    for dtype in [DType::F32, DType::BF16, DType::F64] {
+        for log_n in [0usize, 6, 12, 15, 16, 20] {
+            let n = 1usize << log_n;
+            let rows = if log_n >= 16 { 2 } else { 8 };
+            let x = randn(&mut rng, &[rows, n], dtype)?;
+            let w = randn(&mut rng, &[rows, n], dtype)?;
+            let scale = 1.0 / (n as f64).sqrt();
+            let grad_on = |dev: &Device| -> Result<Tensor> {
+                let xv = Var::from_tensor(&x.to_device(dev)?)?;
+                let y = hadamard_transform(xv.as_tensor(), scale)?;
+                let loss = (y * w.to_device(dev)?)?.sqr()?.sum_all()?;
+                let grads = loss.backward()?;
+                Ok(grads.get(xv.as_tensor()).context("no gradient")?.clone())
+            };
+            let (gc, gg) = (grad_on(&Device::Cpu)?, grad_on(gpu)?);
+            c.record(
+                &format!("{} n=2^{log_n} gradient", name(dtype)),
+                rel_err(&gg, &gc)?,
+                tol(dtype) * 4.0,
+            );
+        }
+    }
+    println!("check  gradients (loss = sum((H x * w)^2)) f32/bf16/f64 n=2^0..2^20 vs CPU: done");
+
+    // 4. self-inverse on the GPU alone (independent of the CPU op)
+    for log_n in [1usize, 5, 9, 13, 15, 18, 22] {
+        let n = 1usize << log_n;
+        let x = randn(&mut rng, &[3, n], DType::F32)?.to_device(gpu)?;
+        let s = 1.0 / (n as f64).sqrt();
+        let back = hadamard_transform(&hadamard_transform(&x, s)?, s)?;
+        c.record(
+            &format!("f32 n=2^{log_n} H(H(x))=x"),
+            rel_err(&back, &x)?,
+            1e-5,
+        );
+    }
+    // 5. the dense reference on the CPU in f64 for small n (independent of the fast CPU kernel)
+    for log_n in [0usize, 2, 4, 6, 8, 10] {
+        let n = 1usize << log_n;
+        let x = randn(&mut rng, &[7, n], DType::F64)?;
+        let dense = x.matmul(&hadamard_matrix(n, DType::F64, &Device::Cpu)?)?;
+        let got = hadamard_transform(&x.to_dtype(DType::F32)?.to_device(gpu)?, 1.0)?;
+        c.record(
+            &format!("f32 n=2^{log_n} vs dense f64"),
+            rel_err(&got, &dense)?,
+            1e-6,
+        );
+    }
+    println!("check  self-inverse and dense-f64 reference: done");
+
+    // 6. errors, not panics
+    let bad = Tensor::zeros((2, 12), DType::F32, gpu)?;
+    match hadamard_transform(&bad, 1.0) {
+        Err(e) => println!("check  n=12 refused: {e}"),
+        Ok(_) => c.failures.push("n=12 accepted".into()),
+    }
+    let ints = Tensor::zeros((2, 8), DType::U32, gpu)?;
+    if hadamard_transform(&ints, 1.0).is_ok() {
+        c.failures.push("u32 accepted".into());
+    }
+    let empty = Tensor::zeros((0, 8), DType::F32, gpu)?;
+    if hadamard_transform(&empty, 1.0)?.dims() != [0, 8] {
+        c.failures.push("empty input".into());
+    }
+    println!(
+        "checks: {} comparisons, {} failures, {:.1} s",
+        c.count,
+        c.failures.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Forward and every gradient (parameters and input) of a layer built from the same seed on the CPU and the GPU.
+fn compare_layer<M>(
+    label: &str,
+    gpu: &Device,
+    c: &mut Checker,
+    x_shape: &[usize],
+    dtype: DType,
+    build: impl Fn(VarBuilder) -> candle_core::Result<M>,
+    fwd: impl Fn(&M, &Tensor) -> candle_core::Result<Tensor>,
+) -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(99);
+    let x = randn(&mut rng, x_shape, dtype)?;
+    let mut results = Vec::new();
+    for dev in [&Device::Cpu, gpu] {
+        let vm = VarMap::new();
+        let m = build(VarBuilder::from_varmap(&vm, dtype, dev))?;
+        let xv = Var::from_tensor(&x.to_device(dev)?)?;
+        let y = fwd(&m, xv.as_tensor())?;
+        let w = randn(&mut StdRng::seed_from_u64(5), y.dims(), dtype)?.to_device(dev)?;
+        let grads = (&y * &w)?.sum_all()?.backward()?;
+        let mut named: Vec<(String, Tensor)> = vm
+            .data()
+            .lock()
+            .expect("varmap lock")
+            .iter()
+            .filter_map(|(k, v)| grads.get(v.as_tensor()).map(|g| (k.clone(), g.clone())))
+            .collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Some(g) = grads.get(xv.as_tensor()) {
+            named.push(("input".into(), g.clone()));
+        }
+        results.push((y, named));
+    }
+    let (tf, tg) = match dtype {
+        DType::F32 => (1e-4, 1e-3),
+        DType::F64 => (1e-10, 1e-9),
+        // bf16: CPU and cuBLAS accumulate matmuls and reductions in different orders; through a whole block
+        // (LayerNorm, attention, 3 matmuls) bf16 rounding of intermediates gives a few percent.
+        _ => (8e-2, 1.5e-1),
+    };
+    let (yc, gc) = &results[0];
+    let (yg, gg) = &results[1];
+    c.record(&format!("layer {label} forward"), rel_err(yg, yc)?, tf);
+    if gc.len() != gg.len() {
+        c.failures.push(format!(
+            "layer {label}: {} gradients on CPU, {} on GPU",
+            gc.len(),
+            gg.len()
+        ));
+    }
+    let mut worst = 0f64;
+    for ((nc, tc), (ng, tgpu)) in gc.iter().zip(gg) {
+        if nc != ng {
+            c.failures
+                .push(format!("layer {label}: gradient {nc} vs {ng}"));
+            continue;
+        }
+        let e = rel_err(tgpu, tc)?;
+        worst = worst.max(e);
+        c.record(&format!("layer {label} grad {nc}"), e, tg);
+    }
+    println!(
+        "check  layer {label:<40} {:5} forward {:.1e}, {} gradients, worst {worst:.1e}",
+        name(dtype),
+        rel_err(yg, yc)?,
+        gc.len()
+    );
+    Ok(())
+}
+
+fn layer_checks(gpu: &Device, c: &mut Checker) -> Result<()> {
+    use candle_structured::layers::{
+        adaptive_fastfood, block_hadamard_mlp, frozen_random_mlp, rotary_gpt_block, BlockConfig,
+        BlockKind,
+    };
+    for dtype in [DType::F32, DType::BF16] {
+        compare_layer(
+            "AdaptiveFastFood 768->3072",
+            gpu,
+            c,
+            &[4, 16, 768],
+            dtype,
+            |vb| adaptive_fastfood(768, 3072, 11, vb),
+            |m, x| m.forward(x),
+        )?;
+        compare_layer(
+            "AdaptiveFastFood 3072->768",
+            gpu,
+            c,
+            &[4, 16, 3072],
+            dtype,
+            |vb| adaptive_fastfood(3072, 768, 12, vb),
+            |m, x| m.forward(x),
+        )?;
+        compare_layer(
+            "BlockHadamardMlp 768x3072, 4 blocks",
+            gpu,
+            c,
+            &[4, 16, 768],
+            dtype,
+            |vb| block_hadamard_mlp(768, 3072, 4, 13, vb),
+            |m, x| m.forward(x),
+        )?;
+        compare_layer(
+            "FrozenRandomMlp 256x1536 (trainable LN)",
+            gpu,
+            c,
+            &[4, 16, 256],
+            dtype,
+            |vb| frozen_random_mlp(256, 1536, 14, true, vb),
+            |m, x| m.forward(x),
+        )?;
+        for (kname, kind) in [
+            ("dense", BlockKind::Dense),
+            ("fastfood", BlockKind::FastFood),
+            ("block-hadamard", BlockKind::BlockHadamard { n_blocks: 4 }),
+        ] {
+            compare_layer(
+                &format!("RotaryGptBlock d=256 h=4 {kname}"),
+                gpu,
+                c,
+                &[2, 32, 256],
+                dtype,
+                |vb| rotary_gpt_block(&BlockConfig::new(256, 4, kind).with_seed(15), vb),
+                |m, x| m.forward_t(x, false),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn stream_of(dev: &Device) -> Result<Arc<CudaStream>> {
+    match dev {
+        Device::Cuda(d) => Ok(d.cuda_stream()),
+        _ => bail!("not a CUDA device"),
+    }
+}
+
+/// Milliseconds per call of `f`: the best of `reps` batches of `iters` calls between two CUDA events.
+fn time_ms(
+    stream: &Arc<CudaStream>,
+    reps: usize,
+    iters: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<f64> {
+    for _ in 0..3 {
+        f()?;
+    }
+    stream.synchronize()?;
+    let mut best = f64::INFINITY;
+    for _ in 0..reps {
+        let a = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+        for _ in 0..iters {
+            f()?;
+        }
+        let b = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+        best = best.min(a.elapsed_ms(&b)? as f64 / iters as f64);
+    }
+    Ok(best)
+}
+
+struct Row {
+    dtype: DType,
+    log_n: usize,
+    rows: usize,
+    fwht_us: f64,
+    copy_us: f64,
+}
+
+fn timings(gpu: &Device, args: &Args) -> Result<Vec<String>> {
+    let (quick, mib) = (args.quick, args.mib);
+    let stream = stream_of(gpu)?;
+    let bytes = mib << 20;
+    let (reps, iters) = if quick { (2, 5) } else { (5, 20) };
+
+    // the copy: same bytes, device to device, preallocated
+    let src = stream.alloc_zeros::<u8>(bytes)?;
+    let mut dst = stream.alloc_zeros::<u8>(bytes)?;
+    let copy_ms = time_ms(&stream, reps, iters, || {
+        stream.memcpy_dtod(&src, &mut dst)?;
+        Ok(())
+    })?;
+    let copy_bw = 2.0 * bytes as f64 / (copy_ms * 1e-3) / 1e12;
+    println!(
+        "timing copy {mib} MiB: {:.1} us = {copy_bw:.2} TB/s (read + write)",
+        copy_ms * 1e3
+    );
+
+    let mut table = Vec::new();
+    let max_log = if quick { args.tmax.min(16) } else { args.tmax };
+    for dtype in [DType::BF16, DType::F16, DType::F32] {
+        let numel = bytes / dtype.size_in_bytes();
+        // one random buffer per dtype, reshaped per n (random data, never zeros)
+        let x = Tensor::randn(0f32, 1f32, numel, gpu)?.to_dtype(dtype)?;
+        for log_n in args.tmin..=max_log {
+            let n = 1usize << log_n;
+            if n > numel {
+                break;
+            }
+            let rows = numel / n;
+            let xr = x.reshape((rows, n))?;
+            let scale = 1.0 / (n as f64).sqrt();
+            let fwht_ms = time_ms(&stream, reps, iters, || {
+                let _y = hadamard_transform(&xr, scale)?;
+                Ok(())
+            })?;
+            // copy timed again beside each size (same bytes), to follow clock changes
+            let copy_ms = time_ms(&stream, 2, iters.min(10), || {
+                stream.memcpy_dtod(&src, &mut dst)?;
+                Ok(())
+            })?;
+            let r = Row {
+                dtype,
+                log_n,
+                rows,
+                fwht_us: fwht_ms * 1e3,
+                copy_us: copy_ms * 1e3,
+            };
+            println!(
+                "timing {:5} n=2^{:<2} rows={:<9} fwht {:9.1} us  copy {:9.1} us  ratio {:.3}  ({:.2} TB/s)",
+                name(r.dtype),
+                r.log_n,
+                r.rows,
+                r.fwht_us,
+                r.copy_us,
+                r.fwht_us / r.copy_us,
+                2.0 * bytes as f64 / (r.fwht_us * 1e-6) / 1e12
+            );
+            table.push(format!(
+                "| {:5} | 2^{:<2} | {:>8} | {:>9.1} | {:>9.1} | {:>5.2} |",
+                name(r.dtype),
+                r.log_n,
+                r.rows,
+                r.fwht_us,
+                r.copy_us,
+                r.fwht_us / r.copy_us
+            ));
+        }
+    }
+
+    if args.ratios_only {
+        return Ok(table);
+    }
+    // against cuBLAS: bf16 (16384 x 4096) @ H_4096
+    let (m, n) = (16384usize, 4096usize);
+    let xb = Tensor::randn(0f32, 1f32, (m, n), gpu)?.to_dtype(DType::BF16)?;
+    let h = hadamard_matrix(n, DType::BF16, gpu)?;
+    let mm_ms = time_ms(&stream, reps, iters, || {
+        let _y = xb.matmul(&h)?;
+        Ok(())
+    })?;
+    let ht_ms = time_ms(&stream, reps, iters, || {
+        let _y = hadamard_transform(&xb, 1.0 / 64.0)?;
+        Ok(())
+    })?;
+    // agreement of the two on this input (bf16 output of both)
+    let e = rel_err(
+        &hadamard_transform(&xb, 1.0)?,
+        &xb.matmul(&h)?.to_dtype(DType::F32)?,
+    )?;
+    let mm_tflops = 2.0 * (m * n * n) as f64 / (mm_ms * 1e-3) / 1e12;
+    println!(
+        "timing cuBLAS bf16 matmul (16384x4096)@H4096: {:.1} us ({mm_tflops:.0} TFLOP/s); fwht {:.1} us; speedup {:.1}x; rel diff {e:.1e}",
+        mm_ms * 1e3,
+        ht_ms * 1e3,
+        mm_ms / ht_ms
+    );
+    table.push(format!(
+        "| cuBLAS bf16 matmul 16384x4096 @ H_4096 | {:.1} us ({mm_tflops:.0} TFLOP/s) | fwht {:.1} us | speedup {:.1}x |",
+        mm_ms * 1e3,
+        ht_ms * 1e3,
+        mm_ms / ht_ms
+    ));
+
+    // latency: one row of 4096
+    for dtype in [DType::F32, DType::BF16] {
+        let x1 = Tensor::randn(0f32, 1f32, (1, 4096), gpu)?.to_dtype(dtype)?;
+        let per_call_ms = time_ms(&stream, reps, 1000, || {
+            let _y = hadamard_transform(&x1, 1.0 / 64.0)?;
+            Ok(())
+        })?;
+        let mut walls = Vec::new();
+        for _ in 0..200 {
+            let t = Instant::now();
+            let _y = hadamard_transform(&x1, 1.0 / 64.0)?;
+            stream.synchronize()?;
+            walls.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        walls.sort_by(|a, b| a.total_cmp(b));
+        let med = walls[walls.len() / 2];
+        println!(
+            "timing one row of 4096 {}: {:.2} us per call back to back (events), {med:.1} us host wall incl. sync (median of 200)",
+            name(dtype),
+            per_call_ms * 1e3
+        );
+        table.push(format!(
+            "| one row of 4096 {} | {:.2} us/call back-to-back | {med:.1} us wall incl. sync |",
+            name(dtype),
+            per_call_ms * 1e3
+        ));
+    }
+    let _ = x_dim_check(gpu);
+    Ok(table)
+}
+
+/// Shape sanity on a tensor with a leading batch (guards the reshape path used above).
+fn x_dim_check(gpu: &Device) -> Result<()> {
+    let x = Tensor::ones((2, 3, 8), DType::F32, gpu)?;
+    let y = hadamard_transform(&x, 1.0)?;
+    let first = y.narrow(D::Minus1, 0, 1)?.flatten_all()?.to_vec1::<f32>()?;
+    if first.iter().any(|&v| v != 8.0) {
+        bail!("ones: first output {first:?}, want 8");
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let gpu = Device::new_cuda(0).context("no CUDA device")?;
+    println!(
+        "gpu_check: candle-structured {} on {:?}",
+        env!("CARGO_PKG_VERSION"),
+        gpu.location()
+    );
+    let mut c = Checker {
+        failures: Vec::new(),
+        count: 0,
+    };
+    if !args.no_checks {
+        checks(&gpu, args.quick, &mut c)?;
+        x_dim_check(&gpu)?;
+        layer_checks(&gpu, &mut c)?;
+        println!(
+            "checks incl. layers: {} comparisons, {} failures",
+            c.count,
+            c.failures.len()
+        );
+    }
+    let table = if args.no_timing {
+        Vec::new()
+    } else {
+        timings(&gpu, &args)?
+    };
+    if !table.is_empty() {
+        println!("\n| dtype | n | rows | fwht us | copy us | fwht/copy |");
+        println!("|---|---|---|---|---|---|");
+        for line in &table {
+            println!("{line}");
+        }
+    }
+    if c.failures.is_empty() {
+        println!(
+            "\nALL CHECKS PASSED ({} comparisons{})",
+            c.count,
+            if args.no_checks {
+                ", checks skipped"
+            } else {
+                ""
+            }
+        );
+        Ok(())
+    } else {
+        println!("\n{} CHECKS FAILED:", c.failures.len());
+        for f in &c.failures {
+            println!("  {f}");
+        }
+        std::process::exit(1)
+    }
+}

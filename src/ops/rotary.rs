@@ -1,0 +1,120 @@
+//! Fused rotary position embedding (rotate-half form). Reads strided `(b, h, t, hd)` views directly (such as the
+//! query/key slices of a fused QKV projection), writes a contiguous result. The backward is the same rotation with
+//! `sin` negated (a rotation's transpose is its inverse).
+
+use super::kernels::{expect_contiguous, multiversion, out, Real, View4};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+pub(crate) struct Rotary {
+    /// Rotate by `-θ` (the backward).
+    pub inverse: bool,
+}
+
+multiversion! {
+    fn rotate_row<T: Real>(x: &[T], cos: &[T], sin: &[T], y: &mut [T], inverse: bool) {
+        let half = cos.len();
+        let (x1, x2) = x.split_at(half);
+        let (y1, y2) = y.split_at_mut(half);
+        if inverse {
+            for i in 0..half {
+                y1[i] = x1[i] * cos[i] + x2[i] * sin[i];
+                y2[i] = x2[i] * cos[i] - x1[i] * sin[i];
+            }
+        } else {
+            for i in 0..half {
+                y1[i] = x1[i] * cos[i] - x2[i] * sin[i];
+                y2[i] = x2[i] * cos[i] + x1[i] * sin[i];
+            }
+        }
+    }
+}
+
+impl Rotary {
+    fn run<T: Real>(&self, x: &[T], v: View4, cos: &[T], sin: &[T]) -> Vec<T> {
+        let [b, h, t, hd] = v.dims;
+        let half = hd / 2;
+        let mut y = vec![T::ZERO; b * h * t * hd];
+        y.par_chunks_mut(t * hd).enumerate().for_each(|(bh, yh)| {
+            let (ib, ih) = (bh / h, bh % h);
+            for it in 0..t {
+                let o = v.row(ib, ih, it);
+                rotate_row(
+                    &x[o..o + hd],
+                    &cos[it * half..(it + 1) * half],
+                    &sin[it * half..(it + 1) * half],
+                    &mut yh[it * hd..(it + 1) * hd],
+                    self.inverse,
+                );
+            }
+        });
+        y
+    }
+}
+
+impl CustomOp3 for Rotary {
+    fn name(&self) -> &'static str {
+        "fused-rotary"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let v = View4::from_layout(l1).ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "{}: expected a (batch, heads, seq, head_dim) input with unit last stride, got {:?}",
+                self.name(),
+                l1.shape()
+            ))
+        })?;
+        let [_, _, t, hd] = v.dims;
+        if hd % 2 != 0 || l2.shape().dims() != [t, hd / 2] || l3.shape().dims() != [t, hd / 2] {
+            candle_core::bail!(
+                "{}: head dim {hd} must be even and cos/sin of shape ({t}, {}), got {:?} and {:?}",
+                self.name(),
+                hd / 2,
+                l2.shape(),
+                l3.shape()
+            )
+        }
+        match s1 {
+            CpuStorage::F32(x) => {
+                let c = expect_contiguous::<f32>(s2, l2, self.name())?;
+                let s = expect_contiguous::<f32>(s3, l3, self.name())?;
+                Ok(out(self.run(x, v, c, s), l1.shape().clone()))
+            }
+            CpuStorage::F64(x) => {
+                let c = expect_contiguous::<f64>(s2, l2, self.name())?;
+                let s = expect_contiguous::<f64>(s3, l3, self.name())?;
+                Ok(out(self.run(x, v, c, s), l1.shape().clone()))
+            }
+            _ => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), s1.dtype()),
+        }
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let inv = Rotary {
+            inverse: !self.inverse,
+        };
+        let g = if View4::from_layout(grad.layout()).is_some() {
+            grad.clone()
+        } else {
+            grad.contiguous()?
+        };
+        Ok((Some(g.apply_op3_no_bwd(cos, sin, &inv)?), None, None))
+    }
+}

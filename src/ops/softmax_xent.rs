@@ -1,0 +1,194 @@
+//! Fused softmax + cross-entropy: the forward reads the logits once per row (max, then a sum of exponentials) and
+//! keeps nothing; the backward recomputes the softmax and writes `g / rows · (softmax(x) - onehot(target))` in one
+//! pass, instead of materialising log-probabilities, their gradient and a scatter.
+
+use super::kernels::{expect_contiguous, multiversion, out, Real};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+pub(crate) struct CrossEntropy;
+
+fn targets(s: &CpuStorage, l: &Layout, rows: usize, vocab: usize) -> Result<Vec<usize>> {
+    if l.shape().dims() != [rows] {
+        candle_core::bail!(
+            "cross_entropy: targets of shape {:?} for {rows} rows of logits",
+            l.shape()
+        )
+    }
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("cross_entropy: strided targets".into()))?;
+    let t: Vec<usize> = match s {
+        CpuStorage::U32(v) => v[a..b].iter().map(|&x| x as usize).collect(),
+        CpuStorage::I64(v) => v[a..b].iter().map(|&x| x.max(-1) as usize).collect(),
+        CpuStorage::U8(v) => v[a..b].iter().map(|&x| x as usize).collect(),
+        _ => candle_core::bail!(
+            "cross_entropy: targets must be u32, i64 or u8, got {:?}",
+            s.dtype()
+        ),
+    };
+    if let Some(&bad) = t.iter().find(|&&x| x >= vocab) {
+        candle_core::bail!("cross_entropy: target {bad} out of range for {vocab} classes")
+    }
+    Ok(t)
+}
+
+/// 16-lane max and sum-of-exp of one row.
+#[inline(always)]
+fn max_and_sumexp<T: Real>(x: &[T]) -> (T, T) {
+    let mut acc = [T::c(f64::NEG_INFINITY); 16];
+    let mut it = x.chunks_exact(16);
+    for c in &mut it {
+        for l in 0..16 {
+            acc[l] = acc[l].vmax(c[l]);
+        }
+    }
+    let mut m = T::c(f64::NEG_INFINITY);
+    for &v in it.remainder() {
+        m = m.vmax(v);
+    }
+    for a in acc {
+        m = m.vmax(a);
+    }
+    let mut sacc = [T::ZERO; 16];
+    let mut it = x.chunks_exact(16);
+    for c in &mut it {
+        for l in 0..16 {
+            sacc[l] += (c[l] - m).vexp();
+        }
+    }
+    let mut s = T::ZERO;
+    for &v in it.remainder() {
+        s += (v - m).vexp();
+    }
+    for a in sacc {
+        s += a;
+    }
+    (m, s)
+}
+
+multiversion! {
+    /// Sum over the rows of `logsumexp(x_r) - x_r[t_r]`, in f64.
+    fn xent_rows<T: Real>(x: &[T], t: &[usize], vocab: usize) -> f64 {
+        let mut total = 0f64;
+        for (row, &tr) in x.chunks_exact(vocab).zip(t) {
+            let (m, s) = max_and_sumexp(row);
+            total += (m + s.ln() - row[tr]).f64();
+        }
+        total
+    }
+}
+
+multiversion! {
+    fn xent_bwd_rows<T: Real>(x: &[T], t: &[usize], vocab: usize, scale: T, dx: &mut [T]) {
+        for ((row, &tr), dr) in x.chunks_exact(vocab).zip(t).zip(dx.chunks_exact_mut(vocab)) {
+            let (m, s) = max_and_sumexp(row);
+            let f = scale / s;
+            for (d, &v) in dr.iter_mut().zip(row) {
+                *d = (v - m).vexp() * f;
+            }
+            dr[tr] -= scale;
+        }
+    }
+}
+
+fn rows_per_task(rows: usize) -> usize {
+    rows.div_ceil(4 * rayon::current_num_threads().max(1))
+        .max(1)
+}
+
+fn fwd<T: Real>(x: &[T], t: &[usize], vocab: usize) -> T {
+    let rows = t.len();
+    let chunk = rows_per_task(rows);
+    let total: f64 = x
+        .par_chunks(chunk * vocab)
+        .zip(t.par_chunks(chunk))
+        .map(|(xc, tc)| xent_rows(xc, tc, vocab))
+        .sum();
+    T::c(total / rows as f64)
+}
+
+fn bwd<T: Real>(x: &[T], t: &[usize], vocab: usize, g: f64) -> Vec<T> {
+    let rows = t.len();
+    let chunk = rows_per_task(rows);
+    let scale = T::c(g / rows as f64);
+    let mut dx = vec![T::ZERO; x.len()];
+    dx.par_chunks_mut(chunk * vocab)
+        .zip(x.par_chunks(chunk * vocab))
+        .zip(t.par_chunks(chunk))
+        .for_each(|((dc, xc), tc)| xent_bwd_rows(xc, tc, vocab, scale, dc));
+    dx
+}
+
+impl CustomOp2 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "fused-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, vocab) = l1.shape().dims2()?;
+        let t = targets(s2, l2, rows, vocab)?;
+        match s1 {
+            CpuStorage::F32(_) => {
+                let x = expect_contiguous::<f32>(s1, l1, self.name())?;
+                Ok(out(vec![fwd(x, &t, vocab)], ()))
+            }
+            CpuStorage::F64(_) => {
+                let x = expect_contiguous::<f64>(s1, l1, self.name())?;
+                Ok(out(vec![fwd(x, &t, vocab)], ()))
+            }
+            _ => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), s1.dtype()),
+        }
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = grad.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        let dx = logits.apply_op2_no_bwd(targets, &CrossEntropyBwd { g })?;
+        Ok((Some(dx), None))
+    }
+}
+
+struct CrossEntropyBwd {
+    g: f64,
+}
+
+impl CustomOp2 for CrossEntropyBwd {
+    fn name(&self) -> &'static str {
+        "fused-cross-entropy-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, vocab) = l1.shape().dims2()?;
+        let t = targets(s2, l2, rows, vocab)?;
+        match s1 {
+            CpuStorage::F32(_) => {
+                let x = expect_contiguous::<f32>(s1, l1, self.name())?;
+                Ok(out(bwd(x, &t, vocab, self.g), l1.shape().clone()))
+            }
+            CpuStorage::F64(_) => {
+                let x = expect_contiguous::<f64>(s1, l1, self.name())?;
+                Ok(out(bwd(x, &t, vocab, self.g), l1.shape().clone()))
+            }
+            _ => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), s1.dtype()),
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! The fused ops (`candle_structured::ops`) against their slow twins (`ops::slow`): forward values and gradients on
+//! seeded random inputs in f64 and f32, gradients against central finite differences in f64, strided inputs,
+//! fallbacks for half precision, and errors on bad input.
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use candle_structured::ops;
+use rand::{Rng, SeedableRng};
+
+fn randn(rng: &mut rand::rngs::StdRng, shape: &[usize], dtype: DType) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n)
+        .map(|_| {
+            // Box-Muller from two uniforms.
+            let u: f64 = rng.random_range(1e-12..1.0);
+            let w: f64 = rng.random_range(0.0..1.0);
+            (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * w).cos()
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+fn max_abs(a: &Tensor) -> f64 {
+    a.to_dtype(DType::F64)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+/// `sum(f(inputs) * r)` and the gradients of every input, for a fixed random cotangent `r`.
+fn value_and_grads(
+    f: &dyn Fn(&[Tensor]) -> Tensor,
+    inputs: &[Tensor],
+    r: &Tensor,
+) -> (Tensor, Vec<Tensor>) {
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| Var::from_tensor(t).unwrap())
+        .collect();
+    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let y = f(&ts);
+    let loss = (y.contiguous().unwrap() * r).unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    let gs = vars
+        .iter()
+        .map(|v| {
+            grads
+                .get(v)
+                .cloned()
+                .unwrap_or_else(|| v.as_tensor().zeros_like().unwrap())
+        })
+        .collect();
+    (y, gs)
+}
+
+/// Compares forward and gradients of `fast` and `slow`, relative to the size of the values.
+fn compare(
+    name: &str,
+    fast: &dyn Fn(&[Tensor]) -> Tensor,
+    slow: &dyn Fn(&[Tensor]) -> Tensor,
+    inputs: &[Tensor],
+    grad_of: &[bool],
+    tol: f64,
+) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(99);
+    let y_ref = slow(inputs);
+    let r = randn(&mut rng, y_ref.dims(), y_ref.dtype());
+    let (ys, gs) = value_and_grads(slow, inputs, &r);
+    let (yf, gf) = value_and_grads(fast, inputs, &r);
+    let scale = max_abs(&ys).max(1.0);
+    let e = max_abs_diff(&yf, &ys);
+    assert!(
+        e <= tol * scale,
+        "{name}: forward differs by {e:e} (scale {scale:e})"
+    );
+    for (i, (a, b)) in gf.iter().zip(&gs).enumerate() {
+        if !grad_of[i] {
+            continue;
+        }
+        let scale = max_abs(b).max(1.0);
+        let e = max_abs_diff(a, b);
+        assert!(
+            e <= tol * scale,
+            "{name}: gradient of input {i} differs by {e:e} (scale {scale:e})"
+        );
+    }
+}
+
+/// Central finite differences of `sum(f(inputs) * r)` at a few random coordinates of input `which`, against the
+/// gradient from `backward` (f64).
+fn check_fd(
+    name: &str,
+    f: &dyn Fn(&[Tensor]) -> Tensor,
+    inputs: &[Tensor],
+    which: usize,
+    tol: f64,
+) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let y = f(inputs);
+    let r = randn(&mut rng, y.dims(), DType::F64);
+    let (_, g) = value_and_grads(f, inputs, &r);
+    let g: Vec<f64> = g[which].flatten_all().unwrap().to_vec1().unwrap();
+    let base: Vec<f64> = inputs[which].flatten_all().unwrap().to_vec1().unwrap();
+    let h = 1e-5;
+    for _ in 0..12 {
+        let idx = rng.random_range(0..base.len());
+        let eval = |delta: f64| -> f64 {
+            let mut v = base.clone();
+            v[idx] += delta;
+            let mut ins = inputs.to_vec();
+            ins[which] = Tensor::from_vec(v, inputs[which].dims(), &Device::Cpu).unwrap();
+            (f(&ins) * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        let fd = (eval(h) - eval(-h)) / (2.0 * h);
+        let err = (fd - g[idx]).abs();
+        assert!(
+            err <= tol * (1.0 + fd.abs()),
+            "{name}: d/dx[{idx}] backward {} vs finite difference {fd} (input {which})",
+            g[idx]
+        );
+    }
+}
+
+fn layer_norm_case(dtype: DType) -> Vec<Tensor> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    vec![
+        randn(&mut rng, &[3, 5, 48], dtype)
+            .affine(2.0, 0.5)
+            .unwrap(),
+        randn(&mut rng, &[48], dtype).affine(0.5, 1.0).unwrap(),
+        randn(&mut rng, &[48], dtype),
+    ]
+}
+
+#[test]
+fn layer_norm_matches_slow_and_finite_differences() {
+    let fast = |t: &[Tensor]| ops::layer_norm(&t[0], Some(&t[1]), Some(&t[2]), 1e-5).unwrap();
+    let slow = |t: &[Tensor]| ops::slow::layer_norm(&t[0], Some(&t[1]), Some(&t[2]), 1e-5).unwrap();
+    compare(
+        "layer_norm f64",
+        &fast,
+        &slow,
+        &layer_norm_case(DType::F64),
+        &[true; 3],
+        1e-10,
+    );
+    compare(
+        "layer_norm f32",
+        &fast,
+        &slow,
+        &layer_norm_case(DType::F32),
+        &[true; 3],
+        2e-5,
+    );
+    let ins = layer_norm_case(DType::F64);
+    for which in 0..3 {
+        check_fd("layer_norm", &fast, &ins, which, 1e-6);
+    }
+    // Without affine parameters.
+    let fast0 = |t: &[Tensor]| ops::layer_norm(&t[0], None, None, 1e-5).unwrap();
+    let slow0 = |t: &[Tensor]| ops::slow::layer_norm(&t[0], None, None, 1e-5).unwrap();
+    compare(
+        "layer_norm plain",
+        &fast0,
+        &slow0,
+        &ins[..1],
+        &[true],
+        1e-10,
+    );
+}
+
+#[test]
+fn gelu_matches_slow_and_finite_differences() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+    let x64 = (randn(&mut rng, &[7, 300], DType::F64) * 3.0).unwrap();
+    let fast = |t: &[Tensor]| ops::gelu(&t[0]).unwrap();
+    let slow = |t: &[Tensor]| ops::slow::gelu(&t[0]).unwrap();
+    // candle's own gelu_erf backward uses 0.398942 for 1/√(2π), a 1e-6 relative error.
+    compare(
+        "gelu f64",
+        &fast,
+        &slow,
+        std::slice::from_ref(&x64),
+        &[true],
+        5e-6,
+    );
+    let x32 = x64.to_dtype(DType::F32).unwrap();
+    compare("gelu f32", &fast, &slow, &[x32], &[true], 1e-5);
+    check_fd("gelu", &fast, &[x64], 0, 1e-7);
+}
+
+fn rope_tables(t: usize, half: usize, dtype: DType) -> (Tensor, Tensor) {
+    let mut c = Vec::new();
+    let mut s = Vec::new();
+    for p in 0..t {
+        for i in 0..half {
+            let a = p as f64 / 10000f64.powf(i as f64 / half as f64);
+            c.push(a.cos());
+            s.push(a.sin());
+        }
+    }
+    let c = Tensor::from_vec(c, (t, half), &Device::Cpu).unwrap();
+    let s = Tensor::from_vec(s, (t, half), &Device::Cpu).unwrap();
+    (c.to_dtype(dtype).unwrap(), s.to_dtype(dtype).unwrap())
+}
+
+#[test]
+fn rotary_matches_slow_on_strided_views() {
+    for dtype in [DType::F64, DType::F32] {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let (b, t, h, hd) = (2, 9, 3, 8);
+        // A fused-QKV-like buffer (b, t, 3, h, hd); the "query" is a strided (b, h, t, hd) view of it.
+        let qkv = randn(&mut rng, &[b, t, 3, h, hd], dtype);
+        let (c, s) = rope_tables(t, hd / 2, dtype);
+        let view = |x: &Tensor| {
+            x.narrow(2, 1, 1)
+                .unwrap()
+                .squeeze(2)
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+        };
+        let fast = |ts: &[Tensor]| ops::rotary(&view(&ts[0]), &ts[1], &ts[2]).unwrap();
+        let slow = |ts: &[Tensor]| {
+            ops::slow::rotary(&view(&ts[0]).contiguous().unwrap(), &ts[1], &ts[2]).unwrap()
+        };
+        let tol = if dtype == DType::F64 { 1e-12 } else { 1e-6 };
+        compare(
+            "rotary",
+            &fast,
+            &slow,
+            &[qkv.clone(), c.clone(), s.clone()],
+            &[true, false, false],
+            tol,
+        );
+        if dtype == DType::F64 {
+            check_fd("rotary", &fast, &[qkv, c, s], 0, 1e-8);
+        }
+    }
+}
+
+fn qkv(dtype: DType, b: usize, h: usize, t: usize, hd: usize) -> Vec<Tensor> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    (0..3)
+        .map(|_| randn(&mut rng, &[b, h, t, hd], dtype))
+        .collect()
+}
+
+#[test]
+fn attention_matches_slow_without_dropout() {
+    let fast = |t: &[Tensor]| ops::causal_attention(&t[0], &t[1], &t[2], 0.1, false).unwrap();
+    let slow = |t: &[Tensor]| ops::slow::causal_attention(&t[0], &t[1], &t[2], 0.1, false).unwrap();
+    // Sequence lengths around the 16-lane reductions, head dims 8 and 32.
+    for &(t, hd) in &[(5, 8), (17, 32), (40, 16)] {
+        compare(
+            "attention f64",
+            &fast,
+            &slow,
+            &qkv(DType::F64, 2, 3, t, hd),
+            &[true; 3],
+            1e-10,
+        );
+        compare(
+            "attention f32",
+            &fast,
+            &slow,
+            &qkv(DType::F32, 2, 3, t, hd),
+            &[true; 3],
+            2e-5,
+        );
+    }
+    // Head dims 8 (generic kernel), 32 and 64 (specialised kernels).
+    for hd in [8, 32, 64] {
+        let ins = qkv(DType::F64, 1, 2, 19, hd);
+        for which in 0..3 {
+            check_fd("attention", &fast, &ins, which, 1e-7);
+        }
+    }
+    compare(
+        "attention hd64",
+        &fast,
+        &slow,
+        &qkv(DType::F64, 1, 2, 70, 64),
+        &[true; 3],
+        1e-10,
+    );
+    // Transposed (strided) inputs give the same result as contiguous ones.
+    let ins = qkv(DType::F32, 2, 3, 12, 8);
+    let tr: Vec<Tensor> = ins
+        .iter()
+        .map(|x| {
+            x.transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+        })
+        .collect();
+    let a = fast(&ins);
+    let b = fast(&tr);
+    assert!(max_abs_diff(&a, &b) == 0.0);
+}
+
+#[test]
+fn attention_dropout_is_consistent_and_unbiased() {
+    let seeded =
+        |t: &[Tensor]| ops::causal_attention_seeded(&t[0], &t[1], &t[2], 0.3, 1234).unwrap();
+    // The backward regenerates the forward's mask: finite differences agree.
+    for hd in [8, 32] {
+        let ins = qkv(DType::F64, 1, 2, 21, hd);
+        for which in 0..3 {
+            check_fd("attention+dropout", &seeded, &ins, which, 1e-7);
+        }
+    }
+    // Averaged over many masks, dropout leaves the output unbiased: with v = 1 every row of the output is the
+    // mean of the kept scaled probabilities, whose expectation is 1.
+    let (b, h, t, hd) = (4, 4, 64, 8);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+    let q = randn(&mut rng, &[b, h, t, hd], DType::F32);
+    let k = randn(&mut rng, &[b, h, t, hd], DType::F32);
+    let v = Tensor::ones((b, h, t, hd), DType::F32, &Device::Cpu).unwrap();
+    let y = ops::causal_attention(&q, &k, &v, 0.25, true).unwrap();
+    let mean = y.mean_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!((mean - 1.0).abs() < 0.03, "mean {mean}");
+    let y2 = ops::causal_attention(&q, &k, &v, 0.25, true).unwrap();
+    assert!(max_abs_diff(&y, &y2) > 0.0, "two calls drew the same mask");
+}
+
+#[test]
+fn cross_entropy_matches_slow_and_finite_differences() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+    let (rows, vocab) = (37, 103);
+    let logits = (randn(&mut rng, &[rows, vocab], DType::F64) * 3.0).unwrap();
+    let t: Vec<u32> = (0..rows)
+        .map(|_| rng.random_range(0..vocab as u32))
+        .collect();
+    let targets = Tensor::from_vec(t, rows, &Device::Cpu).unwrap();
+    let tg = targets.clone();
+    let fast = move |ts: &[Tensor]| ops::cross_entropy(&ts[0], &tg).unwrap();
+    let tg = targets.clone();
+    let slow = move |ts: &[Tensor]| ops::slow::cross_entropy(&ts[0], &tg).unwrap();
+    compare(
+        "cross_entropy f64",
+        &fast,
+        &slow,
+        std::slice::from_ref(&logits),
+        &[true],
+        1e-12,
+    );
+    let l32 = logits.to_dtype(DType::F32).unwrap();
+    compare("cross_entropy f32", &fast, &slow, &[l32], &[true], 1e-5);
+    check_fd("cross_entropy", &fast, &[logits], 0, 1e-8);
+    // An out-of-range target is an error, not a panic.
+    let bad = Tensor::from_vec(vec![0u32, vocab as u32], 2, &Device::Cpu).unwrap();
+    let x = Tensor::zeros((2, vocab), DType::F32, &Device::Cpu).unwrap();
+    assert!(ops::cross_entropy(&x, &bad).is_err());
+}
+
+#[test]
+fn dropout_masks_are_reused_by_the_backward() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let x = randn(&mut rng, &[64, 129], DType::F64);
+    let f = |t: &[Tensor]| ops::dropout_seeded(&t[0], 0.2, 77).unwrap();
+    check_fd("dropout", &f, std::slice::from_ref(&x), 0, 1e-9);
+    let y = ops::dropout(&x, 0.2, true).unwrap();
+    let zeros = y
+        .eq(0.0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .mean_all()
+        .unwrap();
+    let frac = zeros.to_scalar::<f64>().unwrap();
+    assert!((frac - 0.2).abs() < 0.02, "dropped fraction {frac}");
+    // Kept elements are scaled by 1/(1-p).
+    let ratio = (y / &x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    assert!(ratio.iter().all(|&r| r == 0.0 || (r - 1.25).abs() < 1e-7));
+    assert_eq!(
+        max_abs_diff(&ops::dropout(&x, 0.2, false).unwrap(), &x),
+        0.0
+    );
+}
+
+#[test]
+fn half_precision_falls_back_to_the_slow_twins() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(10);
+    for dtype in [DType::F16, DType::BF16] {
+        let x = randn(&mut rng, &[4, 32], dtype);
+        let w = Tensor::ones(32, dtype, &Device::Cpu).unwrap();
+        let b = Tensor::zeros(32, dtype, &Device::Cpu).unwrap();
+        let a = ops::layer_norm(&x, Some(&w), Some(&b), 1e-5).unwrap();
+        let s = ops::slow::layer_norm(&x, Some(&w), Some(&b), 1e-5).unwrap();
+        assert_eq!(max_abs_diff(&a, &s), 0.0);
+        assert_eq!(
+            max_abs_diff(&ops::gelu(&x).unwrap(), &ops::slow::gelu(&x).unwrap()),
+            0.0
+        );
+        let q = randn(&mut rng, &[1, 2, 6, 8], dtype);
+        let y = ops::causal_attention(&q, &q, &q, 0.0, false).unwrap();
+        assert_eq!(y.dims(), [1, 2, 6, 8]);
+        let (c, s) = rope_tables(6, 4, dtype);
+        let r = ops::rotary(&q, &c, &s).unwrap();
+        assert_eq!(
+            max_abs_diff(&r, &ops::slow::rotary(&q, &c, &s).unwrap()),
+            0.0
+        );
+    }
+}
+
+#[test]
+fn bad_shapes_are_errors() {
+    let x = Tensor::zeros((2, 3, 5, 8), DType::F32, &Device::Cpu).unwrap();
+    let (c, s) = rope_tables(4, 4, DType::F32); // wrong sequence length
+    assert!(ops::rotary(&x, &c, &s).is_err());
+    let k = Tensor::zeros((2, 3, 6, 8), DType::F32, &Device::Cpu).unwrap();
+    assert!(ops::causal_attention(&x, &k, &k, 0.0, false).is_err());
+    let w = Tensor::ones(7, DType::F32, &Device::Cpu).unwrap();
+    assert!(ops::layer_norm(&x, Some(&w), None, 1e-5).is_err());
+    let _ = x.sum_keepdim(D::Minus1).unwrap();
+}
