@@ -59,6 +59,11 @@ pub enum Error {
     /// A fit could not be done (too few points, non-positive values, optimiser failure).
     #[error("fit: {0}")]
     Fit(String),
+
+    // ---- scaling figures (scaling work) ------------------------------------------------------------------------------
+    /// Drawing a figure failed (plotters backend error, nothing to draw).
+    #[error("plot: {0}")]
+    Plot(String),
 }
 
 impl Error {
