@@ -5,11 +5,14 @@
 //! cargo run --release --example generate -- --run-dir runs/small-cpu --eval some_french_text.txt
 //! ```
 
+#[path = "common/mod.rs"]
+mod common;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use candle_nn::{VarBuilder, VarMap};
 use candle_structured::data::load_tokenizer;
 use candle_structured::model::gpt;
@@ -54,39 +57,9 @@ struct Args {
     eval: Option<PathBuf>,
 }
 
-fn device(name: &str) -> Result<Device> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => {
-            #[cfg(feature = "cuda")]
-            {
-                Ok(Device::new_cuda(0)?)
-            }
-            #[cfg(not(feature = "cuda"))]
-            {
-                bail!("this binary was built without CUDA; rebuild with `--features cuda`")
-            }
-        }
-        other => bail!("unknown device {other:?} (expected cpu or cuda)"),
-    }
-}
-
-/// A UTF-8 file, gzip-decompressed when its name ends in `.gz`.
-fn read_text(path: &std::path::Path) -> Result<String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut bytes = Vec::new();
-    if path.extension().is_some_and(|e| e == "gz") {
-        flate2::read::MultiGzDecoder::new(file).read_to_end(&mut bytes)?;
-    } else {
-        std::io::BufReader::new(file).read_to_end(&mut bytes)?;
-    }
-    String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
-    let device = device(&args.device)?;
+    let device = common::device(&args.device)?;
     let ckpt_path = args
         .checkpoint
         .clone()
@@ -104,7 +77,7 @@ fn main() -> Result<()> {
     });
     let tokenizer = load_tokenizer(&tok_path)?;
     if let Some(path) = &args.eval {
-        let text = read_text(path)?;
+        let text = candle_structured::data::read_text(path)?;
         let r = evaluate_text(&model, &tokenizer, &text, cfg.context, 8, &device)?;
         println!(
             "{}: {:.4} nats/token, {:.4} bits/byte over {} tokens ({} bytes of text)",

@@ -10,6 +10,9 @@
 //! Re-running skips finished runs (their log holds a `final` line) and resumes interrupted ones from their
 //! checkpoint. Ctrl-C stops the current run after its step, writes its checkpoint, and ends the sweep.
 
+#[path = "common/mod.rs"]
+mod common;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -104,6 +107,9 @@ fn finished(dir: &Path) -> bool {
 }
 
 fn main() -> Result<()> {
+    if let Some(code) = common::reexec_with_allocator_options()? {
+        std::process::exit(code);
+    }
     let args = Args::parse();
     let names: Vec<String> = if !args.presets.is_empty() {
         args.presets.clone()

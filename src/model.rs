@@ -41,6 +41,7 @@
 //! ```
 
 use crate::error::Error;
+use crate::layers::init::splitmix64;
 use crate::layers::{
     frozen_random_mlp, rotary_gpt_block, BlockConfig, BlockKind, FrozenRandomMlp, RotaryGptBlock,
 };
@@ -458,13 +459,6 @@ impl Gpt {
         }
         Ok(tokens)
     }
-}
-
-fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 fn argmax(xs: &[f64]) -> usize {

@@ -94,7 +94,7 @@ pub fn source_fingerprint(source: &Path) -> Result<u64> {
 }
 
 /// Reads a file as UTF-8 text, decompressing `.gz` files. Errors name the file and the first invalid byte.
-fn read_text(path: &Path) -> Result<String> {
+pub fn read_text(path: &Path) -> Result<String> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut bytes = Vec::new();
     let is_gz = path.extension().is_some_and(|e| e == "gz");

@@ -20,7 +20,7 @@ mod corpus;
 mod sampler;
 mod tokenize;
 
-pub use corpus::{prepare_text, source_fingerprint, TextSplits};
+pub use corpus::{prepare_text, read_text, source_fingerprint, TextSplits};
 pub use sampler::{eval_windows, splitmix64, windows_to_tensors, BatchSampler};
 pub use tokenize::{
     load_tokenizer, token_byte_lengths, tokenize_to_file, train_tokenizer, TokenFile, EOT_TOKEN,

@@ -5,14 +5,7 @@ use crate::Error;
 use candle_core::{Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-/// SplitMix64 finaliser: a bijective 64-bit mix (Steele, Lea & Flood 2014).
-#[inline]
-pub fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
+pub use crate::layers::init::splitmix64;
 
 /// Draws training windows of `seq_len + 1` tokens at pseudo-random offsets. Window `k` starts at
 /// `mix(seed, k) mod (len − seq_len)`, a pure function of the seed and the window counter, so the sampler's whole

@@ -33,6 +33,8 @@ fn fused(ts: &[&Tensor]) -> bool {
     !forced_slow() && fused_ok(ts)
 }
 
+use crate::layers::init::splitmix64;
+
 thread_local! {
     /// `(base, counter)` of this thread's dropout seed stream; `None` until [`set_dropout_seed`] is called.
     static DROPOUT_STREAM: std::cell::Cell<Option<(u64, u64)>> = const { std::cell::Cell::new(None) };
@@ -55,14 +57,6 @@ fn seed() -> u64 {
         }
         None => rand::random::<u64>(),
     })
-}
-
-/// SplitMix64 finaliser: a bijective 64-bit mix.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// Layer normalisation over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`.

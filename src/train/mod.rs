@@ -609,7 +609,7 @@ pub fn train(
         // The rate for the tokens this step brings the total to (the first step of warmup is not wasted at 0).
         let lr = schedule.lr(tokens + spec.tokens_per_step());
         // Dropout masks depend only on (seed, step): a resumed run draws the same ones.
-        crate::ops::set_dropout_seed(opts.seed ^ (step as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        crate::ops::set_dropout_seed(opts.seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let mut grads: Vec<Option<Tensor>> = vec![None; opt.params().len()];
         let mut loss_sum = 0f64;
         for _ in 0..accum {
