@@ -48,8 +48,9 @@ const FFHT: [(u32, Option<f64>, Option<f64>); 7] = [
     (18, Some(0.534), Some(0.981)),
 ];
 
-/// Median over `samples` of the time of `reps` calls of `f`, where `reps` makes one sample last about `target`.
-fn median_time(samples: usize, target: Duration, mut f: impl FnMut()) -> Duration {
+/// Median over `samples` of the time of one call of `f` (each sample times `reps` calls, `reps` chosen so that a
+/// sample lasts about `target`), in seconds, without rounding to whole nanoseconds.
+fn median_time(samples: usize, target: Duration, mut f: impl FnMut()) -> f64 {
     // Warm up and calibrate.
     let t = Instant::now();
     f();
@@ -58,16 +59,16 @@ fn median_time(samples: usize, target: Duration, mut f: impl FnMut()) -> Duratio
     for _ in 0..reps.min(1000) {
         f();
     }
-    let mut times: Vec<Duration> = (0..samples)
+    let mut times: Vec<f64> = (0..samples)
         .map(|_| {
             let t = Instant::now();
             for _ in 0..reps {
                 f();
             }
-            t.elapsed() / reps
+            t.elapsed().as_secs_f64() / reps as f64
         })
         .collect();
-    times.sort();
+    times.sort_by(f64::total_cmp);
     times[samples / 2]
 }
 
@@ -100,7 +101,7 @@ where
     let t = median_time(samples, target, || {
         fwht_rows_inplace_with(isa, false, black_box(&mut x), n, scale).unwrap();
     });
-    t.as_secs_f64() * 1e9 / n as f64
+    t * 1e9 / n as f64
 }
 
 fn one_thread_table<T: FwhtFloat + From<f32>>(
@@ -248,12 +249,12 @@ fn dense_table(samples: usize) -> candle_core::Result<()> {
             .max_all()?
             .to_scalar::<f32>()?;
         assert!(err < 1e-3, "fast and dense transforms disagree by {err}");
-        let per = |t: Duration| t.as_secs_f64() * 1e9 / (256 * n) as f64;
+        let per = |t: f64| t * 1e9 / (256 * n) as f64;
         println!(
             "| n = {n} | {:.2} | {:.3} | {:.0}× |",
             per(dense),
             per(fast),
-            dense.as_secs_f64() / fast.as_secs_f64()
+            dense / fast
         );
     }
     println!();

@@ -220,9 +220,17 @@ fn for_row_chunks<D: Send>(
     if dst.len() <= chunk {
         f(0, dst);
     } else if parallel && dst.len() >= PARALLEL_MIN {
-        dst.par_chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(i, c)| f(i * chunk, c));
+        // One contiguous span of whole chunks per thread: a few large rayon tasks instead of one per chunk keeps
+        // the fork-join overhead off short batches; each span still walks its chunks in order.
+        let chunks = dst.len().div_ceil(chunk);
+        let span = chunks.div_ceil(rayon::current_num_threads().max(1)) * chunk;
+        dst.par_chunks_mut(span).enumerate().for_each(|(i, s)| {
+            let mut at = i * span;
+            for c in s.chunks_mut(chunk) {
+                f(at, c);
+                at += c.len();
+            }
+        });
     } else {
         let mut at = 0;
         for c in dst.chunks_mut(chunk) {
