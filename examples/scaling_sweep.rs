@@ -2,7 +2,7 @@
 //! the baselines `xxsmall-cpu … medium-cpu`, the doped twins, and the FastFood and block-diagonal models.
 //!
 //! ```bash
-//! cargo run --release --example scaling_sweep -- --quick     # 6 presets, 24 short steps: runs/quick/, < 15 min
+//! cargo run --release --example scaling_sweep -- --quick     # 6 presets, 120 short steps: runs/quick/, ~9 min
 //! cargo run --release --example scaling_sweep                # all 9 presets, their CPU budgets: runs/, < 2 h
 //! cargo run --release --example scaling_report -- --runs runs/quick --out runs/quick/report
 //! ```
@@ -54,7 +54,7 @@ const QUICK: &[&str] = &[
 #[derive(Parser, Debug)]
 #[command(about = "Train a family of CPU presets for a scaling-law study")]
 struct Args {
-    /// The quick sweep: 6 presets, 24 steps of 8 x 128 tokens at learning rate 2e-3 (unless given otherwise),
+    /// The quick sweep: 6 presets, 120 steps of 8 x 128 tokens at learning rate 2e-3 (unless given otherwise),
     /// root runs/quick.
     #[arg(long)]
     quick: bool,
@@ -76,7 +76,7 @@ struct Args {
     /// Peak learning rate (default: the preset's, 2e-3 with --quick).
     #[arg(long)]
     lr: Option<f64>,
-    /// Validation loss every N steps (default: 3 with --quick, 20 otherwise).
+    /// Validation loss every N steps (default: 10 with --quick, 20 otherwise).
     #[arg(long)]
     eval_every: Option<u64>,
     /// Validation windows per evaluation (default: 16 with --quick, 32 otherwise).
@@ -126,8 +126,8 @@ fn main() -> Result<()> {
     let batch_size = args.batch_size.or(q.then_some(8));
     let seq_len = args.seq_len.or(q.then_some(128));
     let lr = args.lr.or(q.then_some(2e-3));
-    let tokens = args.tokens.or(q.then_some(24 * 8 * 128));
-    let eval_every = args.eval_every.unwrap_or(if q { 3 } else { 20 });
+    let tokens = args.tokens.or(q.then_some(120 * 8 * 128));
+    let eval_every = args.eval_every.unwrap_or(if q { 10 } else { 20 });
     let eval_windows = args.eval_windows.unwrap_or(if q { 16 } else { 32 });
     let device = Device::Cpu;
 
