@@ -2,7 +2,7 @@
 //! the baselines `xxsmall-cpu … medium-cpu`, the doped twins, and the FastFood and block-diagonal models.
 //!
 //! ```bash
-//! cargo run --release --example scaling_sweep -- --quick     # 6 presets, 120 short steps: runs/quick/, ~9 min
+//! cargo run --release --example scaling_sweep -- --quick     # 6 presets, 120 short steps: runs/quick/, about 6 min on 2 idle cores
 //! cargo run --release --example scaling_sweep                # all 9 presets, their CPU budgets: runs/, < 2 h
 //! cargo run --release --example scaling_report -- --runs runs/quick --out runs/quick/report
 //! ```
