@@ -147,13 +147,36 @@ pub fn evaluate(
     token_bytes: &[u32],
     device: &Device,
 ) -> Result<EvalResult> {
+    let window = |s: usize, buf: &mut Vec<u32>| tokens.extend_window(s, seq_len + 1, buf);
+    evaluate_windows(
+        model,
+        windows,
+        seq_len,
+        micro_batch,
+        token_bytes,
+        device,
+        window,
+    )
+}
+
+/// The loop behind [`evaluate`] and [`evaluate_text`]: `fill(start, buf)` appends the `seq_len + 1` tokens of the
+/// window starting at `start`; losses are weighted by predicted tokens, bytes counted from `token_bytes`.
+fn evaluate_windows(
+    model: &Gpt,
+    starts: &[usize],
+    seq_len: usize,
+    micro_batch: usize,
+    token_bytes: &[u32],
+    device: &Device,
+    fill: impl Fn(usize, &mut Vec<u32>),
+) -> Result<EvalResult> {
     let mut nats = 0f64;
     let mut bytes = 0u64;
     let mut count = 0usize;
-    for chunk in windows.chunks(micro_batch.max(1)) {
+    for chunk in starts.chunks(micro_batch.max(1)) {
         let mut buf = Vec::with_capacity(chunk.len() * (seq_len + 1));
         for &s in chunk {
-            tokens.extend_window(s, seq_len + 1, &mut buf);
+            fill(s, &mut buf);
         }
         let (x, y) = crate::data::windows_to_tensors(&buf, chunk.len(), seq_len, device)?;
         let loss = model.loss(&x, &y, false)?.to_scalar::<f32>()? as f64;
@@ -206,31 +229,16 @@ pub fn evaluate_text(
         .map(|k| k * seq_len)
         .take_while(|s| s + seq_len < ids.len())
         .collect();
-    let mut nats = 0f64;
-    let mut bytes = 0u64;
-    let mut count = 0usize;
-    for chunk in starts.chunks(micro_batch.max(1)) {
-        let mut buf = Vec::with_capacity(chunk.len() * (seq_len + 1));
-        for &s in chunk {
-            buf.extend_from_slice(&ids[s..s + seq_len + 1]);
-        }
-        let (x, y) = crate::data::windows_to_tensors(&buf, chunk.len(), seq_len, device)?;
-        let loss = model.loss(&x, &y, false)?.to_scalar::<f32>()? as f64;
-        let n = chunk.len() * seq_len;
-        nats += loss * n as f64;
-        count += n;
-        for w in buf.chunks_exact(seq_len + 1) {
-            bytes += w[1..]
-                .iter()
-                .map(|&t| token_bytes.get(t as usize).copied().unwrap_or(0) as u64)
-                .sum::<u64>();
-        }
-    }
-    Ok(EvalResult {
-        loss: nats / count as f64,
-        bits_per_byte: nats / (std::f64::consts::LN_2 * bytes.max(1) as f64),
-        tokens: count,
-    })
+    let window = |s: usize, buf: &mut Vec<u32>| buf.extend_from_slice(&ids[s..s + seq_len + 1]);
+    evaluate_windows(
+        model,
+        &starts,
+        seq_len,
+        micro_batch,
+        &token_bytes,
+        device,
+        window,
+    )
 }
 
 /// Rough activation memory of one forward/backward pass in bytes (f32), for choosing the micro-batch: per
