@@ -40,115 +40,68 @@ pub(crate) trait Real:
     fn storage(v: Vec<Self>) -> CpuStorage;
 }
 
-impl Real for f32 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-    #[inline(always)]
-    fn c(x: f64) -> Self {
-        x as f32
-    }
-    #[inline(always)]
-    fn f64(self) -> f64 {
-        self as f64
-    }
-    #[inline(always)]
-    fn vexp(self) -> Self {
-        exp_f32(self)
-    }
-    #[inline(always)]
-    fn verf(self) -> Self {
-        erf_f32(self)
-    }
-    #[inline(always)]
-    fn sqrt(self) -> Self {
-        f32::sqrt(self)
-    }
-    #[inline(always)]
-    fn fma(self, a: Self, b: Self) -> Self {
-        f32::mul_add(self, a, b)
-    }
-    #[inline(always)]
-    fn ln(self) -> Self {
-        f32::ln(self)
-    }
-    #[inline(always)]
-    fn vmax(self, o: Self) -> Self {
-        if self > o {
-            self
-        } else {
-            o
+/// The `Real` impl of a float type: only the conversions, `exp`, `erf` and the storage variant differ.
+macro_rules! impl_real {
+    ($t:ident, $variant:ident, c: $c:expr, f64: $f:expr, exp: $exp:expr, erf: $erf:expr) => {
+        impl Real for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            #[inline(always)]
+            fn c(x: f64) -> Self {
+                $c(x)
+            }
+            #[inline(always)]
+            fn f64(self) -> f64 {
+                $f(self)
+            }
+            #[inline(always)]
+            fn vexp(self) -> Self {
+                $exp(self)
+            }
+            #[inline(always)]
+            fn verf(self) -> Self {
+                $erf(self)
+            }
+            #[inline(always)]
+            fn sqrt(self) -> Self {
+                $t::sqrt(self)
+            }
+            #[inline(always)]
+            fn fma(self, a: Self, b: Self) -> Self {
+                $t::mul_add(self, a, b)
+            }
+            #[inline(always)]
+            fn ln(self) -> Self {
+                $t::ln(self)
+            }
+            #[inline(always)]
+            fn vmax(self, o: Self) -> Self {
+                if self > o {
+                    self
+                } else {
+                    o
+                }
+            }
+            #[inline(always)]
+            fn vmin(self, o: Self) -> Self {
+                if self < o {
+                    self
+                } else {
+                    o
+                }
+            }
+            fn slice(s: &CpuStorage) -> Result<&[Self]> {
+                s.as_slice::<$t>()
+            }
+            fn storage(v: Vec<Self>) -> CpuStorage {
+                CpuStorage::$variant(v)
+            }
         }
-    }
-    #[inline(always)]
-    fn vmin(self, o: Self) -> Self {
-        if self < o {
-            self
-        } else {
-            o
-        }
-    }
-    fn slice(s: &CpuStorage) -> Result<&[Self]> {
-        s.as_slice::<f32>()
-    }
-    fn storage(v: Vec<Self>) -> CpuStorage {
-        CpuStorage::F32(v)
-    }
+    };
 }
 
-impl Real for f64 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-    #[inline(always)]
-    fn c(x: f64) -> Self {
-        x
-    }
-    #[inline(always)]
-    fn f64(self) -> f64 {
-        self
-    }
-    #[inline(always)]
-    fn vexp(self) -> Self {
-        f64::exp(self)
-    }
-    #[inline(always)]
-    fn verf(self) -> Self {
-        candle_core::cpu::erf::erf_f64(self)
-    }
-    #[inline(always)]
-    fn sqrt(self) -> Self {
-        f64::sqrt(self)
-    }
-    #[inline(always)]
-    fn fma(self, a: Self, b: Self) -> Self {
-        f64::mul_add(self, a, b)
-    }
-    #[inline(always)]
-    fn ln(self) -> Self {
-        f64::ln(self)
-    }
-    #[inline(always)]
-    fn vmax(self, o: Self) -> Self {
-        if self > o {
-            self
-        } else {
-            o
-        }
-    }
-    #[inline(always)]
-    fn vmin(self, o: Self) -> Self {
-        if self < o {
-            self
-        } else {
-            o
-        }
-    }
-    fn slice(s: &CpuStorage) -> Result<&[Self]> {
-        s.as_slice::<f64>()
-    }
-    fn storage(v: Vec<Self>) -> CpuStorage {
-        CpuStorage::F64(v)
-    }
-}
+impl_real!(f32, F32, c: |x: f64| x as f32, f64: |x: f32| x as f64, exp: exp_f32, erf: erf_f32);
+impl_real!(f64, F64, c: |x: f64| x, f64: |x: f64| x, exp: f64::exp, erf: candle_core::cpu::erf::erf_f64);
 
 /// `exp(x)` for `f32` without branches or calls, so loops over it vectorise: `2^n · p(r)` with `n = round(x·log2 e)`,
 /// `r = x - n·ln 2` split in two parts, and a degree-6 Taylor polynomial (relative error ~2e-7). Inputs are
