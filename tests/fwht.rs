@@ -504,6 +504,13 @@ fn simd_kernels_agree_with_portable() {
                 fwht_rows_inplace_with(isa, parallel, &mut got64, n, scale64).unwrap();
                 assert!(got64 == want64, "f64 {isa:?} n = 2^{k} parallel {parallel}");
             }
+            // One row alone takes the single-row path (no chunking; the straight-line kernels for short rows).
+            let mut one32 = x32[..n].to_vec();
+            fwht_rows_inplace_with(isa, true, &mut one32, n, scale64 as f32).unwrap();
+            assert!(one32 == want32[..n], "f32 {isa:?} n = 2^{k} one row");
+            let mut one64 = v[..n].to_vec();
+            fwht_rows_inplace_with(isa, true, &mut one64, n, scale64).unwrap();
+            assert!(one64 == want64[..n], "f64 {isa:?} n = 2^{k} one row");
         }
         // And the portable kernel itself is right (spot check against the direct sums).
         let cols = columns(n, k as u64);

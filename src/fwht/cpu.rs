@@ -99,24 +99,29 @@ mod sealed {
 }
 
 macro_rules! impl_fwht_float {
-    ($t:ty, $avx2:ident, $avx512:ident, $lanes256:literal, $min512:literal) => {
+    ($t:ty, $avx2:ident, $avx512:ident, $small:ident, $min512:literal) => {
         impl FwhtFloat for $t {
             #[inline]
             fn transform_row(isa: Available, row: &mut [$t], scale: $t) {
+                let n = row.len();
+                if n <= 4 {
+                    return tiny(row, scale);
+                }
                 #[cfg(target_arch = "x86_64")]
-                {
-                    let n = row.len();
+                if isa.0 != Isa::Portable {
                     // SAFETY: `Available` guarantees the CPU has the instruction set (AVX-512 implies AVX2 + FMA
-                    // here), and every kernel handles any power-of-two length of at least its lane count.
-                    match isa.0 {
+                    // here); the short-row kernel does nothing and returns false for lengths it does not cover,
+                    // and the others handle any power-of-two length of at least their lane count (8 f32, 4 f64).
+                    unsafe {
+                        // Short rows: one straight-line AVX2 kernel per length (faster than AVX-512 there).
+                        if super::simd::$small(row, scale) {
+                            return;
+                        }
                         // Measured on Zen 4: below `$min512` elements the 256-bit kernel is faster.
-                        Isa::Avx512 if n >= $min512 => {
-                            return unsafe { super::simd::$avx512(row, scale) }
+                        if isa.0 == Isa::Avx512 && n >= $min512 {
+                            return super::simd::$avx512(row, scale);
                         }
-                        Isa::Avx512 | Isa::Avx2 if n >= $lanes256 => {
-                            return unsafe { super::simd::$avx2(row, scale) }
-                        }
-                        _ => {}
+                        return super::simd::$avx2(row, scale);
                     }
                 }
                 let _ = isa.0;
@@ -125,8 +130,33 @@ macro_rules! impl_fwht_float {
         }
     };
 }
-impl_fwht_float!(f32, f32_avx2, f32_avx512, 8, 128);
-impl_fwht_float!(f64, f64_avx2, f64_avx512, 4, 64);
+impl_fwht_float!(f32, f32_avx2, f32_avx512, f32_small_avx2, 128);
+impl_fwht_float!(f64, f64_avx2, f64_avx512, f64_small_avx2, 64);
+
+/// Rows of 1, 2 or 4 elements (shorter than a SIMD register), unrolled; the portable kernel's additions in its
+/// order, then the scale.
+#[inline(always)]
+fn tiny<T>(x: &mut [T], scale: T)
+where
+    T: Copy + std::ops::Add<Output = T> + std::ops::Sub<Output = T> + std::ops::Mul<Output = T>,
+{
+    match x {
+        [a] => *a = *a * scale,
+        [a, b] => {
+            let (p, q) = (*a, *b);
+            *a = (p + q) * scale;
+            *b = (p - q) * scale;
+        }
+        [a, b, c, d] => {
+            let (u0, u1, u2, u3) = (*a + *b, *a - *b, *c + *d, *c - *d);
+            *a = (u0 + u2) * scale;
+            *c = (u0 - u2) * scale;
+            *b = (u1 + u3) * scale;
+            *d = (u1 - u3) * scale;
+        }
+        _ => portable(x, scale),
+    }
+}
 
 /// The radix-2 butterfly, in place, then the scale.
 fn portable<T>(x: &mut [T], scale: T)
@@ -196,6 +226,11 @@ pub fn fwht_rows_inplace_with<T: FwhtFloat>(
         return Err(Error::RaggedRows { len: data.len(), n }.into());
     }
     let isa = Available::new(isa);
+    if data.len() == n {
+        // One row: no chunking, no closures.
+        T::transform_row(isa, data, scale);
+        return Ok(());
+    }
     for_row_chunks(data, n, parallel, |_, chunk| {
         for_each_row(chunk, n, |row| T::transform_row(isa, row, scale));
     });

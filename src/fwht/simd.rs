@@ -28,12 +28,21 @@ pub(super) trait Vector: Copy {
     unsafe fn load(p: *const Self::E) -> Self;
     unsafe fn store(self, p: *mut Self::E);
     unsafe fn add(self, o: Self) -> Self;
+    unsafe fn sub(self, o: Self) -> Self;
     unsafe fn mul(self, o: Self) -> Self;
     /// `self · m + a`, rounded once.
     unsafe fn fma(self, m: Self, a: Self) -> Self;
     unsafe fn splat(v: Self::E) -> Self;
     /// The `LOG` stages of strides `1, 2, …, 2^(LOG-1)` inside the register.
     unsafe fn inreg(self) -> Self;
+    /// [`Vector::inreg`] with a shorter dependency chain (for short rows, where the latency of one call is what
+    /// counts): each stage adds the permuted register to the register with its sign bits flipped where bit `s` of
+    /// the lane index is set, the flip running beside the permutation. Only the AVX2 types, which run the short
+    /// rows, override it.
+    #[inline(always)]
+    unsafe fn inreg_short(self) -> Self {
+        self.inreg()
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -66,6 +75,10 @@ impl Vector for F32x8 {
         F32x8(_mm256_add_ps(self.0, o.0))
     }
     #[inline(always)]
+    unsafe fn sub(self, o: Self) -> Self {
+        F32x8(_mm256_sub_ps(self.0, o.0))
+    }
+    #[inline(always)]
     unsafe fn mul(self, o: Self) -> Self {
         F32x8(_mm256_mul_ps(self.0, o.0))
     }
@@ -88,6 +101,18 @@ impl Vector for F32x8 {
         let x = _mm256_fmadd_ps(x, s4, _mm256_permute2f128_ps(x, x, 0x01));
         F32x8(x)
     }
+    #[inline(always)]
+    unsafe fn inreg_short(self) -> Self {
+        let x = self.0;
+        let n = -0.0f32;
+        let m1 = _mm256_setr_ps(0., n, 0., n, 0., n, 0., n);
+        let x = _mm256_add_ps(_mm256_permute_ps(x, 0b1011_0001), _mm256_xor_ps(x, m1));
+        let m2 = _mm256_setr_ps(0., 0., n, n, 0., 0., n, n);
+        let x = _mm256_add_ps(_mm256_permute_ps(x, 0b0100_1110), _mm256_xor_ps(x, m2));
+        let m4 = _mm256_setr_ps(0., 0., 0., 0., n, n, n, n);
+        let x = _mm256_add_ps(_mm256_permute2f128_ps(x, x, 0x01), _mm256_xor_ps(x, m4));
+        F32x8(x)
+    }
 }
 
 impl Vector for F64x4 {
@@ -106,6 +131,10 @@ impl Vector for F64x4 {
     #[inline(always)]
     unsafe fn add(self, o: Self) -> Self {
         F64x4(_mm256_add_pd(self.0, o.0))
+    }
+    #[inline(always)]
+    unsafe fn sub(self, o: Self) -> Self {
+        F64x4(_mm256_sub_pd(self.0, o.0))
     }
     #[inline(always)]
     unsafe fn mul(self, o: Self) -> Self {
@@ -128,6 +157,16 @@ impl Vector for F64x4 {
         let x = _mm256_fmadd_pd(x, s2, _mm256_permute2f128_pd(x, x, 0x01));
         F64x4(x)
     }
+    #[inline(always)]
+    unsafe fn inreg_short(self) -> Self {
+        let x = self.0;
+        let n = -0.0f64;
+        let m1 = _mm256_setr_pd(0., n, 0., n);
+        let x = _mm256_add_pd(_mm256_permute_pd(x, 0b0101), _mm256_xor_pd(x, m1));
+        let m2 = _mm256_setr_pd(0., 0., n, n);
+        let x = _mm256_add_pd(_mm256_permute2f128_pd(x, x, 0x01), _mm256_xor_pd(x, m2));
+        F64x4(x)
+    }
 }
 
 impl Vector for F32x16 {
@@ -146,6 +185,10 @@ impl Vector for F32x16 {
     #[inline(always)]
     unsafe fn add(self, o: Self) -> Self {
         F32x16(_mm512_add_ps(self.0, o.0))
+    }
+    #[inline(always)]
+    unsafe fn sub(self, o: Self) -> Self {
+        F32x16(_mm512_sub_ps(self.0, o.0))
     }
     #[inline(always)]
     unsafe fn mul(self, o: Self) -> Self {
@@ -198,6 +241,10 @@ impl Vector for F64x8 {
     #[inline(always)]
     unsafe fn add(self, o: Self) -> Self {
         F64x8(_mm512_add_pd(self.0, o.0))
+    }
+    #[inline(always)]
+    unsafe fn sub(self, o: Self) -> Self {
+        F64x8(_mm512_sub_pd(self.0, o.0))
     }
     #[inline(always)]
     unsafe fn mul(self, o: Self) -> Self {
@@ -444,3 +491,68 @@ pub(super) unsafe fn f32_avx512(x: &mut [f32], scale: f32) {
 pub(super) unsafe fn f64_avx512(x: &mut [f64], scale: f64) {
     transform::<F64x8>(x, scale, AVX512_F64)
 }
+
+/// The whole transform of `N` vectors (`N · 2^V::LOG` elements) at `p` in registers, straight-line: the in-register
+/// stages with the short dependency chain, the `log2(N)` stages across registers as plain additions and
+/// subtractions (shorter latency than the FMA form, which only pays when the add pipes are the bottleneck), then
+/// the scale, if any. For short rows one call is a single dependency chain, so its latency is its cost.
+#[inline(always)]
+unsafe fn small<V: Vector, const N: usize>(p: *mut V::E, scale: V::E) {
+    let w = 1usize << V::LOG;
+    let mut r = [V::splat(scale); N];
+    for (i, v) in r.iter_mut().enumerate() {
+        *v = V::load(p.add(i * w)).inreg_short();
+    }
+    let mut s = 1;
+    while s < N {
+        let mut i = 0;
+        while i < N {
+            for j in i..i + s {
+                let (a, b) = (r[j], r[j + s]);
+                r[j] = a.add(b);
+                r[j + s] = a.sub(b);
+            }
+            i += 2 * s;
+        }
+        s *= 2;
+    }
+    if scale == V::ONE {
+        for (i, v) in r.iter().enumerate() {
+            v.store(p.add(i * w));
+        }
+    } else {
+        let sv = V::splat(scale);
+        for (i, v) in r.iter().enumerate() {
+            v.mul(sv).store(p.add(i * w));
+        }
+    }
+}
+
+/// An entry point that runs [`small`] on rows of the listed lengths (`len => N` registers) and returns true, or
+/// does nothing and returns false for other lengths.
+macro_rules! small_entry {
+    ($(#[$doc:meta])* $name:ident, $feat:literal, $v:ty, $e:ty, $($len:literal => $n:literal),*) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// The CPU must support the instruction sets named in `target_feature`.
+        #[target_feature(enable = $feat)]
+        pub(super) unsafe fn $name(x: &mut [$e], scale: $e) -> bool {
+            let p = x.as_mut_ptr();
+            match x.len() {
+                $($len => small::<$v, $n>(p, scale),)*
+                _ => return false,
+            }
+            true
+        }
+    };
+}
+
+small_entry!(
+    /// Short f32 rows (8 to 128 elements) with AVX2 (faster than the AVX-512 kernels there on Zen 4): one straight-line kernel per length.
+    f32_small_avx2, "avx2,fma", F32x8, f32, 8 => 1, 16 => 2, 32 => 4, 64 => 8, 128 => 16
+);
+small_entry!(
+    /// Short f64 rows (4 to 64 elements) with AVX2 (faster than the AVX-512 kernels there on Zen 4): one straight-line kernel per length.
+    f64_small_avx2, "avx2,fma", F64x4, f64, 4 => 1, 8 => 2, 16 => 4, 32 => 8, 64 => 16
+);
