@@ -39,6 +39,9 @@ struct Args {
     /// shared machine).
     #[arg(long)]
     fastest: bool,
+    /// Samples per one-thread measurement (default 41, 11 with --quick).
+    #[arg(long)]
+    samples: Option<usize>,
 }
 
 /// Set by `--fastest`: [`median_time`] returns the fastest sample instead of the median.
@@ -280,6 +283,7 @@ fn main() -> candle_core::Result<()> {
     } else {
         (41, Duration::from_millis(1))
     };
+    let samples = args.samples.unwrap_or(samples).max(1);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
