@@ -2,7 +2,8 @@
 //!
 //! * one thread, ns per element, for each instruction set this CPU has, f32 and f64, against the published FFHT
 //!   figures (in-place repeated transforms of a hot buffer, as FFHT measures; median of many repetitions);
-//! * batches of rows: speed-up of 2 threads over 1;
+//! * batches of rows: speed-up of rayon's global pool (called from the main thread) and of a 2-thread pool (called
+//!   from inside it) over one thread;
 //! * the candle op against candle's dense matmul by `H_n` (256 × n, f32, all threads).
 //!
 //! ```text
@@ -32,7 +33,7 @@ struct Args {
     /// Skip the dense-matmul comparison (slow).
     #[arg(long)]
     no_dense: bool,
-    /// Only the one-thread table, for this dtype (f32 or f64).
+    /// Only the one-thread table for this dtype (f32 or f64), or only the batch table (batch).
     #[arg(long)]
     only: Option<String>,
     /// One-thread table: report the fastest sample instead of the median (less sensitive to other processes on a
@@ -170,14 +171,15 @@ fn cpu_time() -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10)) // USER_HZ = 100 on Linux
 }
 
-/// Wall-clock median (ns/element) and CPU time per element over all repetitions, for `f` run in `pool`.
+/// Wall-clock median (ns/element) and CPU time per element over all repetitions, for `f` run in `pool` (or on
+/// this thread, outside any pool, when `None`).
 fn wall_and_cpu(
-    pool: &rayon::ThreadPool,
+    pool: Option<&rayon::ThreadPool>,
     samples: usize,
     elems: usize,
     mut f: impl FnMut() + Send,
 ) -> (f64, Option<f64>) {
-    pool.install(|| {
+    let mut measure = || {
         f();
         let t = Instant::now();
         f();
@@ -197,35 +199,47 @@ fn wall_and_cpu(
         });
         walls.sort_by(f64::total_cmp);
         (walls[samples / 2] * 1e9 / elems as f64, cpu)
-    })
+    };
+    match pool {
+        Some(pool) => pool.install(measure),
+        None => measure(),
+    }
 }
 
+/// Batches of rows: one thread against rayon's global pool called from the main thread (the usual case), and
+/// against a 2-thread pool called from inside it (`install`).
 fn batch_table(samples: usize) {
-    let one = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
     let two = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
         .build()
         .unwrap();
-    println!("| rows × n (f32) | 1 thread, ns/element | 2 threads, ns/element | speed-up | CPU ns/element, 1 → 2 threads |");
-    println!("|---|---:|---:|---:|---:|");
+    let global = rayon::current_num_threads();
+    println!("| rows × n (f32) | 1 thread, ns/element | main thread + global pool ({global} threads), ns/element | speed-up | CPU ns/element, 1 → {global} threads | inside a 2-thread pool, ns/element | speed-up |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for (rows, log2) in [
+        (64, 6),
+        (64, 8),
         (64, 10),
+        (64, 12),
+        (64, 14),
         (256, 6),
         (256, 8),
         (256, 10),
         (256, 12),
         (256, 14),
+        (1024, 6),
+        (1024, 8),
     ] {
         let n = 1usize << log2;
         let mut x: Vec<f32> = random(rows * n, 11);
         let scale = 1.0 / (n as f32).sqrt();
-        let (t1, c1) = wall_and_cpu(&one, samples, rows * n, || {
+        let (t1, c1) = wall_and_cpu(None, samples, rows * n, || {
+            fwht_rows_inplace_with(Isa::detect(), false, black_box(&mut x), n, scale).unwrap()
+        });
+        let (t2, c2) = wall_and_cpu(None, samples, rows * n, || {
             fwht_rows_inplace(black_box(&mut x), n, scale).unwrap()
         });
-        let (t2, c2) = wall_and_cpu(&two, samples, rows * n, || {
+        let (t3, _) = wall_and_cpu(Some(&two), samples, rows * n, || {
             fwht_rows_inplace(black_box(&mut x), n, scale).unwrap()
         });
         let cpu = match (c1, c2) {
@@ -233,8 +247,9 @@ fn batch_table(samples: usize) {
             _ => "—".into(),
         };
         println!(
-            "| {rows} × 2^{log2} | {t1:.3} | {t2:.3} | {:.2}× | {cpu} |",
-            t1 / t2
+            "| {rows} × 2^{log2} | {t1:.3} | {t2:.3} | {:.2}× | {cpu} | {t3:.3} | {:.2}× |",
+            t1 / t2,
+            t1 / t3
         );
     }
     println!();
@@ -295,6 +310,7 @@ fn main() -> candle_core::Result<()> {
     );
     match args.only.as_deref() {
         Some("f64") => pool.install(|| one_thread_table::<f64>("f64", &args, samples, target)),
+        Some("batch") => batch_table(samples.min(15)),
         Some(_) => pool.install(|| one_thread_table::<f32>("f32", &args, samples, target)),
         None => {
             pool.install(|| one_thread_table::<f32>("f32", &args, samples, target));

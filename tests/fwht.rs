@@ -549,3 +549,35 @@ fn large_batches_use_the_parallel_path_correctly() {
         .unwrap();
     assert_eq!(y, all);
 }
+
+/// The parallel paths: called from outside any pool (this test thread; the global pool takes chunks from the back
+/// while the caller takes them from the front) and from inside pools of 2 and 3 threads (rayon scope, one span per
+/// thread), for batches of rows shorter and longer than a chunk; every row must equal its one-row transform.
+#[test]
+fn parallel_paths_match_row_by_row() {
+    for (rows, n) in [(64usize, 256usize), (37, 1024), (5, 8192), (64, 16384)] {
+        let v: Vec<f32> = random(rows * n, 91 + n as u64)
+            .iter()
+            .map(|&a| a as f32)
+            .collect();
+        let mut want = v.clone();
+        for row in want.chunks_mut(n) {
+            fwht_inplace(row, 0.5).unwrap();
+        }
+        let mut outside = v.clone();
+        fwht_rows_inplace(&mut outside, n, 0.5).unwrap();
+        assert!(outside == want, "outside any pool, {rows} × {n}");
+        for threads in [2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut inside = v.clone();
+            pool.install(|| fwht_rows_inplace(&mut inside, n, 0.5).unwrap());
+            assert!(
+                inside == want,
+                "inside a {threads}-thread pool, {rows} × {n}"
+            );
+        }
+    }
+}
