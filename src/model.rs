@@ -399,11 +399,8 @@ impl Gpt {
     /// Logits `(batch, seq, vocab)` of token ids `(batch, seq)`.
     pub fn logits(&self, ids: &Tensor, train: bool) -> Result<Tensor> {
         let h = self.hidden_states(ids, train)?;
-        let (b, t, d) = h.dims3()?;
         let head = self.lm_head.as_ref().unwrap_or(&self.wte);
-        h.reshape((b * t, d))?
-            .matmul(&head.t()?)?
-            .reshape((b, t, self.cfg.vocab_size))
+        crate::ops::linear(&h, head, None)
     }
 
     /// Mean next-token cross-entropy in nats of `ids` `(batch, seq)` against `targets` `(batch, seq)`.

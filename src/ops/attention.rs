@@ -95,13 +95,13 @@ fn softmax_row<T: Real>(s: &mut [T]) {
     }
 }
 
-struct HeadIo<'a, T> {
-    q: &'a [T],
-    k: &'a [T],
-    v: &'a [T],
-    vq: View4,
-    vk: View4,
-    vv: View4,
+pub(super) struct HeadIo<'a, T> {
+    pub q: &'a [T],
+    pub k: &'a [T],
+    pub v: &'a [T],
+    pub vq: View4,
+    pub vk: View4,
+    pub vv: View4,
 }
 
 multiversion! {
@@ -533,7 +533,7 @@ fn check(vq: &View4, vk: &View4, vv: &View4) -> Result<()> {
 }
 
 impl CausalAttention {
-    fn fwd<T: Real>(&self, io: &HeadIo<'_, T>) -> Vec<T> {
+    pub(super) fn fwd<T: Real>(&self, io: &HeadIo<'_, T>) -> Vec<T> {
         let [b, h, t, hd] = io.vq.dims;
         let mut o = vec![T::ZERO; b * h * t * hd];
         let ptr = SendPtr(o.as_mut_ptr());
@@ -548,7 +548,7 @@ impl CausalAttention {
         o
     }
 
-    fn bwd_run<T: Real>(&self, io: &HeadIo<'_, T>, g: &[T], vg: View4) -> Vec<T> {
+    pub(super) fn bwd_run<T: Real>(&self, io: &HeadIo<'_, T>, g: &[T], vg: View4) -> Vec<T> {
         let [b, h, t, hd] = io.vq.dims;
         let n = b * h * t * hd;
         let mut packed = vec![T::ZERO; 3 * n];

@@ -11,7 +11,9 @@ mod dropout;
 mod gelu;
 pub(crate) mod kernels;
 mod layer_norm;
+mod linear;
 mod rotary;
+mod rotary_attention;
 pub mod slow;
 mod softmax_xent;
 
@@ -91,6 +93,22 @@ pub fn layer_norm(
     .reshape(xs.shape())
 }
 
+/// Affine map `x·Wᵀ + b` over the last dimension: `xs` `(…, in)`, `weight` `(out, in)` (candle-nn's layout),
+/// `bias` `(out,)` or absent; returns `(…, out)`. On the CPU this is one graph node with its own backward (see the
+/// module `linear`), not candle's transpose, matmul and broadcast add.
+pub fn linear(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let mut all = vec![xs, weight];
+    all.extend(bias);
+    if !fused(&all) || xs.rank() == 0 || weight.rank() != 2 {
+        return slow::linear(xs, weight, bias);
+    }
+    let (xs, w) = (xs.contiguous()?, weight.contiguous()?);
+    match bias {
+        Some(b) => xs.apply_op3(&w, &b.contiguous()?, linear::LinearBias),
+        None => xs.apply_op2(&w, linear::LinearNoBias),
+    }
+}
+
 /// GELU with the exact error function, `x · Φ(x)` (PyTorch's `nn.GELU()` default).
 pub fn gelu(xs: &Tensor) -> Result<Tensor> {
     if !fused(&[xs]) {
@@ -146,6 +164,32 @@ pub fn causal_attention(
     view(q)?
         .apply_op3(&view(k)?, &view(v)?, op)?
         .transpose(1, 2)
+}
+
+/// Causal self-attention with rotary embeddings from a fused QKV projection: `qkv` `(batch, seq, 3·d)` holds the
+/// queries, keys and values (in that order, each `n_heads` heads of `head_dim = d / n_heads`, heads contiguous);
+/// queries and keys are rotated by [`rotary`] with `cos`, `sin` `(seq, head_dim / 2)`, then
+/// [`causal_attention`] runs with dropout `p` on the probabilities when `train` is set. Returns `(batch, seq, d)`,
+/// the heads' outputs side by side. On the CPU this is one graph node with its own backward.
+pub fn rotary_attention(
+    qkv: &Tensor,
+    n_heads: usize,
+    cos: &Tensor,
+    sin: &Tensor,
+    dropout: f32,
+    train: bool,
+) -> Result<Tensor> {
+    if !fused(&[qkv, cos, sin]) || qkv.rank() != 3 || !(0.0..1.0).contains(&dropout) {
+        return slow::rotary_attention(qkv, n_heads, cos, sin, dropout, train);
+    }
+    let p_drop = if train { dropout } else { 0.0 };
+    let op = rotary_attention::RotaryAttention {
+        n_heads,
+        p_drop,
+        seed: if p_drop > 0.0 { seed() } else { 0 },
+    };
+    qkv.contiguous()?
+        .apply_op3(&cos.contiguous()?, &sin.contiguous()?, op)
 }
 
 /// Mean cross-entropy in nats of `logits` `(rows, vocab)` against integer `targets` `(rows,)` (u32).

@@ -13,7 +13,7 @@ pub(crate) struct Rotary {
 }
 
 multiversion! {
-    fn rotate_row<T: Real>(x: &[T], cos: &[T], sin: &[T], y: &mut [T], inverse: bool) {
+    pub(super) fn rotate_row<T: Real>(x: &[T], cos: &[T], sin: &[T], y: &mut [T], inverse: bool) {
         let half = cos.len();
         let (x1, x2) = x.split_at(half);
         let (y1, y2) = y.split_at_mut(half);
