@@ -113,6 +113,9 @@ fn forward<T: Real>(x: &[T], w: &[T], b: Option<&[T]>, rows: usize, k: usize, n:
     y
 }
 
+/// `(dx, dW, db)`, each present only when needed.
+type RawGrads<T> = (Option<Vec<T>>, Option<Vec<T>>, Option<Vec<T>>);
+
 /// Gradients `(dx, dW, db)` of `y = x·Wᵀ + b` given `dy` `(rows, n)`.
 fn backward<T: Real>(
     x: &[T],
@@ -120,7 +123,7 @@ fn backward<T: Real>(
     dy: &[T],
     (rows, k, n): (usize, usize, usize),
     need: Need,
-) -> (Option<Vec<T>>, Option<Vec<T>>, Option<Vec<T>>) {
+) -> RawGrads<T> {
     let dx = need.x.then(|| {
         // dx = dy · W: (rows, n) · (n, k).
         let mut dx = vec![T::ZERO; rows * k];

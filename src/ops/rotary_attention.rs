@@ -61,7 +61,7 @@ impl RotaryAttention {
         let name = "fused-rotary-attention";
         let (b, t, w) = l.shape().dims3()?;
         let h = self.n_heads;
-        if h == 0 || w % (3 * h) != 0 || (w / (3 * h)) % 2 != 0 {
+        if h == 0 || w % (3 * h) != 0 || !(w / (3 * h)).is_multiple_of(2) {
             candle_core::bail!("{name}: last dimension {w} is not 3 · {h} heads · an even head dim")
         }
         let hd = w / (3 * h);
