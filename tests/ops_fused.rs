@@ -514,6 +514,41 @@ fn cross_entropy_matches_slow_and_finite_differences() {
 }
 
 #[test]
+fn linear_cross_entropy_matches_slow_and_finite_differences() {
+    for dtype in [DType::F64, DType::F32] {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(41);
+        let (rows, d, vocab) = (1100usize, 6usize, 37usize);
+        let h = randn(&mut rng, &[2, rows / 2, d], dtype);
+        let w = randn(&mut rng, &[vocab, d], dtype);
+        let t: Vec<u32> = (0..rows)
+            .map(|_| rng.random_range(0..vocab as u32))
+            .collect();
+        let t = Tensor::from_vec(t, (2, rows / 2), &Device::Cpu).unwrap();
+        let tol = if dtype == DType::F64 { 1e-10 } else { 2e-5 };
+        compare(
+            "linear_cross_entropy",
+            &|x| ops::linear_cross_entropy(&x[0], &x[1], &t).unwrap(),
+            &|x| ops::slow::linear_cross_entropy(&x[0], &x[1], &t).unwrap(),
+            &[h, w],
+            &[true, true],
+            tol,
+        );
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let ins = [
+        randn(&mut rng, &[5, 4], DType::F64),
+        randn(&mut rng, &[9, 4], DType::F64),
+    ];
+    let t = Tensor::new(&[0u32, 8, 3, 3, 5], &Device::Cpu).unwrap();
+    let f = |x: &[Tensor]| ops::linear_cross_entropy(&x[0], &x[1], &t).unwrap();
+    check_fd("linear_cross_entropy", &f, &ins, 0, 1e-7);
+    check_fd("linear_cross_entropy", &f, &ins, 1, 1e-7);
+    // A target out of range is an error, not a panic.
+    let bad = Tensor::new(&[0u32, 9, 3, 3, 5], &Device::Cpu).unwrap();
+    assert!(ops::linear_cross_entropy(&ins[0], &ins[1], &bad).is_err());
+}
+
+#[test]
 fn dropout_masks_are_reused_by_the_backward() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(9);
     let x = randn(&mut rng, &[64, 129], DType::F64);
@@ -541,6 +576,45 @@ fn dropout_masks_are_reused_by_the_backward() {
         max_abs_diff(&ops::dropout(&x, 0.2, false).unwrap(), &x),
         0.0
     );
+}
+
+#[test]
+fn residual_dropout_matches_residual_plus_dropout() {
+    // Same seed stream, same mask: the fused node equals `x + dropout(a)` built from two nodes, values and both
+    // gradients; without training it is the plain sum.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+    let x = randn(&mut rng, &[3, 1500, 7], DType::F64);
+    let a = randn(&mut rng, &[3, 1500, 7], DType::F64);
+    let fused = |t: &[Tensor]| {
+        ops::set_dropout_seed(5);
+        ops::residual_dropout(&t[0], &t[1], 0.25, true).unwrap()
+    };
+    let composed = |t: &[Tensor]| {
+        ops::set_dropout_seed(5);
+        (&t[0] + ops::dropout(&t[1], 0.25, true).unwrap()).unwrap()
+    };
+    compare(
+        "residual_dropout",
+        &fused,
+        &composed,
+        &[x.clone(), a.clone()],
+        &[true, true],
+        1e-12,
+    );
+    let y = fused(&[x.clone(), a.clone()]);
+    let kept = ((&y - &x)
+        .unwrap()
+        .ne(0.0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap())
+    .mean_all()
+    .unwrap()
+    .to_scalar::<f64>()
+    .unwrap();
+    assert!((kept - 0.75).abs() < 0.02, "kept fraction {kept}");
+    let eval = ops::residual_dropout(&x, &a, 0.25, false).unwrap();
+    assert!(max_abs_diff(&eval, &(&x + &a).unwrap()) == 0.0);
 }
 
 #[test]

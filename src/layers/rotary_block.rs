@@ -356,10 +356,10 @@ impl ModuleT for RotaryGptBlock {
         }
         let p = self.cfg.dropout;
         let a = self.attention(xs, train)?;
-        let x = (xs + crate::ops::dropout(&a, p, train)?)?;
+        let x = crate::ops::residual_dropout(xs, &a, p, train)?;
         let h = crate::ops::layer_norm(&x, Some(&self.ln2_w), Some(&self.ln2_b), self.cfg.ln_eps)?;
         let m = self.mlp.forward(&h)?;
-        x + crate::ops::dropout(&m, p, train)?
+        crate::ops::residual_dropout(&x, &m, p, train)
     }
 }
 

@@ -88,7 +88,14 @@ fn threads() -> usize {
 }
 
 /// `y = x·Wᵀ (+ b)`: `x` `(rows, k)`, `w` `(n, k)`, `b` `(n,)`.
-fn forward<T: Real>(x: &[T], w: &[T], b: Option<&[T]>, rows: usize, k: usize, n: usize) -> Vec<T> {
+pub(super) fn forward<T: Real>(
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+    rows: usize,
+    k: usize,
+    n: usize,
+) -> Vec<T> {
     let mut y = vec![T::ZERO; rows * n];
     if let Some(b) = b {
         y.par_chunks_mut(n * 64).for_each(|blk| {
@@ -114,10 +121,10 @@ fn forward<T: Real>(x: &[T], w: &[T], b: Option<&[T]>, rows: usize, k: usize, n:
 }
 
 /// `(dx, dW, db)`, each present only when needed.
-type RawGrads<T> = (Option<Vec<T>>, Option<Vec<T>>, Option<Vec<T>>);
+pub(super) type RawGrads<T> = (Option<Vec<T>>, Option<Vec<T>>, Option<Vec<T>>);
 
 /// Gradients `(dx, dW, db)` of `y = x·Wᵀ + b` given `dy` `(rows, n)`.
-fn backward<T: Real>(
+pub(super) fn backward<T: Real>(
     x: &[T],
     w: &[T],
     dy: &[T],
@@ -196,14 +203,14 @@ fn backward<T: Real>(
 
 /// Which gradients the graph needs (a frozen weight or a constant input gets none).
 #[derive(Clone, Copy)]
-struct Need {
-    x: bool,
-    w: bool,
-    b: bool,
+pub(super) struct Need {
+    pub x: bool,
+    pub w: bool,
+    pub b: bool,
 }
 
 /// Shapes of `x` `(…, k)` and `w` `(n, k)`: `(rows, k, n)`.
-fn dims(lx: &Layout, lw: &Layout, op: &str) -> Result<(usize, usize, usize)> {
+pub(super) fn dims(lx: &Layout, lw: &Layout, op: &str) -> Result<(usize, usize, usize)> {
     let xd = lx.dims();
     let wd = lw.dims();
     if xd.is_empty() || wd.len() != 2 || xd[xd.len() - 1] != wd[1] {

@@ -12,6 +12,7 @@ mod gelu;
 pub(crate) mod kernels;
 mod layer_norm;
 mod linear;
+mod linear_xent;
 mod rotary;
 mod rotary_attention;
 pub mod slow;
@@ -202,6 +203,26 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
         .apply_op2(&targets.contiguous()?, softmax_xent::CrossEntropy)
 }
 
+/// Mean cross-entropy in nats of the logits `xs·Wᵀ` against `targets`: a language-model head and its loss in one.
+/// `xs` `(…, d)`, `weight` `(vocab, d)`, `targets` integer with one entry per row of `xs` (any shape with that many
+/// elements). Equals `cross_entropy(&linear(xs, weight, None)?.reshape(((), vocab))?, targets)`; on the CPU it is
+/// one graph node that keeps the probabilities for the backward instead of a logits tensor and its gradient.
+pub fn linear_cross_entropy(xs: &Tensor, weight: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if !fused(&[xs, weight]) || !targets.device().is_cpu() || xs.rank() == 0 || weight.rank() != 2 {
+        return slow::linear_cross_entropy(xs, weight, targets);
+    }
+    let vocab = weight.dim(0)?;
+    let t = targets
+        .flatten_all()?
+        .to_dtype(candle_core::DType::U32)?
+        .to_vec1::<u32>()?;
+    if let Some(&bad) = t.iter().find(|&&x| x as usize >= vocab) {
+        candle_core::bail!("cross_entropy: target {bad} out of range for {vocab} classes")
+    }
+    let op = linear_xent::LinearCrossEntropy::new(t);
+    xs.contiguous()?.apply_op2(&weight.contiguous()?, op)
+}
+
 /// Inverted dropout: zeroes each element with probability `p` and scales the rest by `1 / (1 - p)`.
 pub fn dropout(xs: &Tensor, p: f32, train: bool) -> Result<Tensor> {
     if !train || p == 0.0 {
@@ -212,6 +233,16 @@ pub fn dropout(xs: &Tensor, p: f32, train: bool) -> Result<Tensor> {
     }
     xs.contiguous()?
         .apply_op1(dropout::Dropout { p, seed: seed() })
+}
+
+/// `residual + dropout(xs, p, train)`, the residual connection of a pre-norm block, as one graph node on the CPU
+/// (the same mask as [`dropout`] would draw from the same seed).
+pub fn residual_dropout(residual: &Tensor, xs: &Tensor, p: f32, train: bool) -> Result<Tensor> {
+    if !train || p == 0.0 || !fused(&[residual, xs]) || !(0.0..1.0).contains(&p) {
+        return residual + dropout(xs, p, train)?;
+    }
+    let op = dropout::ResidualDropout(dropout::Dropout { p, seed: seed() });
+    residual.contiguous()?.apply_op2(&xs.contiguous()?, op)
 }
 
 /// [`causal_attention`] in training mode with a given dropout seed instead of a fresh one, so that repeated calls

@@ -60,6 +60,13 @@ pub fn rotary_attention(
         .reshape((b, t, d))
 }
 
+/// See [`super::linear_cross_entropy`].
+pub fn linear_cross_entropy(xs: &Tensor, weight: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logits = linear(xs, weight, None)?;
+    let vocab = weight.dim(0)?;
+    cross_entropy(&logits.reshape(((), vocab))?, &targets.flatten_all()?)
+}
+
 /// See [`super::gelu`].
 pub fn gelu(xs: &Tensor) -> Result<Tensor> {
     xs.gelu_erf()
