@@ -184,11 +184,11 @@ pub fn rotary_attention(
         return slow::rotary_attention(qkv, n_heads, cos, sin, dropout, train);
     }
     let p_drop = if train { dropout } else { 0.0 };
-    let op = rotary_attention::RotaryAttention {
+    let op = rotary_attention::RotaryAttention::new(
         n_heads,
         p_drop,
-        seed: if p_drop > 0.0 { seed() } else { 0 },
-    };
+        if p_drop > 0.0 { seed() } else { 0 },
+    );
     qkv.contiguous()?
         .apply_op3(&cos.contiguous()?, &sin.contiguous()?, op)
 }

@@ -10,16 +10,59 @@
 //! gradient.
 
 use super::attention::{CausalAttention, HeadIo};
-use super::kernels::{expect_contiguous, Real, View4};
-use super::rotary::rotate_row;
+use super::kernels::{expect_contiguous, multiversion, Real, View4};
+use super::rotary::rotate;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::sync::Mutex;
+
+multiversion! {
+    /// The `t` rows of head `(ib, ih)` of `src`, rotated, into `dst` `(t, hd)`.
+    fn rotate_head<T: Real>(x: &[T], src: View4, ib: usize, ih: usize, cos: &[T], sin: &[T], dst: &mut [T]) {
+        let [_, _, t, hd] = src.dims;
+        let half = hd / 2;
+        for it in 0..t {
+            let o = src.row(ib, ih, it);
+            rotate(
+                &x[o..o + hd],
+                &cos[it * half..(it + 1) * half],
+                &sin[it * half..(it + 1) * half],
+                &mut dst[it * hd..(it + 1) * hd],
+                false,
+            );
+        }
+    }
+}
+
+multiversion! {
+    /// One position's gradient row `(3·d)` from the packed `(3, b, h, t, hd)` attention gradient: `dq`, `dk`
+    /// rotated back, `dv` copied.
+    fn scatter_row<T: Real>(packed: &[T], hv: View4, ib: usize, it: usize, cos: &[T], sin: &[T], dst: &mut [T]) {
+        let [_, h, _, hd] = hv.dims;
+        let n = packed.len() / 3;
+        let d = h * hd;
+        for ih in 0..h {
+            let o = hv.row(ib, ih, it);
+            for part in 0..3 {
+                let src = &packed[part * n + o..part * n + o + hd];
+                let dst = &mut dst[part * d + ih * hd..part * d + (ih + 1) * hd];
+                if part < 2 {
+                    rotate(src, cos, sin, dst, true);
+                } else {
+                    dst.copy_from_slice(src);
+                }
+            }
+        }
+    }
+}
 
 pub(crate) struct RotaryAttention {
-    pub n_heads: usize,
+    n_heads: usize,
     /// Dropout on the attention probabilities (0 disables it).
-    pub p_drop: f32,
-    pub seed: u64,
+    p_drop: f32,
+    seed: u64,
+    /// The rotated queries and keys of the forward, taken by the backward.
+    saved: Mutex<Option<[CpuStorage; 2]>>,
 }
 
 /// `(b, t, h, hd)` of a `(b, t, 3·d)` input.
@@ -57,6 +100,15 @@ impl Dims {
 }
 
 impl RotaryAttention {
+    pub fn new(n_heads: usize, p_drop: f32, seed: u64) -> Self {
+        Self {
+            n_heads,
+            p_drop,
+            seed,
+            saved: Mutex::new(None),
+        }
+    }
+
     fn dims(&self, l: &Layout, cos: &Layout, sin: &Layout) -> Result<Dims> {
         let name = "fused-rotary-attention";
         let (b, t, w) = l.shape().dims3()?;
@@ -76,26 +128,18 @@ impl RotaryAttention {
         Ok(Dims { b, t, h, hd })
     }
 
-    /// Part `part` (q = 0, k = 1) of `qkv`, rotated, as a contiguous `(b, h, t, hd)` buffer.
-    fn rotated<T: Real>(qkv: &[T], dm: Dims, part: usize, cos: &[T], sin: &[T]) -> Vec<T> {
+    /// Parts q (0) and k (1) of `qkv`, rotated, as contiguous `(b, h, t, hd)` buffers.
+    fn rotated<T: Real>(qkv: &[T], dm: Dims, cos: &[T], sin: &[T]) -> [Vec<T>; 2] {
         let Dims { h, t, hd, .. } = dm;
-        let half = hd / 2;
-        let src = dm.packed_view(3 * dm.d(), part);
-        let mut y = vec![T::ZERO; dm.b * h * t * hd];
-        y.par_chunks_mut(t * hd).enumerate().for_each(|(bh, yh)| {
-            let (ib, ih) = (bh / h, bh % h);
-            for it in 0..t {
-                let o = src.row(ib, ih, it);
-                rotate_row(
-                    &qkv[o..o + hd],
-                    &cos[it * half..(it + 1) * half],
-                    &sin[it * half..(it + 1) * half],
-                    &mut yh[it * hd..(it + 1) * hd],
-                    false,
-                );
-            }
-        });
-        y
+        [0, 1].map(|part| {
+            let src = dm.packed_view(3 * dm.d(), part);
+            let mut y = vec![T::ZERO; dm.b * h * t * hd];
+            y.par_chunks_mut(t * hd).enumerate().for_each(|(bh, yh)| {
+                let (ib, ih) = (bh / h, bh % h);
+                rotate_head(qkv, src, ib, ih, cos, sin, yh);
+            });
+            y
+        })
     }
 
     fn attention(&self) -> CausalAttention {
@@ -106,8 +150,7 @@ impl RotaryAttention {
     }
 
     fn fwd<T: Real>(&self, qkv: &[T], dm: Dims, cos: &[T], sin: &[T]) -> Vec<T> {
-        let q = Self::rotated(qkv, dm, 0, cos, sin);
-        let k = Self::rotated(qkv, dm, 1, cos, sin);
+        let [q, k] = Self::rotated(qkv, dm, cos, sin);
         let io = HeadIo {
             q: &q,
             k: &k,
@@ -117,14 +160,24 @@ impl RotaryAttention {
             vv: dm.packed_view(3 * dm.d(), 2),
         };
         // (b, t, h, hd) = (b, t, d).
-        self.attention().fwd(&io)
+        let o = self.attention().fwd(&io);
+        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some([T::storage(q), T::storage(k)]);
+        o
     }
 
     fn bwd<T: Real>(&self, qkv: &[T], g: &[T], dm: Dims, cos: &[T], sin: &[T]) -> Vec<T> {
-        let Dims { b, t, h, hd } = dm;
+        let Dims { b, t, .. } = dm;
         let d = dm.d();
-        let q = Self::rotated(qkv, dm, 0, cos, sin);
-        let k = Self::rotated(qkv, dm, 1, cos, sin);
+        let saved = self.saved.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // A second backward through the same graph rotates again.
+        let [q, k] = match saved {
+            Some([q, k]) => match (T::into_vec(q), T::into_vec(k)) {
+                (Some(q), Some(k)) => [q, k],
+                _ => Self::rotated(qkv, dm, cos, sin),
+            },
+            None => Self::rotated(qkv, dm, cos, sin),
+        };
         let io = HeadIo {
             q: &q,
             k: &k,
@@ -136,8 +189,7 @@ impl RotaryAttention {
         // (3, b, h, t, hd): dq and dk of the rotated q and k, and dv.
         let packed = self.attention().bwd_run(&io, g, dm.packed_view(d, 0));
         drop((q, k));
-        let n = b * h * t * hd;
-        let half = hd / 2;
+        let half = dm.hd / 2;
         let hv = dm.heads_view();
         let mut dqkv = vec![T::ZERO; b * t * 3 * d];
         dqkv.par_chunks_mut(3 * d)
@@ -148,18 +200,7 @@ impl RotaryAttention {
                     &cos[it * half..(it + 1) * half],
                     &sin[it * half..(it + 1) * half],
                 );
-                for ih in 0..h {
-                    let o = hv.row(ib, ih, it);
-                    for part in 0..3 {
-                        let src = &packed[part * n + o..part * n + o + hd];
-                        let dst = &mut dst[part * d + ih * hd..part * d + (ih + 1) * hd];
-                        if part < 2 {
-                            rotate_row(src, c, s, dst, true);
-                        } else {
-                            dst.copy_from_slice(src);
-                        }
-                    }
-                }
+                scatter_row(&packed, hv, ib, it, c, s, dst);
             });
         dqkv
     }
