@@ -22,6 +22,9 @@ use clap::Parser;
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
 
+#[path = "common/mod.rs"]
+mod common;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -547,17 +550,7 @@ fn main() -> Result<()> {
     );
     for &t in &args.threads {
         let mut cmd = std::process::Command::new(&exe);
-        // mimalloc would otherwise give freed memory back to the OS after 10 ms and take zeroed pages again at the
-        // next step (a third of the CPU time went to the kernel's page clearing).
-        // A large arena reservation keeps the 64 MB logit-sized buffers inside mimalloc too.
-        for (k, v) in [
-            ("MIMALLOC_PURGE_DELAY", "-1"),
-            ("MIMALLOC_ARENA_RESERVE", "4GiB"),
-        ] {
-            if std::env::var_os(k).is_none() {
-                cmd.env(k, v);
-            }
-        }
+        common::set_runtime_env(&mut cmd);
         cmd.env("RAYON_NUM_THREADS", t.to_string())
             .arg("--child")
             .arg("--configs")

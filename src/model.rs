@@ -399,28 +399,23 @@ impl Gpt {
     /// Logits `(batch, seq, vocab)` of token ids `(batch, seq)`.
     pub fn logits(&self, ids: &Tensor, train: bool) -> Result<Tensor> {
         let h = self.hidden_states(ids, train)?;
-        let (b, t, d) = h.dims3()?;
         let head = self.lm_head.as_ref().unwrap_or(&self.wte);
-        h.reshape((b * t, d))?
-            .matmul(&head.t()?)?
-            .reshape((b, t, self.cfg.vocab_size))
+        crate::ops::linear(&h, head, None)
     }
 
     /// Mean next-token cross-entropy in nats of `ids` `(batch, seq)` against `targets` `(batch, seq)`.
     pub fn loss(&self, ids: &Tensor, targets: &Tensor, train: bool) -> Result<Tensor> {
-        let logits = self.logits(ids, train)?;
-        let (b, t, v) = logits.dims3()?;
-        if targets.dims() != [b, t] {
+        if targets.dims() != ids.dims() {
             return Err(Error::Config(format!(
-                "Gpt::loss: targets of shape {:?}, expected ({b}, {t})",
-                targets.dims()
+                "Gpt::loss: targets of shape {:?}, expected {:?}",
+                targets.dims(),
+                ids.dims()
             ))
             .into());
         }
-        crate::ops::cross_entropy(
-            &logits.reshape((b * t, v))?,
-            &targets.flatten_all()?.to_dtype(DType::U32)?,
-        )
+        let h = self.hidden_states(ids, train)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.wte);
+        crate::ops::linear_cross_entropy(&h, head, &targets.to_dtype(DType::U32)?)
     }
 
     /// Samples `max_new` tokens after `prompt` (no key/value cache: each step re-reads the last `context` tokens).

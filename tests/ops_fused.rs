@@ -197,6 +197,67 @@ fn layer_norm_matches_slow_and_finite_differences() {
 }
 
 #[test]
+fn linear_matches_slow_and_finite_differences() {
+    // Shapes: 2-D and 3-D inputs, rows above the backward's 1024-row block (partial sums), with and without bias.
+    for (shape, k, n) in [
+        (vec![7usize, 5], 5usize, 9usize),
+        (vec![3, 11, 6], 6, 4),
+        (vec![1100, 3], 3, 5),
+    ] {
+        for dtype in [DType::F64, DType::F32] {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(31 + k as u64);
+            let x = randn(&mut rng, &shape, dtype);
+            let w = randn(&mut rng, &[n, k], dtype);
+            let b = randn(&mut rng, &[n], dtype);
+            let tol = if dtype == DType::F64 { 1e-10 } else { 2e-5 };
+            compare(
+                "linear",
+                &|t| ops::linear(&t[0], &t[1], Some(&t[2])).unwrap(),
+                &|t| ops::slow::linear(&t[0], &t[1], Some(&t[2])).unwrap(),
+                &[x.clone(), w.clone(), b],
+                &[true, true, true],
+                tol,
+            );
+            compare(
+                "linear without bias",
+                &|t| ops::linear(&t[0], &t[1], None).unwrap(),
+                &|t| ops::slow::linear(&t[0], &t[1], None).unwrap(),
+                &[x, w],
+                &[true, true],
+                tol,
+            );
+        }
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+    let ins = [
+        randn(&mut rng, &[2, 3, 4], DType::F64),
+        randn(&mut rng, &[5, 4], DType::F64),
+        randn(&mut rng, &[5], DType::F64),
+    ];
+    let f = |t: &[Tensor]| ops::linear(&t[0], &t[1], Some(&t[2])).unwrap();
+    for which in 0..3 {
+        check_fd("linear", &f, &ins, which, 1e-7);
+    }
+}
+
+#[test]
+fn linear_skips_gradients_of_constants() {
+    // A frozen (non-variable) weight gets no gradient, and the input's gradient is still right.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let x = Var::from_tensor(&randn(&mut rng, &[6, 4], DType::F64)).unwrap();
+    let w = randn(&mut rng, &[3, 4], DType::F64);
+    let r = randn(&mut rng, &[6, 3], DType::F64);
+    let loss = (ops::linear(x.as_tensor(), &w, None).unwrap() * &r)
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let grads = loss.backward().unwrap();
+    assert!(grads.get(&w).is_none());
+    let dx = grads.get(&x).unwrap();
+    assert!(max_abs_diff(dx, &r.matmul(&w).unwrap()) < 1e-12);
+}
+
+#[test]
 fn gelu_matches_slow_and_finite_differences() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(2);
     let x64 = (randn(&mut rng, &[7, 300], DType::F64) * 3.0).unwrap();
@@ -330,6 +391,74 @@ fn attention_matches_slow_without_dropout() {
 }
 
 #[test]
+fn rotary_attention_matches_slow_and_finite_differences() {
+    // Head dims 32 (the compile-time kernel) and 6 (the generic one); the qkv input as a strided view too.
+    for (b, t, h, hd) in [(2usize, 9usize, 3usize, 6usize), (1, 20, 2, 32)] {
+        for dtype in [DType::F64, DType::F32] {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(17 + hd as u64);
+            let wide = randn(&mut rng, &[b, t, 3 * h * hd + 5], dtype);
+            let qkv = wide.narrow(2, 2, 3 * h * hd).unwrap();
+            let (cos, sin) = rope_tables(t, hd / 2, dtype);
+            let tol = if dtype == DType::F64 { 1e-10 } else { 2e-5 };
+            let (c, s) = (cos.clone(), sin.clone());
+            compare(
+                "rotary_attention",
+                &|x| ops::rotary_attention(&x[0], h, &c, &s, 0.1, false).unwrap(),
+                &|x| ops::slow::rotary_attention(&x[0], h, &c, &s, 0.1, false).unwrap(),
+                &[qkv],
+                &[true],
+                tol,
+            );
+        }
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+    let (t, h, hd) = (7, 2, 4);
+    let qkv = randn(&mut rng, &[2, t, 3 * h * hd], DType::F64);
+    let (cos, sin) = rope_tables(t, hd / 2, DType::F64);
+    let f = |x: &[Tensor]| ops::rotary_attention(&x[0], h, &cos, &sin, 0.0, false).unwrap();
+    check_fd("rotary_attention", &f, &[qkv], 0, 1e-7);
+}
+
+#[test]
+fn rotary_attention_dropout_matches_the_composed_fused_ops() {
+    // With dropout, the mask is drawn from the dropout seed stream: the fused op and the composition of the fused
+    // rotary and attention ops (same stream, same seed) draw the same mask, forward and backward.
+    let (b, t, h, hd) = (2usize, 12usize, 2usize, 32usize);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    let qkv = randn(&mut rng, &[b, t, 3 * h * hd], DType::F64);
+    let (cos, sin) = rope_tables(t, hd / 2, DType::F64);
+    let composed = |x: &[Tensor]| {
+        ops::set_dropout_seed(77);
+        let q5 = x[0]
+            .reshape((b, t, 3, h, hd))
+            .unwrap()
+            .permute((2, 0, 3, 1, 4))
+            .unwrap();
+        let q = ops::rotary(&q5.get(0).unwrap().contiguous().unwrap(), &cos, &sin).unwrap();
+        let k = ops::rotary(&q5.get(1).unwrap().contiguous().unwrap(), &cos, &sin).unwrap();
+        let v = q5.get(2).unwrap().contiguous().unwrap();
+        ops::causal_attention(&q, &k, &v, 0.3, true)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((b, t, h * hd))
+            .unwrap()
+    };
+    let fused = |x: &[Tensor]| {
+        ops::set_dropout_seed(77);
+        ops::rotary_attention(&x[0], h, &cos, &sin, 0.3, true).unwrap()
+    };
+    compare(
+        "rotary_attention with dropout",
+        &fused,
+        &composed,
+        &[qkv],
+        &[true],
+        1e-10,
+    );
+}
+
+#[test]
 fn attention_dropout_is_consistent_and_unbiased() {
     let seeded =
         |t: &[Tensor]| ops::causal_attention_seeded(&t[0], &t[1], &t[2], 0.3, 1234).unwrap();
@@ -385,6 +514,41 @@ fn cross_entropy_matches_slow_and_finite_differences() {
 }
 
 #[test]
+fn linear_cross_entropy_matches_slow_and_finite_differences() {
+    for dtype in [DType::F64, DType::F32] {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(41);
+        let (rows, d, vocab) = (1100usize, 6usize, 37usize);
+        let h = randn(&mut rng, &[2, rows / 2, d], dtype);
+        let w = randn(&mut rng, &[vocab, d], dtype);
+        let t: Vec<u32> = (0..rows)
+            .map(|_| rng.random_range(0..vocab as u32))
+            .collect();
+        let t = Tensor::from_vec(t, (2, rows / 2), &Device::Cpu).unwrap();
+        let tol = if dtype == DType::F64 { 1e-10 } else { 2e-5 };
+        compare(
+            "linear_cross_entropy",
+            &|x| ops::linear_cross_entropy(&x[0], &x[1], &t).unwrap(),
+            &|x| ops::slow::linear_cross_entropy(&x[0], &x[1], &t).unwrap(),
+            &[h, w],
+            &[true, true],
+            tol,
+        );
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let ins = [
+        randn(&mut rng, &[5, 4], DType::F64),
+        randn(&mut rng, &[9, 4], DType::F64),
+    ];
+    let t = Tensor::new(&[0u32, 8, 3, 3, 5], &Device::Cpu).unwrap();
+    let f = |x: &[Tensor]| ops::linear_cross_entropy(&x[0], &x[1], &t).unwrap();
+    check_fd("linear_cross_entropy", &f, &ins, 0, 1e-7);
+    check_fd("linear_cross_entropy", &f, &ins, 1, 1e-7);
+    // A target out of range is an error, not a panic.
+    let bad = Tensor::new(&[0u32, 9, 3, 3, 5], &Device::Cpu).unwrap();
+    assert!(ops::linear_cross_entropy(&ins[0], &ins[1], &bad).is_err());
+}
+
+#[test]
 fn dropout_masks_are_reused_by_the_backward() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(9);
     let x = randn(&mut rng, &[64, 129], DType::F64);
@@ -412,6 +576,45 @@ fn dropout_masks_are_reused_by_the_backward() {
         max_abs_diff(&ops::dropout(&x, 0.2, false).unwrap(), &x),
         0.0
     );
+}
+
+#[test]
+fn residual_dropout_matches_residual_plus_dropout() {
+    // Same seed stream, same mask: the fused node equals `x + dropout(a)` built from two nodes, values and both
+    // gradients; without training it is the plain sum.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+    let x = randn(&mut rng, &[3, 1500, 7], DType::F64);
+    let a = randn(&mut rng, &[3, 1500, 7], DType::F64);
+    let fused = |t: &[Tensor]| {
+        ops::set_dropout_seed(5);
+        ops::residual_dropout(&t[0], &t[1], 0.25, true).unwrap()
+    };
+    let composed = |t: &[Tensor]| {
+        ops::set_dropout_seed(5);
+        (&t[0] + ops::dropout(&t[1], 0.25, true).unwrap()).unwrap()
+    };
+    compare(
+        "residual_dropout",
+        &fused,
+        &composed,
+        &[x.clone(), a.clone()],
+        &[true, true],
+        1e-12,
+    );
+    let y = fused(&[x.clone(), a.clone()]);
+    let kept = ((&y - &x)
+        .unwrap()
+        .ne(0.0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap())
+    .mean_all()
+    .unwrap()
+    .to_scalar::<f64>()
+    .unwrap();
+    assert!((kept - 0.75).abs() < 0.02, "kept fraction {kept}");
+    let eval = ops::residual_dropout(&x, &a, 0.25, false).unwrap();
+    assert!(max_abs_diff(&eval, &(&x + &a).unwrap()) == 0.0);
 }
 
 #[test]

@@ -22,6 +22,25 @@ pub fn device(name: &str) -> Result<Device> {
     }
 }
 
+/// Environment for a training process, each set only where the caller has not set it:
+/// * mimalloc keeps freed memory (`MIMALLOC_PURGE_DELAY=-1`) in a large arena (`MIMALLOC_ARENA_RESERVE=4GiB`, so
+///   that the 64 MB logit-sized buffers stay inside it too) instead of giving it back to the OS after 10 ms and
+///   taking zeroed pages again at the next step (a third of the CPU time went to the kernel's page clearing);
+/// * candle's element-wise thread pool spins 1,000 rounds instead of 25,000 before it parks a worker: a spinning
+///   worker takes a core from the matmul threads that run next (1.3–1.6× fewer tokens/s with two threads when
+///   anything else runs on the machine).
+pub fn set_runtime_env(cmd: &mut std::process::Command) {
+    for (k, v) in [
+        ("MIMALLOC_PURGE_DELAY", "-1"),
+        ("MIMALLOC_ARENA_RESERVE", "4GiB"),
+        ("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1000"),
+    ] {
+        if std::env::var_os(k).is_none() {
+            cmd.env(k, v);
+        }
+    }
+}
+
 /// mimalloc gives freed memory back to the OS after 10 ms by default, and every training step then takes zeroed
 /// pages again from the kernel (a third of the CPU time went to page clearing). Its options are read at process
 /// start, so the example re-runs itself once with them set, unless the caller set them.
@@ -32,14 +51,7 @@ pub fn reexec_with_allocator_options() -> Result<Option<i32>> {
     }
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
     cmd.args(std::env::args_os().skip(1)).env(MARK, "1");
-    for (k, v) in [
-        ("MIMALLOC_PURGE_DELAY", "-1"),
-        ("MIMALLOC_ARENA_RESERVE", "4GiB"),
-    ] {
-        if std::env::var_os(k).is_none() {
-            cmd.env(k, v);
-        }
-    }
+    set_runtime_env(&mut cmd);
     // Ctrl-C reaches the child too (same process group); the parent just waits for it.
     ctrlc::set_handler(|| {})?;
     match cmd.status() {

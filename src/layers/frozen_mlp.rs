@@ -183,8 +183,8 @@ impl Module for FrozenRandomMlp {
             self.ln_bias.as_ref(),
             self.ln_eps,
         )?;
-        let h = crate::ops::gelu(&h.matmul(&self.w1.t()?)?)?;
-        let y = (x + h.matmul(&self.w2.t()?)?)?;
+        let h = crate::ops::gelu(&crate::ops::linear(&h, &self.w1, None)?)?;
+        let y = (x + crate::ops::linear(&h, &self.w2, None)?)?;
         y.reshape(dims)
     }
 }

@@ -71,7 +71,7 @@ pub fn projection(
 impl Module for Projection {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         match self {
-            Projection::Dense(l) => l.forward(xs),
+            Projection::Dense(l) => crate::ops::linear(xs, l.weight(), l.bias()),
             Projection::FastFood(f) => f.forward(xs),
         }
     }

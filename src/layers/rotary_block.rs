@@ -333,17 +333,12 @@ impl RotaryGptBlock {
 
     /// The attention branch `Attn(LN_1(x))` (before its residual dropout), `x` `(batch, seq, d)`.
     fn attention(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let (b, t, d) = x.dims3()?;
+        let (_, t, _) = x.dims3()?;
         let (nh, hd) = (self.cfg.n_heads, self.cfg.head_dim());
         let h = crate::ops::layer_norm(x, Some(&self.ln1_w), Some(&self.ln1_b), self.cfg.ln_eps)?;
-        let qkv = self.qkv.forward(&h)?.reshape((b, t, 3, nh, hd))?;
-        let qkv = qkv.permute((2, 0, 3, 1, 4))?; // (3, b, nh, t, hd)
+        let qkv = self.qkv.forward(&h)?; // (b, t, 3d): q, k, v, heads contiguous
         let (cos, sin) = rotary_tables(t, hd, self.cfg.rotary_base, x.dtype(), x.device())?;
-        let q = crate::ops::rotary(&qkv.get(0)?.contiguous()?, &cos, &sin)?;
-        let k = crate::ops::rotary(&qkv.get(1)?.contiguous()?, &cos, &sin)?;
-        let v = qkv.get(2)?.contiguous()?;
-        let y = crate::ops::causal_attention(&q, &k, &v, self.cfg.dropout, train)?;
-        let y = y.transpose(1, 2)?.reshape((b, t, d))?;
+        let y = crate::ops::rotary_attention(&qkv, nh, &cos, &sin, self.cfg.dropout, train)?;
         self.proj.forward(&y)
     }
 }
@@ -361,10 +356,10 @@ impl ModuleT for RotaryGptBlock {
         }
         let p = self.cfg.dropout;
         let a = self.attention(xs, train)?;
-        let x = (xs + crate::ops::dropout(&a, p, train)?)?;
+        let x = crate::ops::residual_dropout(xs, &a, p, train)?;
         let h = crate::ops::layer_norm(&x, Some(&self.ln2_w), Some(&self.ln2_b), self.cfg.ln_eps)?;
         let m = self.mlp.forward(&h)?;
-        x + crate::ops::dropout(&m, p, train)?
+        crate::ops::residual_dropout(&x, &m, p, train)
     }
 }
 

@@ -95,13 +95,13 @@ fn softmax_row<T: Real>(s: &mut [T]) {
     }
 }
 
-struct HeadIo<'a, T> {
-    q: &'a [T],
-    k: &'a [T],
-    v: &'a [T],
-    vq: View4,
-    vk: View4,
-    vv: View4,
+pub(super) struct HeadIo<'a, T> {
+    pub q: &'a [T],
+    pub k: &'a [T],
+    pub v: &'a [T],
+    pub vq: View4,
+    pub vk: View4,
+    pub vv: View4,
 }
 
 multiversion! {
@@ -290,6 +290,59 @@ fn load_transposed<T: Real>(src: &[T], v: &View4, ib: usize, ih: usize, tp: usiz
     out
 }
 
+/// `s[r][j] = scale · q_r·k_j` for [`QB`] query rows at once over `n` keys (`n` a multiple of 16): each key chunk is
+/// loaded once for the four rows.
+#[inline(always)]
+fn scores_blocked_rows<T: Real, const HD: usize>(
+    q: &[[T; HD]; QB],
+    kt: &[T],
+    tp: usize,
+    scale: T,
+    n: usize,
+    s: &mut [T],
+) {
+    let mut j0 = 0;
+    while j0 + 32 <= n {
+        let mut acc = [[T::ZERO; 32]; QB];
+        for d in 0..HD {
+            let row = &kt[d * tp + j0..d * tp + j0 + 32];
+            for r in 0..QB {
+                let qd = q[r][d];
+                for l in 0..32 {
+                    acc[r][l] = qd.fma(row[l], acc[r][l]);
+                }
+            }
+        }
+        for r in 0..QB {
+            for l in 0..32 {
+                s[r * tp + j0 + l] = acc[r][l] * scale;
+            }
+        }
+        j0 += 32;
+    }
+    while j0 < n {
+        let mut acc = [[T::ZERO; 16]; QB];
+        for d in 0..HD {
+            let row = &kt[d * tp + j0..d * tp + j0 + 16];
+            for r in 0..QB {
+                let qd = q[r][d];
+                for l in 0..16 {
+                    acc[r][l] = qd.fma(row[l], acc[r][l]);
+                }
+            }
+        }
+        for r in 0..QB {
+            for l in 0..16 {
+                s[r * tp + j0 + l] = acc[r][l] * scale;
+            }
+        }
+        j0 += 16;
+    }
+}
+
+/// Query rows per block of the forward and backward kernels.
+const QB: usize = 4;
+
 /// Forward of one head with a compile-time head dim.
 #[inline(always)]
 fn fwd_head_const<T: Real, const HD: usize>(
@@ -374,7 +427,6 @@ fn bwd_head_const<T: Real, const HD: usize>(
     dk: &mut [T],
     dv: &mut [T],
 ) {
-    const QB: usize = 4;
     let [_, h, t, _] = io.vq.dims;
     let tp = t.div_ceil(16) * 16;
     let scale = T::c(1.0 / (HD as f64).sqrt());
@@ -396,16 +448,18 @@ fn bwd_head_const<T: Real, const HD: usize>(
         let mut qb = [[T::ZERO; HD]; QB];
         let mut gb = [[T::ZERO; HD]; QB];
         for r in 0..rows {
+            qb[r].copy_from_slice(&io.q[io.vq.row(ib, ih, i0 + r)..][..HD]);
+            gb[r].copy_from_slice(&g[vg.row(ib, ih, i0 + r)..][..HD]);
+        }
+        let nb = nmax.div_ceil(16) * 16;
+        scores_blocked_rows(&qb, &kt, tp, scale, nb, &mut aw);
+        scores_blocked_rows(&gb, &vt, tp, T::ONE, nb, &mut ds);
+        for r in 0..rows {
             let i = i0 + r;
             let n = i + 1;
-            let nb = n.div_ceil(16) * 16;
-            qb[r].copy_from_slice(&io.q[io.vq.row(ib, ih, i)..][..HD]);
-            gb[r].copy_from_slice(&g[vg.row(ib, ih, i)..][..HD]);
             let p = &mut aw[r * tp..(r + 1) * tp];
             let d = &mut ds[r * tp..(r + 1) * tp];
-            scores_blocked(&qb[r], &kt, tp, scale, &mut p[..nb]);
             softmax_row(&mut p[..n]);
-            scores_blocked(&gb[r], &vt, tp, T::ONE, &mut d[..nb]);
             if drop {
                 let keep = &mut keep[..n];
                 dropout_row(
@@ -533,7 +587,7 @@ fn check(vq: &View4, vk: &View4, vv: &View4) -> Result<()> {
 }
 
 impl CausalAttention {
-    fn fwd<T: Real>(&self, io: &HeadIo<'_, T>) -> Vec<T> {
+    pub(super) fn fwd<T: Real>(&self, io: &HeadIo<'_, T>) -> Vec<T> {
         let [b, h, t, hd] = io.vq.dims;
         let mut o = vec![T::ZERO; b * h * t * hd];
         let ptr = SendPtr(o.as_mut_ptr());
@@ -548,7 +602,7 @@ impl CausalAttention {
         o
     }
 
-    fn bwd_run<T: Real>(&self, io: &HeadIo<'_, T>, g: &[T], vg: View4) -> Vec<T> {
+    pub(super) fn bwd_run<T: Real>(&self, io: &HeadIo<'_, T>, g: &[T], vg: View4) -> Vec<T> {
         let [b, h, t, hd] = io.vq.dims;
         let n = b * h * t * hd;
         let mut packed = vec![T::ZERO; 3 * n];

@@ -3,7 +3,7 @@
 
 use super::kernels::{dropout_row, expect_contiguous, out, row_key, Real};
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Elements per hash key (and per parallel task).
@@ -15,7 +15,8 @@ pub(crate) struct Dropout {
 }
 
 impl Dropout {
-    fn run<T: Real>(&self, x: &[T]) -> Vec<T> {
+    /// `dropout(x)`, or `residual + dropout(x)`.
+    fn run<T: Real>(&self, x: &[T], residual: Option<&[T]>) -> Vec<T> {
         let threshold = (self.p as f64 * 4_294_967_296.0).min(4_294_967_295.0) as u32;
         let scale = T::c(1.0 / (1.0 - self.p as f64));
         let mut y = vec![T::ZERO; x.len()];
@@ -27,8 +28,70 @@ impl Dropout {
                 for (y, &x) in yc.iter_mut().zip(xc) {
                     *y *= x;
                 }
+                if let Some(r) = residual {
+                    for (y, &r) in yc.iter_mut().zip(&r[blk * BLOCK..]) {
+                        *y += r;
+                    }
+                }
             });
         y
+    }
+}
+
+/// `residual + dropout(x)` as one node (CustomOp2 on `residual`, `x`): the gradient passes to the residual
+/// unchanged and to `x` through the same mask.
+pub(crate) struct ResidualDropout(pub Dropout);
+
+impl CustomOp2 for ResidualDropout {
+    fn name(&self) -> &'static str {
+        "fused-residual-dropout"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            candle_core::bail!(
+                "{}: residual {:?} and branch {:?} differ",
+                self.name(),
+                l1.shape(),
+                l2.shape()
+            )
+        }
+        fn go<T: Real>(
+            op: &ResidualDropout,
+            (s1, l1): (&CpuStorage, &Layout),
+            (s2, l2): (&CpuStorage, &Layout),
+        ) -> Result<(CpuStorage, Shape)> {
+            let r = expect_contiguous::<T>(s1, l1, op.name())?;
+            let x = expect_contiguous::<T>(s2, l2, op.name())?;
+            Ok(out(op.0.run(x, Some(r)), l1.shape().clone()))
+        }
+        match s1 {
+            CpuStorage::F32(_) => go::<f32>(self, (s1, l1), (s2, l2)),
+            CpuStorage::F64(_) => go::<f64>(self, (s1, l1), (s2, l2)),
+            _ => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), s1.dtype()),
+        }
+    }
+
+    fn bwd(
+        &self,
+        _residual: &Tensor,
+        _x: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let same = Dropout {
+            p: self.0.p,
+            seed: self.0.seed,
+        };
+        let g = grad.contiguous()?;
+        let dx = g.apply_op1_no_bwd(&same)?;
+        Ok((Some(g), Some(dx)))
     }
 }
 
@@ -41,11 +104,11 @@ impl CustomOp1 for Dropout {
         match s {
             CpuStorage::F32(_) => {
                 let x = expect_contiguous::<f32>(s, l, self.name())?;
-                Ok(out(self.run(x), l.shape().clone()))
+                Ok(out(self.run(x, None), l.shape().clone()))
             }
             CpuStorage::F64(_) => {
                 let x = expect_contiguous::<f64>(s, l, self.name())?;
-                Ok(out(self.run(x), l.shape().clone()))
+                Ok(out(self.run(x, None), l.shape().clone()))
             }
             _ => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), s.dtype()),
         }

@@ -38,6 +38,8 @@ pub(crate) trait Real:
     fn vmin(self, o: Self) -> Self;
     fn slice(s: &CpuStorage) -> Result<&[Self]>;
     fn storage(v: Vec<Self>) -> CpuStorage;
+    /// The vector behind a storage of this type, without copying.
+    fn into_vec(s: CpuStorage) -> Option<Vec<Self>>;
 }
 
 /// The `Real` impl of a float type: only the conversions, `exp`, `erf` and the storage variant differ.
@@ -95,6 +97,12 @@ macro_rules! impl_real {
             }
             fn storage(v: Vec<Self>) -> CpuStorage {
                 CpuStorage::$variant(v)
+            }
+            fn into_vec(s: CpuStorage) -> Option<Vec<Self>> {
+                match s {
+                    CpuStorage::$variant(v) => Some(v),
+                    _ => None,
+                }
             }
         }
     };

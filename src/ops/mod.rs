@@ -11,7 +11,10 @@ mod dropout;
 mod gelu;
 pub(crate) mod kernels;
 mod layer_norm;
+mod linear;
+mod linear_xent;
 mod rotary;
+mod rotary_attention;
 pub mod slow;
 mod softmax_xent;
 
@@ -91,6 +94,22 @@ pub fn layer_norm(
     .reshape(xs.shape())
 }
 
+/// Affine map `x·Wᵀ + b` over the last dimension: `xs` `(…, in)`, `weight` `(out, in)` (candle-nn's layout),
+/// `bias` `(out,)` or absent; returns `(…, out)`. On the CPU this is one graph node with its own backward (see the
+/// module `linear`), not candle's transpose, matmul and broadcast add.
+pub fn linear(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let mut all = vec![xs, weight];
+    all.extend(bias);
+    if !fused(&all) || xs.rank() == 0 || weight.rank() != 2 {
+        return slow::linear(xs, weight, bias);
+    }
+    let (xs, w) = (xs.contiguous()?, weight.contiguous()?);
+    match bias {
+        Some(b) => xs.apply_op3(&w, &b.contiguous()?, linear::LinearBias),
+        None => xs.apply_op2(&w, linear::LinearNoBias),
+    }
+}
+
 /// GELU with the exact error function, `x · Φ(x)` (PyTorch's `nn.GELU()` default).
 pub fn gelu(xs: &Tensor) -> Result<Tensor> {
     if !fused(&[xs]) {
@@ -148,6 +167,32 @@ pub fn causal_attention(
         .transpose(1, 2)
 }
 
+/// Causal self-attention with rotary embeddings from a fused QKV projection: `qkv` `(batch, seq, 3·d)` holds the
+/// queries, keys and values (in that order, each `n_heads` heads of `head_dim = d / n_heads`, heads contiguous);
+/// queries and keys are rotated by [`rotary`] with `cos`, `sin` `(seq, head_dim / 2)`, then
+/// [`causal_attention`] runs with dropout `p` on the probabilities when `train` is set. Returns `(batch, seq, d)`,
+/// the heads' outputs side by side. On the CPU this is one graph node with its own backward.
+pub fn rotary_attention(
+    qkv: &Tensor,
+    n_heads: usize,
+    cos: &Tensor,
+    sin: &Tensor,
+    dropout: f32,
+    train: bool,
+) -> Result<Tensor> {
+    if !fused(&[qkv, cos, sin]) || qkv.rank() != 3 || !(0.0..1.0).contains(&dropout) {
+        return slow::rotary_attention(qkv, n_heads, cos, sin, dropout, train);
+    }
+    let p_drop = if train { dropout } else { 0.0 };
+    let op = rotary_attention::RotaryAttention::new(
+        n_heads,
+        p_drop,
+        if p_drop > 0.0 { seed() } else { 0 },
+    );
+    qkv.contiguous()?
+        .apply_op3(&cos.contiguous()?, &sin.contiguous()?, op)
+}
+
 /// Mean cross-entropy in nats of `logits` `(rows, vocab)` against integer `targets` `(rows,)` (u32).
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     if !fused(&[logits]) || !targets.device().is_cpu() || logits.rank() != 2 {
@@ -156,6 +201,26 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     logits
         .contiguous()?
         .apply_op2(&targets.contiguous()?, softmax_xent::CrossEntropy)
+}
+
+/// Mean cross-entropy in nats of the logits `xs·Wᵀ` against `targets`: a language-model head and its loss in one.
+/// `xs` `(…, d)`, `weight` `(vocab, d)`, `targets` integer with one entry per row of `xs` (any shape with that many
+/// elements). Equals `cross_entropy(&linear(xs, weight, None)?.reshape(((), vocab))?, targets)`; on the CPU it is
+/// one graph node that keeps the probabilities for the backward instead of a logits tensor and its gradient.
+pub fn linear_cross_entropy(xs: &Tensor, weight: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if !fused(&[xs, weight]) || !targets.device().is_cpu() || xs.rank() == 0 || weight.rank() != 2 {
+        return slow::linear_cross_entropy(xs, weight, targets);
+    }
+    let vocab = weight.dim(0)?;
+    let t = targets
+        .flatten_all()?
+        .to_dtype(candle_core::DType::U32)?
+        .to_vec1::<u32>()?;
+    if let Some(&bad) = t.iter().find(|&&x| x as usize >= vocab) {
+        candle_core::bail!("cross_entropy: target {bad} out of range for {vocab} classes")
+    }
+    let op = linear_xent::LinearCrossEntropy::new(t);
+    xs.contiguous()?.apply_op2(&weight.contiguous()?, op)
 }
 
 /// Inverted dropout: zeroes each element with probability `p` and scales the rest by `1 / (1 - p)`.
@@ -168,6 +233,16 @@ pub fn dropout(xs: &Tensor, p: f32, train: bool) -> Result<Tensor> {
     }
     xs.contiguous()?
         .apply_op1(dropout::Dropout { p, seed: seed() })
+}
+
+/// `residual + dropout(xs, p, train)`, the residual connection of a pre-norm block, as one graph node on the CPU
+/// (the same mask as [`dropout`] would draw from the same seed).
+pub fn residual_dropout(residual: &Tensor, xs: &Tensor, p: f32, train: bool) -> Result<Tensor> {
+    if !train || p == 0.0 || !fused(&[residual, xs]) || !(0.0..1.0).contains(&p) {
+        return residual + dropout(xs, p, train)?;
+    }
+    let op = dropout::ResidualDropout(dropout::Dropout { p, seed: seed() });
+    residual.contiguous()?.apply_op2(&xs.contiguous()?, op)
 }
 
 /// [`causal_attention`] in training mode with a given dropout seed instead of a fresh one, so that repeated calls

@@ -12,22 +12,30 @@ pub(crate) struct Rotary {
     pub inverse: bool,
 }
 
+/// Rotates one row of a head: `(x1, x2) → (x1·cos − x2·sin, x2·cos + x1·sin)` over the two halves, or by `−θ`
+/// with `inverse`. Inlined into the callers' multiversioned loops.
+#[inline(always)]
+pub(super) fn rotate<T: Real>(x: &[T], cos: &[T], sin: &[T], y: &mut [T], inverse: bool) {
+    let half = cos.len();
+    let (x1, x2) = x.split_at(half);
+    let (y1, y2) = y.split_at_mut(half);
+    let (x1, x2, sin) = (&x1[..half], &x2[..half], &sin[..half]);
+    if inverse {
+        for i in 0..half {
+            y1[i] = x1[i] * cos[i] + x2[i] * sin[i];
+            y2[i] = x2[i] * cos[i] - x1[i] * sin[i];
+        }
+    } else {
+        for i in 0..half {
+            y1[i] = x1[i] * cos[i] - x2[i] * sin[i];
+            y2[i] = x2[i] * cos[i] + x1[i] * sin[i];
+        }
+    }
+}
+
 multiversion! {
     fn rotate_row<T: Real>(x: &[T], cos: &[T], sin: &[T], y: &mut [T], inverse: bool) {
-        let half = cos.len();
-        let (x1, x2) = x.split_at(half);
-        let (y1, y2) = y.split_at_mut(half);
-        if inverse {
-            for i in 0..half {
-                y1[i] = x1[i] * cos[i] + x2[i] * sin[i];
-                y2[i] = x2[i] * cos[i] - x1[i] * sin[i];
-            }
-        } else {
-            for i in 0..half {
-                y1[i] = x1[i] * cos[i] - x2[i] * sin[i];
-                y2[i] = x2[i] * cos[i] + x1[i] * sin[i];
-            }
-        }
+        rotate(x, cos, sin, y, inverse)
     }
 }
 

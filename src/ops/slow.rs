@@ -24,6 +24,49 @@ pub fn layer_norm(
     Ok(ys)
 }
 
+/// See [`super::linear`].
+pub fn linear(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let ys = xs.broadcast_matmul(&weight.t()?)?;
+    match bias {
+        Some(b) => ys.broadcast_add(b),
+        None => Ok(ys),
+    }
+}
+
+/// See [`super::rotary_attention`].
+pub fn rotary_attention(
+    qkv: &Tensor,
+    n_heads: usize,
+    cos: &Tensor,
+    sin: &Tensor,
+    dropout: f32,
+    train: bool,
+) -> Result<Tensor> {
+    let (b, t, w) = qkv.dims3()?;
+    if n_heads == 0 || w % (3 * n_heads) != 0 {
+        candle_core::bail!(
+            "rotary_attention: last dimension {w} is not a multiple of 3 · {n_heads} heads"
+        )
+    }
+    let (d, hd) = (w / 3, w / (3 * n_heads));
+    let qkv = qkv
+        .reshape((b, t, 3, n_heads, hd))?
+        .permute((2, 0, 3, 1, 4))?;
+    let q = rotary(&qkv.get(0)?.contiguous()?, cos, sin)?;
+    let k = rotary(&qkv.get(1)?.contiguous()?, cos, sin)?;
+    let v = qkv.get(2)?.contiguous()?;
+    causal_attention(&q, &k, &v, dropout, train)?
+        .transpose(1, 2)?
+        .reshape((b, t, d))
+}
+
+/// See [`super::linear_cross_entropy`].
+pub fn linear_cross_entropy(xs: &Tensor, weight: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logits = linear(xs, weight, None)?;
+    let vocab = weight.dim(0)?;
+    cross_entropy(&logits.reshape(((), vocab))?, &targets.flatten_all()?)
+}
+
 /// See [`super::gelu`].
 pub fn gelu(xs: &Tensor) -> Result<Tensor> {
     xs.gelu_erf()

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 pub(crate) struct CrossEntropy;
 
-fn targets(s: &CpuStorage, l: &Layout, rows: usize, vocab: usize) -> Result<Vec<usize>> {
+pub(super) fn targets(s: &CpuStorage, l: &Layout, rows: usize, vocab: usize) -> Result<Vec<usize>> {
     if l.shape().dims() != [rows] {
         candle_core::bail!(
             "cross_entropy: targets of shape {:?} for {rows} rows of logits",
@@ -36,7 +36,7 @@ fn targets(s: &CpuStorage, l: &Layout, rows: usize, vocab: usize) -> Result<Vec<
 
 /// 16-lane max and sum-of-exp of one row.
 #[inline(always)]
-fn max_and_sumexp<T: Real>(x: &[T]) -> (T, T) {
+pub(super) fn max_and_sumexp<T: Real>(x: &[T]) -> (T, T) {
     let mut acc = [T::c(f64::NEG_INFINITY); 16];
     let mut it = x.chunks_exact(16);
     for c in &mut it {
@@ -93,7 +93,7 @@ multiversion! {
     }
 }
 
-fn rows_per_task(rows: usize) -> usize {
+pub(super) fn rows_per_task(rows: usize) -> usize {
     rows.div_ceil(4 * rayon::current_num_threads().max(1))
         .max(1)
 }
