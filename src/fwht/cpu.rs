@@ -1,7 +1,7 @@
 //! CPU kernels and the slice-level API.
 //!
 //! The portable kernel is the radix-2 butterfly written plainly; it is the reference the SIMD kernels are tested
-//! against. Batches of rows are spread over rayon's thread pool.
+//! against. Batches of rows are spread over rayon's thread pool (see [`share`] for calls from outside the pool).
 
 use super::check_len;
 use crate::error::Error;
@@ -20,8 +20,8 @@ pub enum Isa {
     Portable = 0,
     /// x86-64 AVX2 + FMA (256-bit registers).
     Avx2 = 1,
-    /// x86-64 AVX-512F (512-bit registers). Rows shorter than 128 f32 or 64 f64 elements run the AVX2 kernel,
-    /// which is faster there on AMD Zen 4 (where 512-bit operations are split into two 256-bit halves).
+    /// x86-64 AVX-512F (512-bit registers). Rows of up to 128 f32 or 64 f64 elements run the straight-line AVX2
+    /// kernels, which are faster there on AMD Zen 4 (where 512-bit operations are split into two 256-bit halves).
     Avx512 = 2,
 }
 

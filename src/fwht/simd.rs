@@ -11,8 +11,11 @@
 //!    (radix-`2^r`), so a row of `2^k` elements costs about `(k - w) / r` sweeps over memory;
 //! 3. rows longer than an L1-sized block are first transformed block by block (each block stays in L1), then the
 //!    remaining stages run as radix-`2^r` passes over the whole row, at most 8 registers at once when the stride is
-//!    4 KiB or more (such vectors share one set of the 8-way L1; holding 16 of them was up to 3× slower);
-//! 4. the scale is multiplied into the values of the last pass before they are stored.
+//!    4 KiB or more (such vectors share one set of the 8-way L1; holding 16 of them was up to 3× slower); rows
+//!    longer than L2 are first transformed that way in L2-sized blocks, so only the last stages sweep the whole row;
+//! 4. the scale is multiplied into the values of the last pass before they are stored;
+//! 5. rows of up to 16 AVX2 registers skip all of that: [`small`] is one straight-line kernel per length, written
+//!    for latency (a repeated transform of a hot short row is a single dependency chain).
 //!
 //! Each stage performs the same additions, in the same order, as the portable kernel, so results agree bit for bit.
 
