@@ -9,7 +9,9 @@
 //! ```text
 //! cargo run --release --example fwht_bench              # everything (about a minute)
 //! cargo run --release --example fwht_bench -- --quick   # fewer repetitions
-//! cargo run --release --example fwht_bench -- --min-log2 4 --max-log2 22   # the README's rows
+//! cargo run --release --example fwht_bench -- --min-log2 4 --max-log2 22   # fewer rows
+//! cargo run --release --example fwht_bench -- --fastest --samples 101 --only f32   # fastest sample, one table
+//! cargo run --release --example fwht_bench -- --only batch   # only the batch table
 //! ```
 use candle_core::{Device, Tensor};
 use candle_structured::fwht::{fwht_rows_inplace, fwht_rows_inplace_with, FwhtFloat, Isa};
