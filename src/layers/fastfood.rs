@@ -279,6 +279,17 @@ impl Module for AdaptiveFastFood {
             .into());
         }
         let (n, k) = (self.n, self.k);
+        let fused = crate::ops::fastfood(
+            xs,
+            [&self.b, &self.g, &self.s],
+            self.bias.as_ref(),
+            (self.in_dim, self.out_dim, n, k),
+            (1.0 / (n as f64).sqrt(), 1.0 / self.sigma),
+            self.perm.shared(),
+        )?;
+        if let Some(y) = fused {
+            return Ok(y);
+        }
         // Shapes: (…, n) when k = 1, (…, k, n) otherwise; no reshape of the activations until the end (in
         // candle's backward every node costs a pass over its gradient).
         let diag = |t: &Tensor| if k == 1 { t.squeeze(0) } else { Ok(t.clone()) };

@@ -41,6 +41,11 @@ impl LastDimPermutation {
         &self.fwd
     }
 
+    /// The permutation, shared.
+    pub(crate) fn shared(&self) -> Arc<Vec<u32>> {
+        self.fwd.clone()
+    }
+
     /// `y[r, i] = xs[r, π(i)]` where `r` runs over the leading dimensions and `i` over the trailing ones, whose
     /// product must equal the permutation's length.
     pub(crate) fn apply(&self, xs: &Tensor) -> Result<Tensor> {

@@ -8,6 +8,7 @@
 
 mod attention;
 mod dropout;
+mod fastfood;
 mod gelu;
 pub(crate) mod kernels;
 mod layer_norm;
@@ -108,6 +109,39 @@ pub fn linear(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Ten
         Some(b) => xs.apply_op3(&w, &b.contiguous()?, linear::LinearBias),
         None => xs.apply_op2(&w, linear::LinearNoBias),
     }
+}
+
+/// The fused CPU form of [`crate::AdaptiveFastFood`]'s forward, or `None` where it does not apply (other devices
+/// or dtypes, or forced slow), in which case the layer composes candle ops.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn fastfood(
+    xs: &Tensor,
+    [b, g, s]: [&Tensor; 3],
+    bias: Option<&Tensor>,
+    (in_dim, out_dim, n, k): (usize, usize, usize, usize),
+    (scale1, scale2): (f64, f64),
+    perm: std::sync::Arc<Vec<u32>>,
+) -> Result<Option<Tensor>> {
+    let mut all = vec![xs, b, g, s];
+    all.extend(bias);
+    if !fused(&all) {
+        return Ok(None);
+    }
+    let diag = Tensor::cat(&[b, g, s], 0)?;
+    let spec = fastfood::FastFood {
+        in_dim,
+        out_dim,
+        n,
+        k,
+        scale1,
+        scale2,
+        perm,
+    };
+    let xs = xs.contiguous()?;
+    Ok(Some(match bias {
+        Some(bias) => xs.apply_op3(&diag, &bias.contiguous()?, fastfood::FastFoodBias(spec))?,
+        None => xs.apply_op2(&diag, fastfood::FastFoodNoBias(spec))?,
+    }))
 }
 
 /// GELU with the exact error function, `x · Φ(x)` (PyTorch's `nn.GELU()` default).
