@@ -168,6 +168,29 @@ fn nice_ticks(lo: f64, hi: f64) -> Vec<f64> {
     v
 }
 
+/// Ticks of a log axis at 1, 2 and 5 times powers of ten, thinned to 1 and 3, then to powers of ten alone, so that at
+/// most eight are labelled (plotters' own log ticks label every integer multiple, and the labels overlap); a range
+/// too narrow for two of them gets [`nice_ticks`].
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let (e0, e1) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
+    let mut best = Vec::new();
+    for mults in [&[1.0, 2.0, 5.0][..], &[1.0, 3.0], &[1.0]] {
+        let v: Vec<f64> = (e0..=e1)
+            .flat_map(|e| mults.iter().map(move |m| m * 10f64.powi(e)))
+            .filter(|&t| t >= lo && t <= hi)
+            .collect();
+        best = v;
+        if best.len() <= 8 {
+            break;
+        }
+    }
+    if best.len() < 2 {
+        nice_ticks(lo, hi)
+    } else {
+        best
+    }
+}
+
 fn draw_loss_compute<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     fig: &LossComputeFigure,
@@ -196,7 +219,7 @@ fn draw_loss_compute<DB: DrawingBackend>(
         .x_label_area_size(45)
         .y_label_area_size(60)
         .build_cartesian_2d(
-            (x0..x1).log_scale(),
+            (x0..x1).log_scale().with_key_points(log_ticks(x0, x1)),
             (y0..y1).log_scale().with_key_points(nice_ticks(y0, y1)),
         )
         .map_err(plot_err)?;
@@ -326,7 +349,10 @@ fn draw_residuals<DB: DrawingBackend>(
         .margin(12)
         .x_label_area_size(45)
         .y_label_area_size(70)
-        .build_cartesian_2d((x0..x1).log_scale(), -m..m)
+        .build_cartesian_2d(
+            (x0..x1).log_scale().with_key_points(log_ticks(x0, x1)),
+            -m..m,
+        )
         .map_err(plot_err)?;
     chart
         .configure_mesh()
