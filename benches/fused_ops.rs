@@ -89,6 +89,41 @@ fn benches(c: &mut Criterion) {
     );
     bench_pair(
         c,
+        "linear_16x256x128_to_512",
+        vec![randn(&[16, 256, d]), randn(&[4 * d, d]), randn(&[4 * d])],
+        Box::new(|t| ops::linear(&t[0], &t[1], Some(&t[2])).unwrap()),
+        Box::new(|t| ops::slow::linear(&t[0], &t[1], Some(&t[2])).unwrap()),
+    );
+    let (c2, s2) = (randn(&[256, 16]), randn(&[256, 16]));
+    let (c3, s3) = (c2.clone(), s2.clone());
+    bench_pair(
+        c,
+        "rotary_attention_16x256x384_4_heads",
+        vec![randn(&[16, 256, 3 * d])],
+        Box::new(move |t| ops::rotary_attention(&t[0], 4, &c2, &s2, 0.0, true).unwrap()),
+        Box::new(move |t| ops::slow::rotary_attention(&t[0], 4, &c3, &s3, 0.0, true).unwrap()),
+    );
+    let t3 = Tensor::rand(0f32, 4096f32, (16, 256), &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::U32)
+        .unwrap();
+    let t4 = t3.clone();
+    bench_pair(
+        c,
+        "linear_cross_entropy_16x256x128_vocab4096",
+        vec![randn(&[16, 256, d]), randn(&[4096, d])],
+        Box::new(move |t| ops::linear_cross_entropy(&t[0], &t[1], &t3).unwrap()),
+        Box::new(move |t| ops::slow::linear_cross_entropy(&t[0], &t[1], &t4).unwrap()),
+    );
+    bench_pair(
+        c,
+        "residual_dropout_4096x128",
+        vec![randn(&[n, d]), randn(&[n, d])],
+        Box::new(|t| ops::residual_dropout(&t[0], &t[1], 0.1, true).unwrap()),
+        Box::new(|t| (&t[0] + ops::slow::dropout(&t[1], 0.1, true).unwrap()).unwrap()),
+    );
+    bench_pair(
+        c,
         "dropout_4096x128",
         vec![randn(&[n, d])],
         Box::new(|t| ops::dropout(&t[0], 0.1, true).unwrap()),
@@ -96,5 +131,10 @@ fn benches(c: &mut Criterion) {
     );
 }
 
-criterion_group!(fused, benches);
+criterion_group! {
+    name = fused;
+    // Criterion's plots need a system font, which a bare machine may not have.
+    config = Criterion::default().without_plots();
+    targets = benches
+}
 criterion_main!(fused);
