@@ -303,40 +303,39 @@ fn scores_blocked_rows<T: Real, const HD: usize>(
 ) {
     let mut j0 = 0;
     while j0 + 32 <= n {
-        let mut acc = [[T::ZERO; 32]; QB];
-        for d in 0..HD {
-            let row = &kt[d * tp + j0..d * tp + j0 + 32];
-            for r in 0..QB {
-                let qd = q[r][d];
-                for l in 0..32 {
-                    acc[r][l] = qd.fma(row[l], acc[r][l]);
-                }
-            }
-        }
-        for r in 0..QB {
-            for l in 0..32 {
-                s[r * tp + j0 + l] = acc[r][l] * scale;
-            }
-        }
+        scores_rows_chunk::<T, HD, 32>(q, kt, tp, scale, j0, s);
         j0 += 32;
     }
     while j0 < n {
-        let mut acc = [[T::ZERO; 16]; QB];
-        for d in 0..HD {
-            let row = &kt[d * tp + j0..d * tp + j0 + 16];
-            for r in 0..QB {
-                let qd = q[r][d];
-                for l in 0..16 {
-                    acc[r][l] = qd.fma(row[l], acc[r][l]);
-                }
-            }
-        }
-        for r in 0..QB {
-            for l in 0..16 {
-                s[r * tp + j0 + l] = acc[r][l] * scale;
-            }
-        }
+        scores_rows_chunk::<T, HD, 16>(q, kt, tp, scale, j0, s);
         j0 += 16;
+    }
+}
+
+/// One chunk of `W` keys from `j0` of [`scores_blocked_rows`], accumulated in registers.
+#[inline(always)]
+fn scores_rows_chunk<T: Real, const HD: usize, const W: usize>(
+    q: &[[T; HD]; QB],
+    kt: &[T],
+    tp: usize,
+    scale: T,
+    j0: usize,
+    s: &mut [T],
+) {
+    let mut acc = [[T::ZERO; W]; QB];
+    for d in 0..HD {
+        let row = &kt[d * tp + j0..d * tp + j0 + W];
+        for r in 0..QB {
+            let qd = q[r][d];
+            for l in 0..W {
+                acc[r][l] = qd.fma(row[l], acc[r][l]);
+            }
+        }
+    }
+    for r in 0..QB {
+        for l in 0..W {
+            s[r * tp + j0 + l] = acc[r][l] * scale;
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 //! row instead of storing them. Parameter gradients are summed over fixed blocks of rows, then over blocks in
 //! order, so the result does not depend on the number of threads.
 
-use super::kernels::{expect_contiguous, Real};
+use super::kernels::{expect_contiguous, CpuTensor, Real};
 use crate::fwht::{fwht_inplace, FwhtFloat};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -231,21 +231,13 @@ impl FastFood {
             g: &Tensor,
         ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
             let name = "fused-fastfood-bwd";
-            let (sx, lx) = x.storage_and_layout();
-            let (sd, ld) = diag.storage_and_layout();
-            let (sg, lg) = g.storage_and_layout();
-            let (sx, sd, sg) = match (&*sx, &*sd, &*sg) {
-                (
-                    candle_core::Storage::Cpu(a),
-                    candle_core::Storage::Cpu(b),
-                    candle_core::Storage::Cpu(c),
-                ) => (a, b, c),
-                _ => candle_core::bail!("{name}: expected CPU tensors"),
-            };
-            let rows = op.check(lx, ld, None)?;
-            let xv = expect_contiguous::<T>(sx, lx, name)?;
-            let dv = expect_contiguous::<T>(sd, ld, name)?;
-            let gv = expect_contiguous::<T>(sg, lg, name)?;
+            let (xc, dc, gc) = (CpuTensor::new(x), CpuTensor::new(diag), CpuTensor::new(g));
+            let rows = op.check(xc.layout(), dc.layout(), None)?;
+            let (xv, dv, gv) = (
+                xc.slice::<T>(name)?,
+                dc.slice::<T>(name)?,
+                gc.slice::<T>(name)?,
+            );
             let (dx, dd, db) = op.bwd(xv, dv, gv, rows, with_bias);
             let dev = x.device();
             Ok((

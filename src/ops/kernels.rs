@@ -248,6 +248,29 @@ pub(crate) fn expect_contiguous<'a, T: Real>(
         .ok_or_else(|| candle_core::Error::Msg(format!("{op}: expected a contiguous input")).bt())
 }
 
+/// A tensor's storage held for reading in a backward pass, where custom ops get tensors rather than storages.
+pub(crate) struct CpuTensor<'a> {
+    storage: candle_core::StorageRef<'a>,
+    layout: &'a Layout,
+}
+
+impl<'a> CpuTensor<'a> {
+    pub fn new(t: &'a Tensor) -> Self {
+        let (storage, layout) = t.storage_and_layout();
+        Self { storage, layout }
+    }
+    pub fn layout(&self) -> &Layout {
+        self.layout
+    }
+    /// The contiguous CPU slice, or an error naming the op (strided or not on the CPU).
+    pub fn slice<T: Real>(&self, op: &str) -> Result<&[T]> {
+        match &*self.storage {
+            candle_core::Storage::Cpu(s) => expect_contiguous(s, self.layout, op),
+            _ => candle_core::bail!("{op}: expected CPU tensors"),
+        }
+    }
+}
+
 /// A 4-D strided view `(d0, d1, d2, d3)` with unit stride on the last axis, as the attention and rotary kernels
 /// read their inputs.
 #[derive(Clone, Copy, Debug)]

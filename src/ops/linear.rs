@@ -7,7 +7,7 @@
 //! one pass over row blocks of `dy`, in parallel. The row blocks have a fixed size, so the result does not depend
 //! on the number of threads.
 
-use super::kernels::{expect_contiguous, multiversion, Real};
+use super::kernels::{expect_contiguous, multiversion, CpuTensor, Real};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -260,21 +260,9 @@ fn run_bwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>, grad: &Tensor) -> Result<
     };
     fn go<T: Real>(x: &Tensor, w: &Tensor, need: Need, g: &Tensor) -> Result<Grads> {
         let op = "fused-linear-bwd";
-        let (sx, lx) = x.storage_and_layout();
-        let (sw, lw) = w.storage_and_layout();
-        let (sg, lg) = g.storage_and_layout();
-        let (xs, ws, gs) = match (&*sx, &*sw, &*sg) {
-            (
-                candle_core::Storage::Cpu(a),
-                candle_core::Storage::Cpu(b),
-                candle_core::Storage::Cpu(c),
-            ) => (a, b, c),
-            _ => candle_core::bail!("{op}: expected CPU tensors"),
-        };
-        let dims3 = dims(lx, lw, op)?;
-        let xv = expect_contiguous::<T>(xs, lx, op)?;
-        let wv = expect_contiguous::<T>(ws, lw, op)?;
-        let gv = expect_contiguous::<T>(gs, lg, op)?;
+        let (xc, wc, gc) = (CpuTensor::new(x), CpuTensor::new(w), CpuTensor::new(g));
+        let dims3 = dims(xc.layout(), wc.layout(), op)?;
+        let (xv, wv, gv) = (xc.slice::<T>(op)?, wc.slice::<T>(op)?, gc.slice::<T>(op)?);
         let (dx, dw, db) = backward(xv, wv, gv, dims3, need);
         let dev = x.device();
         Ok((

@@ -6,7 +6,7 @@
 //! probabilities in place and keeps them; the backward subtracts the one-hot targets in place and runs the two
 //! matrix products of the head's backward on that buffer.
 
-use super::kernels::{expect_contiguous, multiversion, Real};
+use super::kernels::{expect_contiguous, multiversion, CpuTensor, Real};
 use super::linear::{backward, dims, forward, Need};
 use super::softmax_xent::{max_and_sumexp, rows_per_task};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
@@ -124,15 +124,9 @@ impl CustomOp2 for LinearCrossEntropy {
             need: Need,
         ) -> Result<(Option<Tensor>, Option<Tensor>)> {
             let name = "fused-linear-cross-entropy-bwd";
-            let (sh, lh) = h.storage_and_layout();
-            let (sw, lw) = w.storage_and_layout();
-            let (sh, sw) = match (&*sh, &*sw) {
-                (candle_core::Storage::Cpu(a), candle_core::Storage::Cpu(b)) => (a, b),
-                _ => candle_core::bail!("{name}: expected CPU tensors"),
-            };
-            let d @ (rows, _, vocab) = dims(lh, lw, name)?;
-            let hv = expect_contiguous::<T>(sh, lh, name)?;
-            let wv = expect_contiguous::<T>(sw, lw, name)?;
+            let (hc, wc) = (CpuTensor::new(h), CpuTensor::new(w));
+            let d @ (rows, _, vocab) = dims(hc.layout(), wc.layout(), name)?;
+            let (hv, wv) = (hc.slice::<T>(name)?, wc.slice::<T>(name)?);
             let saved = op.probs.lock().unwrap_or_else(|e| e.into_inner()).take();
             // A second backward through the same graph recomputes the probabilities.
             let mut p: Vec<T> = match saved.and_then(T::into_vec) {

@@ -34,28 +34,30 @@ pub(super) fn rotate<T: Real>(x: &[T], cos: &[T], sin: &[T], y: &mut [T], invers
 }
 
 multiversion! {
-    fn rotate_row<T: Real>(x: &[T], cos: &[T], sin: &[T], y: &mut [T], inverse: bool) {
-        rotate(x, cos, sin, y, inverse)
+    /// The `t` rows of head `(ib, ih)` of `src`, rotated (by `-θ` with `inverse`), into `dst` `(t, hd)`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn rotate_head<T: Real>(x: &[T], src: View4, ib: usize, ih: usize, cos: &[T], sin: &[T], dst: &mut [T], inverse: bool) {
+        let [_, _, t, hd] = src.dims;
+        let half = hd / 2;
+        for it in 0..t {
+            let o = src.row(ib, ih, it);
+            rotate(
+                &x[o..o + hd],
+                &cos[it * half..(it + 1) * half],
+                &sin[it * half..(it + 1) * half],
+                &mut dst[it * hd..(it + 1) * hd],
+                inverse,
+            );
+        }
     }
 }
 
 impl Rotary {
     fn run<T: Real>(&self, x: &[T], v: View4, cos: &[T], sin: &[T]) -> Vec<T> {
         let [b, h, t, hd] = v.dims;
-        let half = hd / 2;
         let mut y = vec![T::ZERO; b * h * t * hd];
         y.par_chunks_mut(t * hd).enumerate().for_each(|(bh, yh)| {
-            let (ib, ih) = (bh / h, bh % h);
-            for it in 0..t {
-                let o = v.row(ib, ih, it);
-                rotate_row(
-                    &x[o..o + hd],
-                    &cos[it * half..(it + 1) * half],
-                    &sin[it * half..(it + 1) * half],
-                    &mut yh[it * hd..(it + 1) * hd],
-                    self.inverse,
-                );
-            }
+            rotate_head(x, v, bh / h, bh % h, cos, sin, yh, self.inverse);
         });
         y
     }

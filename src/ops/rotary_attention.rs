@@ -10,29 +10,11 @@
 //! gradient.
 
 use super::attention::{CausalAttention, HeadIo};
-use super::kernels::{expect_contiguous, multiversion, Real, View4};
-use super::rotary::rotate;
+use super::kernels::{expect_contiguous, multiversion, CpuTensor, Real, View4};
+use super::rotary::{rotate, rotate_head};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
-
-multiversion! {
-    /// The `t` rows of head `(ib, ih)` of `src`, rotated, into `dst` `(t, hd)`.
-    fn rotate_head<T: Real>(x: &[T], src: View4, ib: usize, ih: usize, cos: &[T], sin: &[T], dst: &mut [T]) {
-        let [_, _, t, hd] = src.dims;
-        let half = hd / 2;
-        for it in 0..t {
-            let o = src.row(ib, ih, it);
-            rotate(
-                &x[o..o + hd],
-                &cos[it * half..(it + 1) * half],
-                &sin[it * half..(it + 1) * half],
-                &mut dst[it * hd..(it + 1) * hd],
-                false,
-            );
-        }
-    }
-}
 
 multiversion! {
     /// One position's gradient row `(3·d)` from the packed `(3, b, h, t, hd)` attention gradient: `dq`, `dk`
@@ -136,10 +118,22 @@ impl RotaryAttention {
             let mut y = vec![T::ZERO; dm.b * h * t * hd];
             y.par_chunks_mut(t * hd).enumerate().for_each(|(bh, yh)| {
                 let (ib, ih) = (bh / h, bh % h);
-                rotate_head(qkv, src, ib, ih, cos, sin, yh);
+                rotate_head(qkv, src, ib, ih, cos, sin, yh, false);
             });
             y
         })
+    }
+
+    /// The attention kernels' inputs: the rotated `q`, `k` and `v` read in place from `qkv`.
+    fn io<'a, T>(qkv: &'a [T], q: &'a [T], k: &'a [T], dm: Dims) -> HeadIo<'a, T> {
+        HeadIo {
+            q,
+            k,
+            v: qkv,
+            vq: dm.heads_view(),
+            vk: dm.heads_view(),
+            vv: dm.packed_view(3 * dm.d(), 2),
+        }
     }
 
     fn attention(&self) -> CausalAttention {
@@ -151,16 +145,8 @@ impl RotaryAttention {
 
     fn fwd<T: Real>(&self, qkv: &[T], dm: Dims, cos: &[T], sin: &[T]) -> Vec<T> {
         let [q, k] = Self::rotated(qkv, dm, cos, sin);
-        let io = HeadIo {
-            q: &q,
-            k: &k,
-            v: qkv,
-            vq: dm.heads_view(),
-            vk: dm.heads_view(),
-            vv: dm.packed_view(3 * dm.d(), 2),
-        };
         // (b, t, h, hd) = (b, t, d).
-        let o = self.attention().fwd(&io);
+        let o = self.attention().fwd(&Self::io(qkv, &q, &k, dm));
         *self.saved.lock().unwrap_or_else(|e| e.into_inner()) =
             Some([T::storage(q), T::storage(k)]);
         o
@@ -178,16 +164,10 @@ impl RotaryAttention {
             },
             None => Self::rotated(qkv, dm, cos, sin),
         };
-        let io = HeadIo {
-            q: &q,
-            k: &k,
-            v: qkv,
-            vq: dm.heads_view(),
-            vk: dm.heads_view(),
-            vv: dm.packed_view(3 * d, 2),
-        };
         // (3, b, h, t, hd): dq and dk of the rotated q and k, and dv.
-        let packed = self.attention().bwd_run(&io, g, dm.packed_view(d, 0));
+        let packed = self
+            .attention()
+            .bwd_run(&Self::io(qkv, &q, &k, dm), g, dm.packed_view(d, 0));
         drop((q, k));
         let half = dm.hd / 2;
         let hv = dm.heads_view();
@@ -263,25 +243,14 @@ impl CustomOp3 for RotaryAttention {
             g: &Tensor,
         ) -> Result<Vec<T>> {
             let name = "fused-rotary-attention-bwd";
-            let (sq, lq) = qkv.storage_and_layout();
-            let (sc, lc) = cos.storage_and_layout();
-            let (ss, ls) = sin.storage_and_layout();
-            let (sg, lg) = g.storage_and_layout();
-            match (&*sq, &*sc, &*ss, &*sg) {
-                (
-                    candle_core::Storage::Cpu(sq),
-                    candle_core::Storage::Cpu(sc),
-                    candle_core::Storage::Cpu(ss),
-                    candle_core::Storage::Cpu(sg),
-                ) => {
-                    let qkv = expect_contiguous::<T>(sq, lq, name)?;
-                    let c = expect_contiguous::<T>(sc, lc, name)?;
-                    let s = expect_contiguous::<T>(ss, ls, name)?;
-                    let g = expect_contiguous::<T>(sg, lg, name)?;
-                    Ok(op.bwd(qkv, g, dm, c, s))
-                }
-                _ => candle_core::bail!("{name}: expected CPU tensors"),
-            }
+            let [q, c, s, g] = [qkv, cos, sin, g].map(CpuTensor::new);
+            Ok(op.bwd(
+                q.slice::<T>(name)?,
+                g.slice::<T>(name)?,
+                dm,
+                c.slice::<T>(name)?,
+                s.slice::<T>(name)?,
+            ))
         }
         let dqkv = match qkv.dtype() {
             candle_core::DType::F32 => Tensor::from_vec(
