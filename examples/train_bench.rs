@@ -343,12 +343,89 @@ fn lib_step(
     ))
 }
 
+/// One training step of the local model: forward, backward, global clip at 1.0, candle's AdamW. Returns the loss
+/// and the (forward, backward, clip+optimiser) seconds.
+fn local_step(
+    model: &Gpt,
+    vars: &[Var],
+    opt: &mut candle_nn::AdamW,
+    ids: &Tensor,
+    tg: &Tensor,
+) -> Result<(f32, [f64; 3])> {
+    let t0 = Instant::now();
+    let loss = model.loss(ids, tg)?;
+    let l = loss.to_scalar::<f32>()?;
+    let t1 = Instant::now();
+    let mut grads = loss.backward()?;
+    let t2 = Instant::now();
+    clip_grad_norm(vars, &mut grads, 1.0)?;
+    opt.step(&grads)?;
+    drop(grads);
+    let t3 = Instant::now();
+    Ok((
+        l,
+        [
+            (t1 - t0).as_secs_f64(),
+            (t2 - t1).as_secs_f64(),
+            (t3 - t2).as_secs_f64(),
+        ],
+    ))
+}
+
+/// Runs the warm-up and timed steps of one config on random token ids and prints its line.
+fn time_config(
+    args: &Args,
+    (layers, d): (usize, usize),
+    rng: &mut rand::rngs::StdRng,
+    mut step: impl FnMut(&Tensor, &Tensor) -> Result<(f32, [f64; 3])>,
+) -> Result<()> {
+    let dev = Device::Cpu;
+    let (mut tps, mut tf, mut tb, mut to) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut last_loss = 0f32;
+    let mut cpu0 = None;
+    let mut wall0 = Instant::now();
+    for i in 0..args.warmup + args.steps {
+        let ids: Vec<u32> = (0..BATCH * CONTEXT)
+            .map(|_| rng.random_range(0..VOCAB as u32))
+            .collect();
+        let tg: Vec<u32> = (0..BATCH * CONTEXT)
+            .map(|_| rng.random_range(0..VOCAB as u32))
+            .collect();
+        let ids = Tensor::from_vec(ids, (BATCH, CONTEXT), &dev)?;
+        let tg = Tensor::from_vec(tg, (BATCH, CONTEXT), &dev)?;
+        if i == args.warmup {
+            cpu0 = cpu_seconds();
+            wall0 = Instant::now();
+        }
+        let (l, [f, b, o]) = step(&ids, &tg)?;
+        last_loss = l;
+        if i >= args.warmup {
+            tps.push((BATCH * CONTEXT) as f64 / (f + b + o));
+            tf.push(f);
+            tb.push(b);
+            to.push(o);
+        }
+    }
+    let wall = wall0.elapsed().as_secs_f64();
+    let cpu = cpu0.zip(cpu_seconds()).map(|(a, b)| b - a);
+    report(
+        args,
+        candle_core::utils::get_num_threads(),
+        (layers, d),
+        &mut tps,
+        [&mut tf, &mut tb, &mut to],
+        cpu,
+        wall,
+        last_loss,
+    );
+    Ok(())
+}
+
 fn run_child(args: &Args) -> Result<()> {
     if args.model == "lib" {
         return run_child_lib(args);
     }
     let dev = Device::Cpu;
-    let threads = candle_core::utils::get_num_threads();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     for cfg in &args.configs {
         let (layers, d) = parse_cfg(cfg)?;
@@ -364,54 +441,9 @@ fn run_child(args: &Args) -> Result<()> {
                 ..Default::default()
             },
         )?;
-        let mut tps = Vec::new();
-        let (mut tf, mut tb, mut to) = (Vec::new(), Vec::new(), Vec::new());
-        let mut last_loss = 0f32;
-        let mut cpu0 = None;
-        let mut wall0 = Instant::now();
-        for step in 0..args.warmup + args.steps {
-            let ids: Vec<u32> = (0..BATCH * CONTEXT)
-                .map(|_| rng.random_range(0..VOCAB as u32))
-                .collect();
-            let tg: Vec<u32> = (0..BATCH * CONTEXT)
-                .map(|_| rng.random_range(0..VOCAB as u32))
-                .collect();
-            let ids = Tensor::from_vec(ids, (BATCH, CONTEXT), &dev)?;
-            let tg = Tensor::from_vec(tg, (BATCH, CONTEXT), &dev)?;
-            if step == args.warmup {
-                cpu0 = cpu_seconds();
-                wall0 = Instant::now();
-            }
-            let t0 = Instant::now();
-            let loss = model.loss(&ids, &tg)?;
-            last_loss = loss.to_scalar::<f32>()?;
-            let t1 = Instant::now();
-            let mut grads = loss.backward()?;
-            let t2 = Instant::now();
-            clip_grad_norm(&vars, &mut grads, 1.0)?;
-            opt.step(&grads)?;
-            drop(grads);
-            let t3 = Instant::now();
-            if step >= args.warmup {
-                let dt = (t3 - t0).as_secs_f64();
-                tps.push((BATCH * CONTEXT) as f64 / dt);
-                tf.push((t1 - t0).as_secs_f64());
-                tb.push((t2 - t1).as_secs_f64());
-                to.push((t3 - t2).as_secs_f64());
-            }
-        }
-        let wall = wall0.elapsed().as_secs_f64();
-        let cpu = cpu0.zip(cpu_seconds()).map(|(a, b)| b - a);
-        report(
-            args,
-            threads,
-            (layers, d),
-            &mut tps,
-            [&mut tf, &mut tb, &mut to],
-            cpu,
-            wall,
-            last_loss,
-        );
+        time_config(args, (layers, d), &mut rng, |ids, tg| {
+            local_step(&model, &vars, &mut opt, ids, tg)
+        })?;
     }
     Ok(())
 }
@@ -419,7 +451,6 @@ fn run_child(args: &Args) -> Result<()> {
 fn run_child_lib(args: &Args) -> Result<()> {
     use candle_structured::model::{Gpt as LibGpt, GptConfig};
     let dev = Device::Cpu;
-    let threads = candle_core::utils::get_num_threads();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     for cfg in &args.configs {
         let (layers, d) = parse_cfg(cfg)?;
@@ -436,44 +467,9 @@ fn run_child_lib(args: &Args) -> Result<()> {
                 ..Default::default()
             },
         )?;
-        let (mut tps, mut tf, mut tb, mut to) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut last_loss = 0f32;
-        let mut cpu0 = None;
-        let mut wall0 = Instant::now();
-        for step in 0..args.warmup + args.steps {
-            let ids: Vec<u32> = (0..BATCH * CONTEXT)
-                .map(|_| rng.random_range(0..VOCAB as u32))
-                .collect();
-            let tg: Vec<u32> = (0..BATCH * CONTEXT)
-                .map(|_| rng.random_range(0..VOCAB as u32))
-                .collect();
-            let ids = Tensor::from_vec(ids, (BATCH, CONTEXT), &dev)?;
-            let tg = Tensor::from_vec(tg, (BATCH, CONTEXT), &dev)?;
-            if step == args.warmup {
-                cpu0 = cpu_seconds();
-                wall0 = Instant::now();
-            }
-            let (l, [f, b, o]) = lib_step(&model, &mut opt, &ids, &tg)?;
-            last_loss = l;
-            if step >= args.warmup {
-                tps.push((BATCH * CONTEXT) as f64 / (f + b + o));
-                tf.push(f);
-                tb.push(b);
-                to.push(o);
-            }
-        }
-        let wall = wall0.elapsed().as_secs_f64();
-        let cpu = cpu0.zip(cpu_seconds()).map(|(a, b)| b - a);
-        report(
-            args,
-            threads,
-            (layers, d),
-            &mut tps,
-            [&mut tf, &mut tb, &mut to],
-            cpu,
-            wall,
-            last_loss,
-        );
+        time_config(args, (layers, d), &mut rng, |ids, tg| {
+            lib_step(&model, &mut opt, ids, tg)
+        })?;
     }
     Ok(())
 }
