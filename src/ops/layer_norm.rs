@@ -11,21 +11,27 @@ pub(crate) struct LayerNorm {
     pub eps: f64,
 }
 
+/// Mean and `1 / √(var + eps)` of one row (two passes, as the backward recomputes them).
+#[inline(always)]
+fn row_stats<T: Real>(xr: &[T], inv_d: T, eps: f64) -> (T, T) {
+    let mut s = T::ZERO;
+    for &v in xr {
+        s += v;
+    }
+    let mean = s * inv_d;
+    let mut q = T::ZERO;
+    for &v in xr {
+        let c = v - mean;
+        q += c * c;
+    }
+    (mean, T::ONE / (q * inv_d + T::c(eps)).sqrt())
+}
+
 multiversion! {
     fn ln_fwd_rows<T: Real>(x: &[T], w: &[T], b: &[T], y: &mut [T], d: usize, eps: f64) {
         let inv_d = T::c(1.0 / d as f64);
         for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
-            let mut s = T::ZERO;
-            for &v in xr {
-                s += v;
-            }
-            let mean = s * inv_d;
-            let mut q = T::ZERO;
-            for &v in xr {
-                let c = v - mean;
-                q += c * c;
-            }
-            let rstd = T::ONE / (q * inv_d + T::c(eps)).sqrt();
+            let (mean, rstd) = row_stats(xr, inv_d, eps);
             for i in 0..d {
                 yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
             }
@@ -39,17 +45,7 @@ multiversion! {
         let inv_d = T::c(1.0 / d as f64);
         let (dw, db) = acc.split_at_mut(d);
         for ((xr, gr), dxr) in x.chunks_exact(d).zip(g.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
-            let mut s = T::ZERO;
-            for &v in xr {
-                s += v;
-            }
-            let mean = s * inv_d;
-            let mut q = T::ZERO;
-            for &v in xr {
-                let c = v - mean;
-                q += c * c;
-            }
-            let rstd = T::ONE / (q * inv_d + T::c(eps)).sqrt();
+            let (mean, rstd) = row_stats(xr, inv_d, eps);
             let mut sg = T::ZERO;
             let mut sgx = T::ZERO;
             for i in 0..d {
