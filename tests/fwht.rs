@@ -528,6 +528,58 @@ fn simd_kernels_agree_with_portable() {
     }
 }
 
+/// Rows that do not start on a cache line (rows beyond L1 go through an aligned scratch buffer then) give the
+/// portable kernel's results bit for bit, at every offset within a line, and leave the elements around them alone.
+#[test]
+fn misaligned_rows_agree_with_portable() {
+    let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.is_available()).collect();
+    // Just beyond the L1 block, and beyond the L2 block, of each kernel (f32: 2^12 and 2^18; f64: 2^11 and 2^17).
+    for k in [12u32, 13, 19] {
+        let n = 1usize << k;
+        let v = random(n + 32, 700 + k as u64);
+        let x32: Vec<f32> = v.iter().map(|&a| a as f32).collect();
+        let scale = 1.0 / (n as f64).sqrt();
+        for offset in 0..16 {
+            let mut want = x32.clone();
+            fwht_rows_inplace_with(
+                Isa::Portable,
+                false,
+                &mut want[offset..offset + n],
+                n,
+                scale as f32,
+            )
+            .unwrap();
+            for &isa in &isas {
+                let mut got = x32.clone();
+                fwht_rows_inplace_with(isa, false, &mut got[offset..offset + n], n, scale as f32)
+                    .unwrap();
+                assert!(got == want, "f32 {isa:?} n = 2^{k} offset {offset}");
+            }
+        }
+    }
+    for k in [11u32, 12, 18] {
+        let n = 1usize << k;
+        let v = random(n + 16, 800 + k as u64);
+        let scale = 1.0 / (n as f64).sqrt();
+        for offset in 0..8 {
+            let mut want = v.clone();
+            fwht_rows_inplace_with(
+                Isa::Portable,
+                false,
+                &mut want[offset..offset + n],
+                n,
+                scale,
+            )
+            .unwrap();
+            for &isa in &isas {
+                let mut got = v.clone();
+                fwht_rows_inplace_with(isa, false, &mut got[offset..offset + n], n, scale).unwrap();
+                assert!(got == want, "f64 {isa:?} n = 2^{k} offset {offset}");
+            }
+        }
+    }
+}
+
 #[test]
 fn large_batches_use_the_parallel_path_correctly() {
     // 300 rows of 256: above the threading threshold; compare with one row at a time.

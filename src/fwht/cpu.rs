@@ -183,6 +183,9 @@ where
 
 /// `x ← scale · x · H_n` for one vector of length `n = x.len()` (a power of two up to 2^24), on this thread.
 ///
+/// Any alignment works; a row that starts on a 64-byte cache line is fastest (long rows that do not are run through
+/// an aligned per-thread scratch buffer of up to 1 MiB).
+///
 /// ```
 /// let mut x = [1f32, 2., 3., 4.];
 /// candle_structured::fwht::fwht_inplace(&mut x, 1.0)?;

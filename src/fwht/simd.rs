@@ -296,11 +296,13 @@ unsafe fn butterflies<V: Vector, const N: usize>(r: &mut [V; N], neg_one: V) {
     }
 }
 
-/// One radix-`N` pass over `nvec` vectors at `p`: for every group of `N` vectors `h` apart, `log2(N)` stages
-/// across registers (after the in-register stages when `FIRST`, where `h` must be 1), times `scale` when `SCALE`.
+/// One radix-`N` pass over `nvec` vectors read at `src` and written at the same offsets from `dst` (the same pointer
+/// for a pass in place): for every group of `N` vectors `h` apart, `log2(N)` stages across registers (after the
+/// in-register stages when `FIRST`, where `h` must be 1), times `scale` when `SCALE`.
 #[inline(always)]
 unsafe fn pass<V: Vector, const N: usize, const FIRST: bool, const SCALE: bool>(
-    p: *mut V::E,
+    src: *const V::E,
+    dst: *mut V::E,
     nvec: usize,
     h: usize,
     scale: V,
@@ -310,7 +312,8 @@ unsafe fn pass<V: Vector, const N: usize, const FIRST: bool, const SCALE: bool>(
     let mut block = 0;
     while block < nvec {
         for j in 0..h {
-            let q = p.add((block + j) * w);
+            let at = (block + j) * w;
+            let (q, d) = (src.add(at), dst.add(at));
             let mut r = [scale; N];
             for (i, v) in r.iter_mut().enumerate() {
                 let x = V::load(q.add(i * h * w));
@@ -319,10 +322,47 @@ unsafe fn pass<V: Vector, const N: usize, const FIRST: bool, const SCALE: bool>(
             butterflies(&mut r, neg_one);
             for (i, v) in r.iter().enumerate() {
                 let y = if SCALE { v.mul(scale) } else { *v };
-                y.store(q.add(i * h * w));
+                y.store(d.add(i * h * w));
             }
         }
         block += N * h;
+    }
+}
+
+/// Where a sequence of passes reads and writes: the first pass reads `from`, the passes in between work in place in
+/// `work`, the last one writes `to` (a single pass goes straight from `from` to `to`). All three are the row itself
+/// for a transform in place; an aligned scratch buffer is `work` when the row is not aligned to a cache line.
+#[derive(Clone, Copy)]
+struct Route<E> {
+    from: *const E,
+    work: *mut E,
+    to: *mut E,
+}
+
+impl<E> Route<E> {
+    /// Everything in place at `p`.
+    fn at(p: *mut E) -> Self {
+        Route {
+            from: p,
+            work: p,
+            to: p,
+        }
+    }
+
+    /// The same route `offset` elements further on.
+    unsafe fn add(self, offset: usize) -> Self {
+        Route {
+            from: self.from.add(offset),
+            work: self.work.add(offset),
+            to: self.to.add(offset),
+        }
+    }
+
+    /// Source and destination of pass `i` of `count`.
+    fn pass(self, i: u32, count: u32) -> (*const E, *mut E) {
+        let src = if i == 0 { self.from } else { self.work };
+        let dst = if i + 1 == count { self.to } else { self.work };
+        (src, dst)
     }
 }
 
@@ -331,7 +371,7 @@ unsafe fn pass<V: Vector, const N: usize, const FIRST: bool, const SCALE: bool>(
 unsafe fn run_pass<V: Vector>(
     radix: u32,
     first: bool,
-    p: *mut V::E,
+    (src, dst): (*const V::E, *mut V::E),
     nvec: usize,
     h: usize,
     scale: Option<V>,
@@ -339,10 +379,10 @@ unsafe fn run_pass<V: Vector>(
     macro_rules! go {
         ($n:literal) => {
             match (first, scale) {
-                (true, None) => pass::<V, $n, true, false>(p, nvec, h, V::splat(V::ONE)),
-                (true, Some(s)) => pass::<V, $n, true, true>(p, nvec, h, s),
-                (false, None) => pass::<V, $n, false, false>(p, nvec, h, V::splat(V::ONE)),
-                (false, Some(s)) => pass::<V, $n, false, true>(p, nvec, h, s),
+                (true, None) => pass::<V, $n, true, false>(src, dst, nvec, h, V::splat(V::ONE)),
+                (true, Some(s)) => pass::<V, $n, true, true>(src, dst, nvec, h, s),
+                (false, None) => pass::<V, $n, false, false>(src, dst, nvec, h, V::splat(V::ONE)),
+                (false, Some(s)) => pass::<V, $n, false, true>(src, dst, nvec, h, s),
             }
         };
     }
@@ -355,46 +395,57 @@ unsafe fn run_pass<V: Vector>(
     }
 }
 
-/// Cross-register stages `stages` of them, starting at a stride of `h` vectors, in passes of at most `rmax` stages
-/// (as even as possible); the last pass applies `scale`.
+/// How many passes [`passes`] makes for `stages` stages starting at a stride of `h` vectors: at most `rmax` stages
+/// each, and at most 3 when the stride is 4 KiB or more (such vectors share one set of the 8-way L1; holding 16 of
+/// them was up to 3× slower).
+#[inline(always)]
+fn pass_count<V: Vector>(h: usize, stages: u32, rmax: u32) -> u32 {
+    let rmax = if (h << V::LOG) * std::mem::size_of::<V::E>() >= 4096 {
+        rmax.min(3)
+    } else {
+        rmax
+    };
+    stages.div_ceil(rmax)
+}
+
+/// Cross-register stages, `stages ≥ 1` of them, starting at a stride of `h` vectors, in passes of at most `rmax`
+/// stages (as even as possible) along `route`; the last pass applies `scale`.
 #[inline(always)]
 unsafe fn passes<V: Vector>(
-    p: *mut V::E,
+    route: Route<V::E>,
     nvec: usize,
     mut h: usize,
     stages: u32,
     rmax: u32,
     scale: Option<V>,
 ) {
-    if stages == 0 {
-        return;
-    }
-    // Vectors 4 KiB apart or more share an L1 set (8 ways): hold at most 8 of them at once.
-    let rmax = if (h << V::LOG) * std::mem::size_of::<V::E>() >= 4096 {
-        rmax.min(3)
-    } else {
-        rmax
-    };
-    let count = stages.div_ceil(rmax);
+    let count = pass_count::<V>(h, stages, rmax);
     let (base, extra) = (stages / count, stages % count);
     for i in 0..count {
         let r = base + u32::from(i < extra);
         let s = if i + 1 == count { scale } else { None };
-        run_pass::<V>(r, false, p, nvec, h, s);
+        run_pass::<V>(r, false, route.pass(i, count), nvec, h, s);
         h <<= r;
     }
 }
 
-/// The whole transform of `2^k` elements at `p` (`k ≥ V::LOG`) with the data kept within one level of cache:
-/// a first pass with the in-register stages, then radix passes.
+/// The whole transform of `2^k` elements (`k ≥ V::LOG`) along `route`, with the data kept within one level of
+/// cache: a first pass with the in-register stages, then radix passes.
 #[inline(always)]
-unsafe fn in_cache<V: Vector>(p: *mut V::E, k: u32, rmax: u32, scale: Option<V>) {
+unsafe fn in_cache<V: Vector>(route: Route<V::E>, k: u32, rmax: u32, scale: Option<V>) {
     let nvec = 1usize << (k - V::LOG);
     let cross = k - V::LOG;
     let first = cross.min(rmax);
-    let last = cross == first;
-    run_pass::<V>(first, true, p, nvec, 1, if last { scale } else { None });
-    passes::<V>(p, nvec, 1 << first, cross - first, rmax, scale);
+    if cross == first {
+        run_pass::<V>(first, true, (route.from, route.to), nvec, 1, scale);
+        return;
+    }
+    run_pass::<V>(first, true, (route.from, route.work), nvec, 1, None);
+    let rest = Route {
+        from: route.work,
+        ..route
+    };
+    passes::<V>(rest, nvec, 1 << first, cross - first, rmax, scale);
 }
 
 /// Tuning of one kernel: the widest radix (log2 of the registers held at once), the L1 block and the L2 block
@@ -406,6 +457,21 @@ struct Plan {
     l2_log: u32,
 }
 
+/// A cache line of scratch space.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+thread_local! {
+    /// Each thread's scratch buffer for rows that are not aligned to a cache line (kept between calls).
+    static SCRATCH: std::cell::Cell<Vec<Line>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// How far (modulo 4 KiB) the scratch buffer starts from the row: loads from the row and stores into the scratch
+/// that are a multiple of 4 KiB apart look alike to the CPU's memory disambiguation, which made the first pass
+/// about 1.5× slower with the scratch placed at random.
+const ALIAS_SHIFT: usize = 2048;
+
 /// `x ← scale · x · H_n` in place, `n = x.len() = 2^k` with `k ≥ V::LOG`.
 ///
 /// Rows longer than the L1 block are transformed block by block, then the stages that span blocks run as radix
@@ -414,6 +480,14 @@ struct Plan {
 /// row (through L3 or memory): measured 5–15 % faster at 2^21–2^22 and neutral below. (A variant that copied column
 /// panels into a contiguous buffer was measured slower at every size up to 2^22 on the development machine, an AMD
 /// Zen 4 VM, so it is not used.)
+///
+/// A row that does not start on a cache line (the usual case for a large `Vec` from the system allocator, 16 bytes
+/// past a page boundary) makes vector loads and stores straddle two lines: measured on Zen 4 (f64, AVX-512), 10–30 %
+/// slower at 2^12–2^17 and 35–60 % at 2^18–2^20. Such rows longer than the L1 block run their first pass from the
+/// row into a thread-local aligned buffer (an L2 block at most, kept for the thread's next call), the middle passes
+/// there, and the last pass back into the row: the same passes, in the same order, so the results do not change.
+/// That brought 2^18–2^20 back to within 2–15 % of an aligned row (f32 likewise at 2^19–2^20). Rows within the L1
+/// block are left in place: their two or three passes gained nothing from it.
 #[inline(always)]
 unsafe fn transform<V: Vector>(x: &mut [V::E], scale: V::E, plan: Plan) {
     let n = x.len();
@@ -425,23 +499,63 @@ unsafe fn transform<V: Vector>(x: &mut [V::E], scale: V::E, plan: Plan) {
     } else {
         Some(V::splat(scale))
     };
+    if (p as usize).is_multiple_of(64) || k <= plan.l1_log {
+        return by_blocks::<V>(p, p, k, plan, scale);
+    }
+    let line_log = 6 - std::mem::size_of::<V::E>().trailing_zeros();
+    let lines = 1usize << (k.min(plan.l2_log).max(line_log) - line_log);
+    // 64 lines more, to place the scratch half a page away from the row modulo 4 KiB.
+    let mut scratch = SCRATCH.take();
+    if scratch.len() < lines + 64 {
+        scratch = vec![Line([0; 64]); lines + 64];
+    }
+    let base = scratch.as_mut_ptr();
+    let want = ((p as usize) + ALIAS_SHIFT) % 4096 / 64;
+    let have = (base as usize) % 4096 / 64;
+    let work = base.add((want + 64 - have) % 64);
+    by_blocks::<V>(p, work.cast(), k, plan, scale);
+    SCRATCH.set(scratch);
+}
+
+/// [`transform`] of the `2^k` elements at `p`, with `work` (`p` itself, or an aligned buffer of `2^min(k, l2_log)`
+/// elements) for the passes between the first and the last over each L2 block.
+#[inline(always)]
+unsafe fn by_blocks<V: Vector>(
+    p: *mut V::E,
+    work: *mut V::E,
+    k: u32,
+    plan: Plan,
+    scale: Option<V>,
+) {
+    let route = Route {
+        from: p,
+        work,
+        to: p,
+    };
     if k <= plan.l1_log {
-        in_cache::<V>(p, k, plan.rmax, scale);
+        in_cache::<V>(route, k, plan.rmax, scale);
         return;
     }
     let l2_log = plan.l2_log;
     if k <= l2_log {
-        in_l2::<V>(p, k, plan, scale);
+        in_l2::<V>(route, k, plan, scale);
         return;
     }
-    let block = 1usize << l2_log;
+    let (n, block) = (1usize << k, 1usize << l2_log);
     let mut start = 0;
     while start < n {
-        in_l2::<V>(p.add(start), l2_log, plan, None);
+        let at = p.add(start);
+        // In place, each block works where it is; through the scratch, every block uses the whole scratch.
+        let block_route = Route {
+            from: at,
+            work: if work == p { at } else { work },
+            to: at,
+        };
+        in_l2::<V>(block_route, l2_log, plan, None);
         start += block;
     }
     passes::<V>(
-        p,
+        Route::at(p),
         n >> V::LOG,
         block >> V::LOG,
         k - l2_log,
@@ -450,19 +564,25 @@ unsafe fn transform<V: Vector>(x: &mut [V::E], scale: V::E, plan: Plan) {
     );
 }
 
-/// `2^k` elements at `p` (`k > plan.l1_log`) that fit in L2: L1-sized blocks transformed one by one, then the
-/// stages that span blocks as radix passes over all of them.
+/// `2^k` elements (`k > plan.l1_log`) that fit in L2, along `route`: L1-sized blocks transformed one by one (each
+/// left in `route.work`), then the stages that span blocks as radix passes over all of them.
 #[inline(always)]
-unsafe fn in_l2<V: Vector>(p: *mut V::E, k: u32, plan: Plan, scale: Option<V>) {
+unsafe fn in_l2<V: Vector>(route: Route<V::E>, k: u32, plan: Plan, scale: Option<V>) {
     let n = 1usize << k;
     let block = 1usize << plan.l1_log;
     let mut start = 0;
     while start < n {
-        in_cache::<V>(p.add(start), plan.l1_log, plan.rmax, None);
+        let r = route.add(start);
+        let to_work = Route { to: r.work, ..r };
+        in_cache::<V>(to_work, plan.l1_log, plan.rmax, None);
         start += block;
     }
+    let rest = Route {
+        from: route.work,
+        ..route
+    };
     passes::<V>(
-        p,
+        rest,
         n >> V::LOG,
         block >> V::LOG,
         k - plan.l1_log,
