@@ -172,61 +172,47 @@ fn one_thread_table<T: FwhtFloat + From<f32>>(
     println!();
 }
 
-/// CPU time (user + system) this process has used, from `/proc/self/stat` (Linux; `None` elsewhere).
-fn cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the parenthesised command name; utime and stime are the 12th and 13th of those.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10)) // USER_HZ = 100 on Linux
-}
-
-/// Wall-clock median (ns/element) and CPU time per element over all repetitions, for `f` run in `pool` (or on
-/// this thread, outside any pool, when `None`).
-fn wall_and_cpu(
-    pool: Option<&rayon::ThreadPool>,
-    samples: usize,
-    elems: usize,
-    mut f: impl FnMut() + Send,
-) -> (f64, Option<f64>) {
-    let mut measure = || {
-        f();
-        let t = Instant::now();
-        f();
-        let reps = (0.02 / t.elapsed().as_secs_f64()).clamp(1.0, 1e6) as u32; // ~20 ms per sample
-        let cpu0 = cpu_time();
-        let mut walls: Vec<f64> = (0..samples)
-            .map(|_| {
-                let t = Instant::now();
-                for _ in 0..reps {
-                    f();
-                }
-                t.elapsed().as_secs_f64() / reps as f64
-            })
-            .collect();
-        let cpu = cpu_time().zip(cpu0).map(|(b, a)| {
-            (b - a).as_secs_f64() * 1e9 / (samples as f64 * reps as f64 * elems as f64)
-        });
-        walls.sort_by(f64::total_cmp);
-        (walls[samples / 2] * 1e9 / elems as f64, cpu)
-    };
-    match pool {
-        Some(pool) => pool.install(measure),
-        None => measure(),
+/// Times several ways of doing the same work side by side: each sample runs every mode in turn (`reps` calls each,
+/// about 5 ms), so that a change in the machine's speed (this VM's neighbours) hits all modes alike. Returns, per
+/// mode, the median ns per element and the median over samples of mode 0's time divided by this mode's (the
+/// speed-up, from times taken a few ms apart).
+fn interleaved(samples: usize, elems: usize, modes: &mut [&mut dyn FnMut(u32)]) -> Vec<(f64, f64)> {
+    for m in modes.iter_mut() {
+        m(2);
     }
+    let t = Instant::now();
+    modes[0](1);
+    let reps = (0.005 / t.elapsed().as_secs_f64()).clamp(1.0, 1e6) as u32;
+    let mut walls = vec![Vec::with_capacity(samples); modes.len()];
+    for _ in 0..samples {
+        for (i, m) in modes.iter_mut().enumerate() {
+            let t = Instant::now();
+            m(reps);
+            walls[i].push(t.elapsed().as_secs_f64() * 1e9 / (reps as f64 * elems as f64));
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    (0..modes.len())
+        .map(|i| {
+            let ratios: Vec<f64> = walls[0].iter().zip(&walls[i]).map(|(a, b)| a / b).collect();
+            (median(walls[i].clone()), median(ratios))
+        })
+        .collect()
 }
 
-/// Batches of rows: one thread against rayon's global pool called from the main thread (the usual case), and
-/// against a 2-thread pool called from inside it (`install`).
+/// Batches of rows: one thread against the transform's helper threads called from the main thread (the usual case),
+/// and against a 2-thread rayon pool called from inside it (`install`), timed side by side.
 fn batch_table(samples: usize) {
     let two = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
         .build()
         .unwrap();
     let global = rayon::current_num_threads();
-    println!("| rows × n (f32) | 1 thread, ns/element | main thread + global pool ({global} threads), ns/element | speed-up | CPU ns/element, 1 → {global} threads | inside a 2-thread pool, ns/element | speed-up |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("| rows × n (f32) | 1 thread, ns/element | main thread + {} helper thread(s), ns/element | speed-up | inside a 2-thread rayon pool, ns/element | speed-up |", global - 1);
+    println!("|---|---:|---:|---:|---:|---:|");
     for (rows, log2) in [
         (64, 6),
         (64, 8),
@@ -242,25 +228,34 @@ fn batch_table(samples: usize) {
         (1024, 8),
     ] {
         let n = 1usize << log2;
-        let mut x: Vec<f32> = random(rows * n, 11);
+        let x = std::cell::RefCell::new(random::<f32>(rows * n, 11));
         let scale = 1.0 / (n as f32).sqrt();
-        let (t1, c1) = wall_and_cpu(None, samples, rows * n, || {
-            fwht_rows_inplace_with(Isa::detect(), false, black_box(&mut x), n, scale).unwrap()
-        });
-        let (t2, c2) = wall_and_cpu(None, samples, rows * n, || {
-            fwht_rows_inplace(black_box(&mut x), n, scale).unwrap()
-        });
-        let (t3, _) = wall_and_cpu(Some(&two), samples, rows * n, || {
-            fwht_rows_inplace(black_box(&mut x), n, scale).unwrap()
-        });
-        let cpu = match (c1, c2) {
-            (Some(a), Some(b)) => format!("{a:.3} → {b:.3}"),
-            _ => "—".into(),
+        let run = |parallel: bool, reps: u32| {
+            let mut x = x.borrow_mut();
+            for _ in 0..reps {
+                fwht_rows_inplace_with(Isa::detect(), parallel, black_box(&mut x[..]), n, scale)
+                    .unwrap();
+            }
         };
+        let mut serial = |reps| run(false, reps);
+        let mut helpers = |reps| run(true, reps);
+        let xs = std::sync::Mutex::new(random::<f32>(rows * n, 11));
+        let mut pooled = |reps: u32| {
+            two.install(|| {
+                let mut x = xs.lock().unwrap();
+                for _ in 0..reps {
+                    fwht_rows_inplace(black_box(&mut x[..]), n, scale).unwrap();
+                }
+            })
+        };
+        let r = interleaved(
+            samples,
+            rows * n,
+            &mut [&mut serial, &mut helpers, &mut pooled],
+        );
         println!(
-            "| {rows} × 2^{log2} | {t1:.3} | {t2:.3} | {:.2}× | {cpu} | {t3:.3} | {:.2}× |",
-            t1 / t2,
-            t1 / t3
+            "| {rows} × 2^{log2} | {:.3} | {:.3} | {:.2}× | {:.3} | {:.2}× |",
+            r[0].0, r[1].0, r[1].1, r[2].0, r[2].1
         );
     }
     println!();
@@ -321,12 +316,12 @@ fn main() -> candle_core::Result<()> {
     );
     match args.only.as_deref() {
         Some("f64") => pool.install(|| one_thread_table::<f64>("f64", &args, samples, target)),
-        Some("batch") => batch_table(samples.min(15)),
+        Some("batch") => batch_table(samples),
         Some(_) => pool.install(|| one_thread_table::<f32>("f32", &args, samples, target)),
         None => {
             pool.install(|| one_thread_table::<f32>("f32", &args, samples, target));
             pool.install(|| one_thread_table::<f64>("f64", &args, samples, target));
-            batch_table(samples.min(15));
+            batch_table(samples.min(21));
             if !args.no_dense {
                 dense_table(samples)?;
             }

@@ -633,3 +633,41 @@ fn parallel_paths_match_row_by_row() {
         }
     }
 }
+
+/// The transform's helper threads (used by callers outside any rayon pool): streams of back-to-back batches (the
+/// helpers spin between them), batches large enough to wake parked helpers, row counts that do not split evenly,
+/// and several threads calling at once (one of them uses the helpers, the others run alone); every batch must
+/// equal its row-by-row transform.
+#[test]
+fn helper_threads_match_row_by_row_under_concurrent_callers() {
+    let cases: Vec<(usize, usize)> =
+        vec![(64, 128), (37, 1024), (300, 64), (1025, 1024), (3, 8192)];
+    let expected: Vec<(Vec<f32>, Vec<f32>)> = cases
+        .iter()
+        .map(|&(rows, n)| {
+            let v: Vec<f32> = random(rows * n, 123 + rows as u64)
+                .iter()
+                .map(|&a| a as f32)
+                .collect();
+            let mut want = v.clone();
+            for row in want.chunks_mut(n) {
+                fwht_inplace(row, 0.25).unwrap();
+            }
+            (v, want)
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        for caller in 0..3 {
+            let (cases, expected) = (&cases, &expected);
+            scope.spawn(move || {
+                for round in 0..20 {
+                    let i = (round + caller) % cases.len();
+                    let ((rows, n), (v, want)) = (cases[i], &expected[i]);
+                    let mut got = v.clone();
+                    fwht_rows_inplace(&mut got, n, 0.25).unwrap();
+                    assert!(got == *want, "caller {caller}, round {round}, {rows} × {n}");
+                }
+            });
+        }
+    });
+}

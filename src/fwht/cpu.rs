@@ -1,14 +1,14 @@
 //! CPU kernels and the slice-level API.
 //!
 //! The portable kernel is the radix-2 butterfly written plainly; it is the reference the SIMD kernels are tested
-//! against. Batches of rows are spread over rayon's thread pool (see [`share`] for calls from outside the pool).
+//! against. Batches of rows are spread over threads: the transform's own helper threads for calls from outside
+//! rayon's pool (see `pool`), rayon's scope for calls from inside one.
 
 use super::check_len;
 use crate::error::Error;
 use candle_core::{backend::BackendStorage, CpuStorage, Layout, Result};
 use half::slice::HalfFloatSliceExt;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Instruction sets the CPU kernels can use. [`Isa::detect`] picks the best one this CPU has.
 ///
@@ -199,8 +199,11 @@ pub fn fwht_inplace<T: FwhtFloat>(x: &mut [T], scale: T) -> Result<()> {
 }
 
 /// `row ← scale · row · H_n` for every contiguous row of length `n` in `data` (a power of two up to 2^24;
-/// `data.len()` a multiple of `n`), spread over rayon's threads in chunks of about 4K elements when the batch has at
-/// least 16K elements.
+/// `data.len()` a multiple of `n`), spread over threads in chunks of whole rows (at most 4K elements unless a row
+/// is longer, and at least 16 chunks where the rows allow) when the batch has at least 8K elements. Called from
+/// outside rayon's pool, the calling thread works with helper threads of the transform's own (one per extra
+/// thread of rayon's global pool), which spin for 200 µs after a batch, then park; called from inside a pool, it
+/// uses that pool.
 ///
 /// ```
 /// use candle_structured::fwht::fwht_rows_inplace;
@@ -241,9 +244,14 @@ pub fn fwht_rows_inplace_with<T: FwhtFloat>(
 }
 
 /// Fewest elements in a batch worth spreading over threads.
-const PARALLEL_MIN: usize = 1 << 14;
-/// Elements per rayon task (whole rows, at least one): small enough to stay in L1 between steps.
+const PARALLEL_MIN: usize = 1 << 13;
+/// Most elements per chunk of rows, unless one row is longer: small enough to stay in L1 between steps.
 const TASK_MIN: usize = 1 << 12;
+/// Batches are cut into at least `2^CHUNKS_LOG` chunks where rows allow (so that threads that start late can
+/// still take an even share).
+const CHUNKS_LOG: u32 = 4;
+/// Fewest elements in a chunk (below this, claiming a chunk costs about as much as transforming it).
+const CHUNK_MIN: usize = 1 << 8;
 
 /// A raw pointer that may cross threads (the code that shares it guarantees exclusive, disjoint access).
 struct SendPtr<D>(*mut D);
@@ -263,111 +271,8 @@ impl<D> SendPtr<D> {
     }
 }
 
-/// The work list of [`share`]: indices `front..back` are unclaimed (packed in one atomic, front in the low half);
-/// `active` counts helpers that may be running `run`.
-struct Claims {
-    range: AtomicU64,
-    active: AtomicUsize,
-    /// Valid while [`share`] has not returned; only dereferenced by a helper holding a claimed index, which
-    /// `share` waits for.
-    run: *const (dyn Fn(usize) + Sync),
-}
-// SAFETY: `run` points to a `Sync` closure and is only called under the protocol described at [`share`].
-unsafe impl Send for Claims {}
-unsafe impl Sync for Claims {}
-
-impl Claims {
-    fn claim(&self, from_back: bool) -> Option<usize> {
-        let mut cur = self.range.load(Ordering::SeqCst);
-        loop {
-            let (front, back) = (cur & 0xFFFF_FFFF, cur >> 32);
-            if front >= back {
-                return None;
-            }
-            let (next, got) = if from_back {
-                (front | (back - 1) << 32, back - 1)
-            } else {
-                (cur + 1, front)
-            };
-            match self
-                .range
-                .compare_exchange_weak(cur, next, Ordering::SeqCst, Ordering::SeqCst)
-            {
-                Ok(_) => return Some(got as usize),
-                Err(now) => cur = now,
-            }
-        }
-    }
-
-    /// A helper's loop: claims indices from the back until none is left.
-    fn help(&self) {
-        loop {
-            // Announce before claiming: `share` stops the claims, then waits for `active` to drop to zero.
-            self.active.fetch_add(1, Ordering::SeqCst);
-            let Some(i) = self.claim(true) else {
-                self.active.fetch_sub(1, Ordering::SeqCst);
-                return;
-            };
-            // SAFETY: a claim succeeded, so `share` has not returned (it waits for `active == 0` after making
-            // every later claim fail) and `run` is alive.
-            unsafe { (*self.run)(i) };
-            self.active.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-}
-
-/// Runs `run(i)` exactly once for every `i < total`: this thread takes indices from the front, `helpers` jobs
-/// spawned on rayon's pool take them from the back (so with two threads each keeps about the same half from call to
-/// call, hot in its own cache).
-///
-/// Unlike a rayon parallel iterator or `join`, the calling thread never parks waiting for a worker to wake: it does
-/// all the work itself if the workers are late, and only waits (spinning) for indices a worker has already claimed.
-/// Called from outside the pool, a parallel iterator parks the caller and wakes it at the end, which on this
-/// machine's VM cost about 10 µs per call (5× the serial time of a 16K-element batch).
-fn share(total: usize, helpers: usize, run: &(dyn Fn(usize) + Sync)) {
-    if total <= 1 || helpers == 0 || total > u32::MAX as usize {
-        (0..total).for_each(run);
-        return;
-    }
-    // SAFETY: only the lifetime is erased; the protocol below keeps every call of `run` within this function.
-    let run_static: *const (dyn Fn(usize) + Sync) = unsafe {
-        std::mem::transmute::<
-            *const (dyn Fn(usize) + Sync + '_),
-            *const (dyn Fn(usize) + Sync + 'static),
-        >(run)
-    };
-    let claims = Arc::new(Claims {
-        range: AtomicU64::new((total as u64) << 32),
-        active: AtomicUsize::new(0),
-        run: run_static,
-    });
-    for _ in 0..helpers.min(total - 1) {
-        let c = Arc::clone(&claims);
-        rayon::spawn(move || c.help());
-    }
-    let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        while let Some(i) = claims.claim(false) {
-            run(i);
-        }
-    }));
-    // No claim succeeds from here on; then wait for the helpers that hold one (each runs one index at most).
-    claims.range.store(0, Ordering::SeqCst);
-    let mut spins = 0u32;
-    while claims.active.load(Ordering::SeqCst) != 0 {
-        if spins < 1 << 12 {
-            std::hint::spin_loop();
-            spins += 1;
-        } else {
-            std::thread::yield_now();
-        }
-    }
-    if let Err(panic) = mine {
-        std::panic::resume_unwind(panic);
-    }
-}
-
-/// Calls `f(offset, chunk)` on consecutive chunks of whole rows of `dst` (about [`TASK_MIN`] elements each),
-/// spread over rayon's threads when the batch is large enough to pay for it.
+/// Calls `f(offset, chunk)` on consecutive chunks of whole rows of `dst` (at most [`TASK_MIN`] elements each
+/// unless a row is longer), spread over threads when the batch is large enough to pay for it.
 fn for_row_chunks<D: Send>(
     dst: &mut [D],
     n: usize,
@@ -375,7 +280,11 @@ fn for_row_chunks<D: Send>(
     f: impl Fn(usize, &mut [D]) + Sync,
 ) {
     // Powers of two: `max` instead of divisions, which cost more than a short row's transform.
-    let chunk = TASK_MIN.max(n);
+    // The largest power of two at most `len / 16`, within [CHUNK_MIN, TASK_MIN], and whole rows.
+    let sixteenth = (dst.len() >> CHUNKS_LOG).max(1);
+    let chunk = (1usize << sixteenth.ilog2())
+        .clamp(CHUNK_MIN, TASK_MIN)
+        .max(n);
     if dst.len() <= chunk {
         f(0, dst);
     } else if parallel && dst.len() >= PARALLEL_MIN && rayon::current_num_threads() > 1 {
@@ -396,7 +305,8 @@ fn for_row_chunks<D: Send>(
                 walk_chunks(first, 0, chunk, f);
             });
         } else {
-            // Outside the pool (the usual case: the main thread): `share`, which never parks this thread.
+            // Outside the pool (the usual case: the main thread): the transform's own helpers, which never park
+            // this thread (see `pool`).
             let base = SendPtr(dst.as_mut_ptr());
             let run = |i: usize| {
                 let at = i * chunk;
@@ -408,7 +318,7 @@ fn for_row_chunks<D: Send>(
                 };
                 f(at, c);
             };
-            share(chunks, threads - 1, &run);
+            super::pool::share(chunks, len, &run);
         }
     } else {
         let mut at = 0;

@@ -14,6 +14,7 @@
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod pool;
 mod reference;
 #[cfg(target_arch = "x86_64")]
 mod simd;
