@@ -36,6 +36,7 @@ const YIELD_EVERY: u32 = 1 << 6;
 
 /// The work of one call of [`share`]: indices `front..back` are unclaimed (packed in one atomic, front in the low
 /// half); `run` is the caller's closure.
+#[repr(align(64))] // its own cache line, away from the caller's other stack variables
 struct Claims<'a> {
     range: AtomicU64,
     run: &'a (dyn Fn(usize) + Sync),
@@ -77,6 +78,10 @@ impl Claims<'_> {
     }
 }
 
+/// A value on a cache line of its own.
+#[repr(align(64))]
+struct Line<T>(T);
+
 const SPINNING: u8 = 0;
 const PARKED: u8 = 1;
 
@@ -86,8 +91,9 @@ struct Helper {
     generation: AtomicU64,
     /// The posted job, null when there is none; a `Claims` on the caller's stack, erased to `'static`.
     job: AtomicPtr<Claims<'static>>,
-    /// Set while the helper may be reading `job`: the caller clears `job`, then waits for this to drop.
-    busy: AtomicBool,
+    /// Set while the helper may be reading `job`: the caller clears `job`, then waits for this to drop. On its own
+    /// cache line: the helper writes it, the caller only reads it at the end of a call.
+    busy: Line<AtomicBool>,
     state: AtomicU8,
     thread: OnceLock<Thread>,
 }
@@ -97,7 +103,7 @@ impl Helper {
         Helper {
             generation: AtomicU64::new(0),
             job: AtomicPtr::new(std::ptr::null_mut()),
-            busy: AtomicBool::new(false),
+            busy: Line(AtomicBool::new(false)),
             state: AtomicU8::new(SPINNING),
             thread: OnceLock::new(),
         }
@@ -114,7 +120,7 @@ impl Helper {
                 seen = g;
                 // Announce, then look: the caller clears `job` before it waits for `busy` to drop, so either it
                 // sees this helper busy, or this helper sees no job.
-                self.busy.store(true, SeqCst);
+                self.busy.0.store(true, SeqCst);
                 let job = self.job.load(SeqCst);
                 if !job.is_null() {
                     // SAFETY: the caller keeps the claims alive until `busy` is false (see `share`).
@@ -124,7 +130,7 @@ impl Helper {
                         claims.panicked.store(true, SeqCst);
                     }
                 }
-                self.busy.store(false, SeqCst);
+                self.busy.0.store(false, SeqCst);
                 idle = Instant::now();
                 spins = 0;
                 continue;
@@ -227,7 +233,7 @@ pub(super) fn share(total: usize, elems: usize, run: &(dyn Fn(usize) + Sync)) {
     }
     for h in &pool.helpers {
         let mut spins = 0u32;
-        while h.busy.load(SeqCst) {
+        while h.busy.0.load(SeqCst) {
             spins += 1;
             if spins < 1 << 12 {
                 std::hint::spin_loop();
