@@ -3,6 +3,7 @@
 //! * one thread, ns per element, for each instruction set this CPU has, f32 and f64, against the published FFHT
 //!   figures (in-place repeated transforms of a hot buffer aligned to a cache line, as FFHT measures; median of many
 //!   repetitions), and the best instruction set on a row 16 bytes past a cache line (a large `Vec`'s usual start);
+//!   and the candle op on a `(1, n)` tensor (a new output per call);
 //! * batches of rows: speed-up of rayon's global pool (called from the main thread) and of a 2-thread pool (called
 //!   from inside it) over one thread;
 //! * the candle op against candle's dense matmul by `H_n` (256 × n, f32, all threads).
@@ -105,6 +106,22 @@ fn random<T: From<f32>>(len: usize, seed: u64) -> Vec<T> {
 
 /// ns per element of one in-place transform of a hot row of `2^log2` elements, on this thread, starting `skew` bytes
 /// past a cache line (FFHT's benchmark aligns its buffer with `posix_memalign`; a large `Vec` from the system
+/// ns per element of the candle op on a `(1, 2^log2)` tensor, on this thread: a new output tensor per call (as a
+/// user of `hadamard_transform` pays it), the row transformed from the input into it.
+fn op_ns_per_element<T: FwhtFloat + From<f32> + candle_core::WithDType>(
+    log2: u32,
+    samples: usize,
+    target: Duration,
+) -> f64 {
+    let n = 1usize << log2;
+    let x = Tensor::from_vec(random::<T>(n, 5 + log2 as u64), (1, n), &Device::Cpu).unwrap();
+    let scale = 1.0 / (n as f64).sqrt();
+    let t = median_time(samples, target, || {
+        black_box(hadamard_transform(black_box(&x), scale).unwrap());
+    });
+    t * 1e9 / n as f64
+}
+
 /// allocator starts 16 bytes past one).
 fn ns_per_element<T: FwhtFloat + From<f32>>(
     isa: Isa,
@@ -128,7 +145,7 @@ where
     t * 1e9 / n as f64
 }
 
-fn one_thread_table<T: FwhtFloat + From<f32>>(
+fn one_thread_table<T: FwhtFloat + From<f32> + candle_core::WithDType>(
     name: &str,
     args: &Args,
     samples: usize,
@@ -142,18 +159,19 @@ fn one_thread_table<T: FwhtFloat + From<f32>>(
     for isa in &isas {
         print!(" {isa:?} |");
     }
-    println!(" FFHT | best / FFHT | best, row 16 B past a line |");
+    println!(" FFHT | best / FFHT | best, row 16 B past a line | candle op, 1 × n tensor |");
     print!("|---|");
     for _ in &isas {
         print!("---:|");
     }
-    println!("---:|---:|---:|");
+    println!("---:|---:|---:|---:|");
     for log2 in args.min_log2..=args.max_log2 {
         let times: Vec<f64> = isas
             .iter()
             .map(|&isa| ns_per_element::<T>(isa, log2, 0, samples, target))
             .collect();
         let skewed = ns_per_element::<T>(Isa::detect(), log2, 16, samples, target);
+        let op = op_ns_per_element::<T>(log2, samples, target);
         print!("| 2^{log2} |");
         for t in &times {
             print!(" {t:.3} |");
@@ -167,7 +185,7 @@ fn one_thread_table<T: FwhtFloat + From<f32>>(
             Some(f) => print!(" {f:.3} | {:.2}× |", best / f),
             None => print!(" — | — |"),
         }
-        println!(" {skewed:.3} |");
+        println!(" {skewed:.3} | {op:.3} |");
     }
     println!();
 }

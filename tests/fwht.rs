@@ -529,7 +529,8 @@ fn simd_kernels_agree_with_portable() {
 }
 
 /// Rows that do not start on a cache line (rows beyond L1 go through an aligned scratch buffer then) give the
-/// portable kernel's results bit for bit, at every offset within a line, and leave the elements around them alone.
+/// portable kernel's results bit for bit, at every offset within a line, and leave the elements around them alone;
+/// so does the candle op, which transforms from its input into a new buffer.
 #[test]
 fn misaligned_rows_agree_with_portable() {
     let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.is_available()).collect();
@@ -556,6 +557,30 @@ fn misaligned_rows_agree_with_portable() {
                 assert!(got == want, "f32 {isa:?} n = 2^{k} offset {offset}");
             }
         }
+    }
+    // The candle op transforms from the input straight into a fresh output buffer (wherever the allocator put it):
+    // the same results bit for bit.
+    for k in [6u32, 11, 12, 13, 18, 19] {
+        let n = 1usize << k;
+        let v = random(n, 900 + k as u64);
+        let scale = 1.0 / (n as f64).sqrt();
+        let mut want64 = v.clone();
+        fwht_rows_inplace_with(Isa::Portable, false, &mut want64, n, scale).unwrap();
+        let got64: Vec<f64> =
+            hadamard_transform(&Tensor::new(&v[..], &Device::Cpu).unwrap(), scale)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+        assert!(got64 == want64, "op f64 n = 2^{k}");
+        let v32: Vec<f32> = v.iter().map(|&a| a as f32).collect();
+        let mut want32 = v32.clone();
+        fwht_rows_inplace_with(Isa::Portable, false, &mut want32, n, scale as f32).unwrap();
+        let got32: Vec<f32> =
+            hadamard_transform(&Tensor::new(&v32[..], &Device::Cpu).unwrap(), scale)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+        assert!(got32 == want32, "op f32 n = 2^{k}");
     }
     for k in [11u32, 12, 18] {
         let n = 1usize << k;

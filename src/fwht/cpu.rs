@@ -8,6 +8,7 @@ use super::check_len;
 use crate::error::Error;
 use candle_core::{backend::BackendStorage, CpuStorage, Layout, Result};
 use half::slice::HalfFloatSliceExt;
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Instruction sets the CPU kernels can use. [`Isa::detect`] picks the best one this CPU has.
@@ -88,8 +89,28 @@ impl Available {
 
 /// Element types of the slice API: `f32` and `f64`.
 pub trait FwhtFloat: Copy + Send + Sync + sealed::Sealed + 'static {
+    /// `dst ← scale · src · H_n` for the row of `n` elements at `src`.
+    ///
+    /// # Safety
+    /// `src` must be valid for `n` reads and `dst` for `n` writes, and they must be the same pointer (in place) or
+    /// not overlap; `n` a power of two.
     #[doc(hidden)]
-    fn transform_row(isa: Available, row: &mut [Self], scale: Self);
+    unsafe fn transform_raw(
+        isa: Available,
+        src: *const Self,
+        dst: *mut Self,
+        n: usize,
+        scale: Self,
+    );
+
+    /// `row ← scale · row · H_n`.
+    #[doc(hidden)]
+    #[inline]
+    fn transform_row(isa: Available, row: &mut [Self], scale: Self) {
+        let p = row.as_mut_ptr();
+        // SAFETY: one valid row, in place.
+        unsafe { Self::transform_raw(isa, p, p, row.len(), scale) }
+    }
 }
 
 mod sealed {
@@ -102,30 +123,44 @@ macro_rules! impl_fwht_float {
     ($t:ty, $avx2:ident, $avx512:ident, $small:ident, $min512:literal) => {
         impl FwhtFloat for $t {
             #[inline]
-            fn transform_row(isa: Available, row: &mut [$t], scale: $t) {
-                let n = row.len();
-                if n <= 4 {
-                    return tiny(row, scale);
-                }
+            unsafe fn transform_raw(
+                isa: Available,
+                src: *const $t,
+                dst: *mut $t,
+                n: usize,
+                scale: $t,
+            ) {
                 #[cfg(target_arch = "x86_64")]
-                if isa.0 != Isa::Portable {
+                if isa.0 != Isa::Portable && n > 4 {
                     // SAFETY: `Available` guarantees the CPU has the instruction set (AVX-512 implies AVX2 + FMA
                     // here); the short-row kernel does nothing and returns false for lengths it does not cover,
-                    // and the others handle any power-of-two length of at least their lane count (8 f32, 4 f64).
+                    // and the others handle any power-of-two length of at least their lane count (8 f32, 4 f64);
+                    // the caller guarantees the pointers.
                     unsafe {
                         // Short rows: one straight-line AVX2 kernel per length (faster than AVX-512 there).
-                        if super::simd::$small(row, scale) {
+                        if super::simd::$small(src, dst, n, scale) {
                             return;
                         }
                         // Measured on Zen 4: below `$min512` elements the 256-bit kernel is faster.
                         if isa.0 == Isa::Avx512 && n >= $min512 {
-                            return super::simd::$avx512(row, scale);
+                            return super::simd::$avx512(src, dst, n, scale);
                         }
-                        return super::simd::$avx2(row, scale);
+                        return super::simd::$avx2(src, dst, n, scale);
                     }
                 }
                 let _ = isa.0;
-                portable(row, scale)
+                // SAFETY: the caller guarantees the pointers; after the copy `dst` holds `n` initialised values.
+                let row = unsafe {
+                    if src != dst.cast_const() {
+                        std::ptr::copy_nonoverlapping(src, dst, n);
+                    }
+                    std::slice::from_raw_parts_mut(dst, n)
+                };
+                if n <= 4 {
+                    tiny(row, scale)
+                } else {
+                    portable(row, scale)
+                }
             }
         }
     };
@@ -376,12 +411,16 @@ fn gather<T: Copy, U>(src: &[T], layout: &Layout, f: impl Fn(T) -> U) -> Vec<U> 
     }
 }
 
-/// A copy of `src` in which every chunk of rows of [`for_row_chunks`] is handed to `finish` right after it is
-/// copied, while it is hot in L1. The output is never zeroed first: each element is written exactly once.
-fn from_chunks<D: Copy + Send + Sync>(
+/// A new buffer filled chunk by chunk of rows of [`for_row_chunks`]: `fill(part, chunk)` writes the output chunk
+/// from the matching part of `src` (so the chunk is transformed while it is hot in L1). The output is never zeroed
+/// first.
+///
+/// # Safety
+/// `fill` must initialise every element of the chunk it is given.
+unsafe fn from_chunks<D: Copy + Send + Sync>(
     src: &[D],
     n: usize,
-    finish: impl Fn(&mut [D]) + Sync,
+    fill: impl Fn(&[D], &mut [MaybeUninit<D>]) + Sync,
 ) -> Vec<D> {
     let len = src.len();
     let mut out: Vec<D> = Vec::with_capacity(len);
@@ -389,33 +428,38 @@ fn from_chunks<D: Copy + Send + Sync>(
         &mut out.spare_capacity_mut()[..len],
         n,
         true,
-        |at, chunk| {
-            let part = &src[at..at + chunk.len()];
-            // SAFETY: `part` and `chunk` have the same length and do not overlap; after the copy every element of
-            // `chunk` is initialised, so viewing it as `&mut [D]` is sound.
-            let chunk = unsafe {
-                let dst = chunk.as_mut_ptr().cast::<D>();
-                std::ptr::copy_nonoverlapping(part.as_ptr(), dst, part.len());
-                std::slice::from_raw_parts_mut(dst, part.len())
-            };
-            finish(chunk);
-        },
+        |at, chunk| fill(&src[at..at + chunk.len()], chunk),
     );
-    // SAFETY: `for_row_chunks` visits the `len` spare elements exactly once, and each was initialised above.
+    // SAFETY: `for_row_chunks` visits the `len` spare elements exactly once, and `fill` initialised each.
     unsafe { out.set_len(len) };
     out
 }
 
-/// f32/f64 forward: each chunk of rows is copied into the output and transformed while it is in L1 (a strided
-/// input is gathered once first, then transformed in place).
+/// f32/f64 forward: each row is transformed from the input straight into the output (the kernels' first pass reads
+/// the input, their last writes the output), chunk by chunk of rows; a strided input is gathered once first, then
+/// transformed in place.
 fn forward_float<T: FwhtFloat>(src: &[T], layout: &Layout, n: usize, scale: T) -> Vec<T> {
     let isa = Available::new(Isa::detect());
-    let rows = |chunk: &mut [T]| for_each_row(chunk, n, |row| T::transform_row(isa, row, scale));
     match layout.contiguous_offsets() {
-        Some((start, end)) => from_chunks(&src[start..end], n, rows),
+        Some((start, end)) => {
+            let fill = |part: &[T], chunk: &mut [MaybeUninit<T>]| {
+                let (from, to) = (part.as_ptr(), chunk.as_mut_ptr().cast::<T>());
+                let mut at = 0;
+                while at < part.len() {
+                    // SAFETY: `part` and `chunk` are distinct buffers of the same length, a whole number of rows;
+                    // the kernel writes every element of the row at `to + at`.
+                    unsafe { T::transform_raw(isa, from.add(at), to.add(at), n, scale) };
+                    at += n;
+                }
+            };
+            // SAFETY: `fill` writes every row of its chunk.
+            unsafe { from_chunks(&src[start..end], n, fill) }
+        }
         None => {
             let mut out = gather(src, layout, |x| x);
-            for_row_chunks(&mut out, n, true, |_, chunk| rows(chunk));
+            for_row_chunks(&mut out, n, true, |_, chunk| {
+                for_each_row(chunk, n, |row| T::transform_row(isa, row, scale))
+            });
             out
         }
     }
@@ -437,18 +481,27 @@ where
             &gathered[..]
         }
     };
-    from_chunks(src, n, |chunk| {
+    let fill = |part: &[H], chunk: &mut [MaybeUninit<H>]| {
+        // SAFETY: `part` and `chunk` have the same length and do not overlap; after the copy every element of
+        // `chunk` is initialised, so viewing it as `&mut [H]` is sound.
+        let chunk = unsafe {
+            let dst = chunk.as_mut_ptr().cast::<H>();
+            std::ptr::copy_nonoverlapping(part.as_ptr(), dst, part.len());
+            std::slice::from_raw_parts_mut(dst, part.len())
+        };
         let mut work = vec![0f32; chunk.len()];
         chunk.convert_to_f32_slice(&mut work);
         for_each_row(&mut work, n, |row| f32::transform_row(isa, row, scale));
         chunk.convert_from_f32_slice(&work);
-    })
+    };
+    // SAFETY: `fill` copies the whole part into its chunk first.
+    unsafe { from_chunks(src, n, fill) }
 }
 
 /// The candle op's CPU forward: `storage` viewed through `layout`, rows of the last dimension transformed.
 ///
-/// The input is read once, chunk by chunk of rows, into the output buffer (through an f32 chunk for the half types,
-/// rounded back once), where it is transformed while hot in L1.
+/// The input is read once, chunk by chunk of rows: f32/f64 rows are transformed from the input into the output
+/// buffer, half-precision rows are copied there, widened to an f32 chunk, transformed and rounded back once.
 pub(super) fn forward(storage: &CpuStorage, layout: &Layout, scale: f64) -> Result<CpuStorage> {
     let n = layout.shape().dims().last().copied().unwrap_or(1);
     check_len(n)?;

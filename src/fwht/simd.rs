@@ -472,6 +472,10 @@ thread_local! {
 /// about 1.5× slower with the scratch placed at random.
 const ALIAS_SHIFT: usize = 2048;
 
+/// Rows of up to this many bytes that do not start on a cache line go through a scratch buffer as long as the row
+/// (longer rows through one of an L2 block).
+const SCRATCH_ROW_BYTES: usize = 4 << 20;
+
 /// `x ← scale · x · H_n` in place, `n = x.len() = 2^k` with `k ≥ V::LOG`.
 ///
 /// Rows longer than the L1 block are transformed block by block, then the stages that span blocks run as radix
@@ -489,48 +493,80 @@ const ALIAS_SHIFT: usize = 2048;
 /// That brought 2^18–2^20 back to within 2–15 % of an aligned row (f32 likewise at 2^19–2^20). Rows within the L1
 /// block are left in place: their two or three passes gained nothing from it.
 #[inline(always)]
-unsafe fn transform<V: Vector>(x: &mut [V::E], scale: V::E, plan: Plan) {
-    let n = x.len();
+unsafe fn transform<V: Vector>(
+    src: *const V::E,
+    dst: *mut V::E,
+    n: usize,
+    scale: V::E,
+    plan: Plan,
+) {
     debug_assert!(n.is_power_of_two() && n >= 1 << V::LOG);
     let k = n.trailing_zeros();
-    let p = x.as_mut_ptr();
     let scale = if scale == V::ONE {
         None
     } else {
         Some(V::splat(scale))
     };
-    if (p as usize).is_multiple_of(64) || k <= plan.l1_log {
-        return by_blocks::<V>(p, p, k, plan, scale);
+    if (dst as usize).is_multiple_of(64) || k <= plan.l1_log {
+        return by_blocks::<V>(src, dst, Scratch::None, k, plan, scale);
     }
+    // Rows up to `SCRATCH_ROW_BYTES` go through a scratch as long as the row; longer ones through one L2 block.
+    let bytes = n * std::mem::size_of::<V::E>();
+    let whole = bytes <= SCRATCH_ROW_BYTES;
     let line_log = 6 - std::mem::size_of::<V::E>().trailing_zeros();
-    let lines = 1usize << (k.min(plan.l2_log).max(line_log) - line_log);
+    let lines = if whole {
+        bytes / 64
+    } else {
+        1usize << (plan.l2_log - line_log)
+    };
     // 64 lines more, to place the scratch half a page away from the row modulo 4 KiB.
     let mut scratch = SCRATCH.take();
     if scratch.len() < lines + 64 {
         scratch = vec![Line([0; 64]); lines + 64];
     }
     let base = scratch.as_mut_ptr();
-    let want = ((p as usize) + ALIAS_SHIFT) % 4096 / 64;
+    let want = ((dst as usize) + ALIAS_SHIFT) % 4096 / 64;
     let have = (base as usize) % 4096 / 64;
     let work = base.add((want + 64 - have) % 64);
-    by_blocks::<V>(p, work.cast(), k, plan, scale);
+    let scratch_kind = if whole {
+        Scratch::Row(work.cast())
+    } else {
+        Scratch::Block(work.cast())
+    };
+    by_blocks::<V>(src, dst, scratch_kind, k, plan, scale);
     SCRATCH.set(scratch);
 }
 
-/// [`transform`] of the `2^k` elements at `p`, with `work` (`p` itself, or an aligned buffer of `2^min(k, l2_log)`
-/// elements) for the passes between the first and the last over each L2 block.
+/// The aligned buffer [`by_blocks`] works in, if any.
+#[derive(Clone, Copy)]
+enum Scratch<E> {
+    /// Work in the destination row itself.
+    None,
+    /// A buffer as long as the row: every pass but the first and the last runs there.
+    Row(*mut E),
+    /// A buffer of one L2 block (`2^l2_log` elements), reused by each block; the passes that span blocks run in the
+    /// destination row.
+    Block(*mut E),
+}
+
+/// [`transform`] of the `2^k` elements at `src` into `dst` (the same pointer in place), working in `scratch`.
 #[inline(always)]
 unsafe fn by_blocks<V: Vector>(
-    p: *mut V::E,
-    work: *mut V::E,
+    src: *const V::E,
+    dst: *mut V::E,
+    scratch: Scratch<V::E>,
     k: u32,
     plan: Plan,
     scale: Option<V>,
 ) {
+    let work = match scratch {
+        Scratch::None => dst,
+        Scratch::Row(s) | Scratch::Block(s) => s,
+    };
     let route = Route {
-        from: p,
+        from: src,
         work,
-        to: p,
+        to: dst,
     };
     if k <= plan.l1_log {
         in_cache::<V>(route, k, plan.rmax, scale);
@@ -544,18 +580,39 @@ unsafe fn by_blocks<V: Vector>(
     let (n, block) = (1usize << k, 1usize << l2_log);
     let mut start = 0;
     while start < n {
-        let at = p.add(start);
-        // In place, each block works where it is; through the scratch, every block uses the whole scratch.
-        let block_route = Route {
-            from: at,
-            work: if work == p { at } else { work },
-            to: at,
+        let block_route = match scratch {
+            // Each block lands in its place in the row's scratch.
+            Scratch::Row(s) => Route {
+                from: src.add(start),
+                work: s.add(start),
+                to: s.add(start),
+            },
+            // Each block uses the whole block scratch and lands in the row.
+            Scratch::Block(s) => Route {
+                from: src.add(start),
+                work: s,
+                to: dst.add(start),
+            },
+            Scratch::None => Route {
+                from: src.add(start),
+                work: dst.add(start),
+                to: dst.add(start),
+            },
         };
         in_l2::<V>(block_route, l2_log, plan, None);
         start += block;
     }
+    // The passes that span blocks: from the row's scratch into the row, or in the row.
+    let across = match scratch {
+        Scratch::Row(s) => Route {
+            from: s,
+            work: s,
+            to: dst,
+        },
+        _ => Route::at(dst),
+    };
     passes::<V>(
-        Route::at(p),
+        across,
         n >> V::LOG,
         block >> V::LOG,
         k - l2_log,
@@ -612,52 +669,54 @@ const AVX512_F64: Plan = Plan {
     l2_log: 17,
 };
 
-/// AVX2 kernel for f32; `x.len()` is a power of two ≥ 8.
+/// AVX2 kernel for f32: the row of `n` elements at `src` (a power of two ≥ 8), transformed into `dst` (`src`
+/// itself in place, else not overlapping it).
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn f32_avx2(x: &mut [f32], scale: f32) {
-    transform::<F32x8>(x, scale, AVX2_F32)
+pub(super) unsafe fn f32_avx2(src: *const f32, dst: *mut f32, n: usize, scale: f32) {
+    transform::<F32x8>(src, dst, n, scale, AVX2_F32)
 }
 
-/// AVX2 kernel for f64; `x.len()` is a power of two ≥ 4.
+/// AVX2 kernel for f64, as [`f32_avx2`] (`n` ≥ 4).
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn f64_avx2(x: &mut [f64], scale: f64) {
-    transform::<F64x4>(x, scale, AVX2_F64)
+pub(super) unsafe fn f64_avx2(src: *const f64, dst: *mut f64, n: usize, scale: f64) {
+    transform::<F64x4>(src, dst, n, scale, AVX2_F64)
 }
 
-/// AVX-512 kernel for f32; `x.len()` is a power of two ≥ 16.
+/// AVX-512 kernel for f32, as [`f32_avx2`] (`n` ≥ 16).
 ///
 /// # Safety
 /// The CPU must support AVX-512F.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn f32_avx512(x: &mut [f32], scale: f32) {
-    transform::<F32x16>(x, scale, AVX512_F32)
+pub(super) unsafe fn f32_avx512(src: *const f32, dst: *mut f32, n: usize, scale: f32) {
+    transform::<F32x16>(src, dst, n, scale, AVX512_F32)
 }
 
-/// AVX-512 kernel for f64; `x.len()` is a power of two ≥ 8.
+/// AVX-512 kernel for f64, as [`f32_avx2`] (`n` ≥ 8).
 ///
 /// # Safety
 /// The CPU must support AVX-512F.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn f64_avx512(x: &mut [f64], scale: f64) {
-    transform::<F64x8>(x, scale, AVX512_F64)
+pub(super) unsafe fn f64_avx512(src: *const f64, dst: *mut f64, n: usize, scale: f64) {
+    transform::<F64x8>(src, dst, n, scale, AVX512_F64)
 }
 
-/// The whole transform of `N` vectors (`N · 2^V::LOG` elements) at `p` in registers, straight-line: the in-register
+/// The whole transform of `N` vectors (`N · 2^V::LOG` elements) read at `src` and written at `p` (the same pointer
+/// in place), in registers, straight-line: the in-register
 /// stages with the short dependency chain, the `log2(N)` stages across registers as plain additions and
 /// subtractions (shorter latency than the FMA form, which only pays when the add pipes are the bottleneck), then
 /// the scale, if any. For short rows one call is a single dependency chain, so its latency is its cost.
 #[inline(always)]
-unsafe fn small<V: Vector, const N: usize>(p: *mut V::E, scale: V::E) {
+unsafe fn small<V: Vector, const N: usize>(src: *const V::E, p: *mut V::E, scale: V::E) {
     let w = 1usize << V::LOG;
     let mut r = [V::splat(scale); N];
     for (i, v) in r.iter_mut().enumerate() {
-        *v = V::load(p.add(i * w)).inreg_short();
+        *v = V::load(src.add(i * w)).inreg_short();
     }
     let mut s = 1;
     while s < N {
@@ -684,8 +743,9 @@ unsafe fn small<V: Vector, const N: usize>(p: *mut V::E, scale: V::E) {
     }
 }
 
-/// An entry point that runs [`small`] on rows of the listed lengths (`len => N` registers) and returns true, or
-/// does nothing and returns false for other lengths.
+/// An entry point that runs [`small`] on rows of the listed lengths (`len => N` registers), from `src` into `dst`
+/// (`src` itself in place, else not overlapping it), and returns true, or does nothing and returns false for other
+/// lengths.
 macro_rules! small_entry {
     ($(#[$doc:meta])* $name:ident, $feat:literal, $v:ty, $e:ty, $($len:literal => $n:literal),*) => {
         $(#[$doc])*
@@ -693,10 +753,9 @@ macro_rules! small_entry {
         /// # Safety
         /// The CPU must support the instruction sets named in `target_feature`.
         #[target_feature(enable = $feat)]
-        pub(super) unsafe fn $name(x: &mut [$e], scale: $e) -> bool {
-            let p = x.as_mut_ptr();
-            match x.len() {
-                $($len => small::<$v, $n>(p, scale),)*
+        pub(super) unsafe fn $name(src: *const $e, dst: *mut $e, n: usize, scale: $e) -> bool {
+            match n {
+                $($len => small::<$v, $n>(src, dst, scale),)*
                 _ => return false,
             }
             true
