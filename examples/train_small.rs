@@ -98,6 +98,14 @@ struct Args {
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Arithmetic: f32; tf32 (f32 whose CUDA matmuls use TensorFloat-32 tensor cores); bf16 (mixed precision: f32
+    /// weights, residual stream, LayerNorms and loss; bf16 matmuls, attention and GELU).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "tf32", "bf16"])]
+    precision: String,
+    /// The GPU's peak in TFLOP/s, for the model FLOPs utilisation printed after a CUDA run (default: 989, the dense
+    /// bf16 peak of an H100 SXM or H200).
+    #[arg(long, default_value_t = 989.0)]
+    peak_tflops: f64,
 }
 
 fn main() -> Result<()> {
@@ -199,7 +207,21 @@ fn main() -> Result<()> {
 
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-    let model = gpt(&cfg, vb)?;
+    let compute = match args.precision.as_str() {
+        "bf16" => DType::BF16,
+        "tf32" => {
+            // A process-wide switch of candle's CUDA backend (a no-op in builds without CUDA).
+            candle_core::cuda::set_gemm_reduced_precision_f32(true);
+            if device.is_cpu() {
+                eprintln!(
+                    "--precision tf32 only changes CUDA matmuls; on the CPU this run is plain f32"
+                );
+            }
+            DType::F32
+        }
+        _ => DType::F32,
+    };
+    let model = gpt(&cfg, vb)?.with_compute_dtype(compute)?;
     let counts = model.param_counts();
     eprintln!(
         "{}: {} layers, d_model {}, {} heads; {} trainable non-embedding parameters ({} frozen, {} emulated, {} \
@@ -274,6 +296,18 @@ fn main() -> Result<()> {
         "{} steps, {} tokens, {:.0} training tokens/s, {:.1} s wall clock",
         report.steps, report.tokens, report.tokens_per_s, wall
     );
+    if !device.is_cpu() {
+        let per_token = mfu_flops_per_token(&cfg, &counts, spec.seq_len);
+        let achieved = report.tokens_per_s * per_token;
+        println!(
+            "model FLOPs utilisation: {:.2} % of {:.0} TFLOP/s ({:.1} TFLOP/s at {:.3} GFLOP per token; {})",
+            100.0 * achieved / (args.peak_tflops * 1e12),
+            args.peak_tflops,
+            achieved / 1e12,
+            per_token / 1e9,
+            args.precision
+        );
+    }
     println!("log:        {}", report.log.display());
     println!("checkpoint: {}", report.checkpoint.display());
     println!(
@@ -281,4 +315,25 @@ fn main() -> Result<()> {
         run_dir.display()
     );
     Ok(())
+}
+
+/// Model FLOPs per training token for the utilisation figure (the convention of PaLM and nanoGPT): 6 per trainable
+/// non-embedding parameter and per weight of the language-model head (forward 2, backward 4), 4 per frozen
+/// parameter (forward, and the backward to the layer's input), and `12·d·T` per attention layer for the scores
+/// and their product with the values (`T` the sequence length).
+fn mfu_flops_per_token(
+    cfg: &candle_structured::model::GptConfig,
+    counts: &candle_structured::ParamCounts,
+    seq_len: usize,
+) -> f64 {
+    let blocks = cfg
+        .layers
+        .iter()
+        .filter(|l| matches!(l, candle_structured::model::LayerSpec::Block(_)))
+        .count();
+    let d = cfg.d_model as f64;
+    6.0 * counts.non_embedding.trainable as f64
+        + 6.0 * (cfg.vocab_size as f64) * d
+        + 4.0 * counts.non_embedding.frozen as f64
+        + 12.0 * blocks as f64 * d * seq_len as f64
 }

@@ -292,6 +292,8 @@ pub struct Gpt {
     ln_f_w: Tensor,
     ln_f_b: Tensor,
     lm_head: Option<Tensor>,
+    /// The dtype the blocks' branches and the head compute in (the parameters' own unless set).
+    compute: DType,
 }
 
 /// Builds a [`Gpt`] with its variables under `vb` (`wte.weight`, `h.{i}.…`, `ln_f.{weight,bias}`,
@@ -338,6 +340,7 @@ impl Gpt {
         } else {
             Some(normal("lm_head", cfg.vocab_size)?)
         };
+        let compute = wte.dtype();
         Ok(Self {
             cfg: cfg.clone(),
             wte,
@@ -345,7 +348,43 @@ impl Gpt {
             ln_f_w,
             ln_f_b,
             lm_head,
+            compute,
         })
+    }
+
+    /// The same model in mixed precision: the parameters, the residual stream, the LayerNorms and the loss stay in
+    /// the parameters' dtype (f32), while every trainable block's attention and MLP branches and the language-model
+    /// head compute in `dtype` (bf16 or f16: the matmuls, the attention with its softmax in f32, the GELU), the
+    /// weights cast on the fly; gradients reach the parameters in their own dtype. Frozen random MLP layers keep
+    /// the parameters' dtype. `dtype` equal to the parameters' is plain training.
+    ///
+    /// ```
+    /// use candle_core::{DType, Device, Tensor};
+    /// use candle_nn::{VarBuilder, VarMap};
+    /// use candle_structured::model::{gpt, GptConfig};
+    /// let cfg = GptConfig::dense(64, 16, 32, 2, 2);
+    /// let vm = VarMap::new();
+    /// let model = gpt(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu))?
+    ///     .with_compute_dtype(DType::BF16)?;
+    /// let ids = Tensor::new(&[[1u32, 2, 3, 4]], &Device::Cpu)?;
+    /// let loss = model.loss(&ids, &ids, true)?;
+    /// assert_eq!(loss.dtype(), DType::F32);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn with_compute_dtype(mut self, dtype: DType) -> Result<Self> {
+        if !dtype.is_float() {
+            return Err(Error::Config(format!(
+                "Gpt: compute dtype {dtype:?} is not a floating-point type"
+            ))
+            .into());
+        }
+        self.compute = dtype;
+        Ok(self)
+    }
+
+    /// The dtype the blocks and the head compute in (see [`Gpt::with_compute_dtype`]).
+    pub fn compute_dtype(&self) -> DType {
+        self.compute
     }
 
     /// The configuration the model was built with.
@@ -391,7 +430,10 @@ impl Gpt {
             .reshape((b, t, self.cfg.d_model))?;
         let mut x = crate::ops::dropout(&x, self.cfg.dropout, train)?;
         for layer in &self.layers {
-            x = layer.forward_t(&x, train)?;
+            x = match layer {
+                GptLayer::Block(b) => b.forward_mixed(&x, train, self.compute)?,
+                GptLayer::Frozen(f) => f.forward(&x)?,
+            };
         }
         crate::ops::layer_norm(&x, Some(&self.ln_f_w), Some(&self.ln_f_b), self.cfg.ln_eps)
     }
@@ -400,7 +442,7 @@ impl Gpt {
     pub fn logits(&self, ids: &Tensor, train: bool) -> Result<Tensor> {
         let h = self.hidden_states(ids, train)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.wte);
-        crate::ops::linear(&h, head, None)
+        crate::ops::linear(&h.to_dtype(self.compute)?, head, None)?.to_dtype(h.dtype())
     }
 
     /// Mean next-token cross-entropy in nats of `ids` `(batch, seq)` against `targets` `(batch, seq)`.
@@ -415,7 +457,9 @@ impl Gpt {
         }
         let h = self.hidden_states(ids, train)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.wte);
-        crate::ops::linear_cross_entropy(&h, head, &targets.to_dtype(DType::U32)?)
+        let h = h.to_dtype(self.compute)?;
+        crate::ops::linear_cross_entropy(&h, head, &targets.to_dtype(DType::U32)?)?
+            .to_dtype(self.wte.dtype())
     }
 
     /// Samples `max_new` tokens after `prompt` (no key/value cache: each step re-reads the last `context` tokens).

@@ -179,19 +179,21 @@ impl Module for BlockHadamardMlp {
         );
         // (rows, m, db) → (m, rows, db) @ (m, db, hb) → (m, rows, hb), block-major.
         let x = xs.reshape((rows, m, db))?.transpose(0, 1)?.contiguous()?;
-        let z = x.matmul(&self.w1)?;
+        // Parameters follow the activation's dtype (mixed precision; see `ops::follow_dtype`).
+        let follow = |p: &Tensor| crate::ops::follow_dtype(p, xs);
+        let z = x.matmul(&follow(&self.w1)?)?;
         // Mix across blocks: the transform reads the block axis in place through a permuted view and writes
         // (rows, hb, m); the bias and GELU work in that layout (b1 (m, hb) seen as (hb, m)), and one copy brings
         // the hidden activations back to block-major for the second batched product.
         let u = crate::hadamard_transform(&z.permute((1, 2, 0))?, 1.0 / (m as f64).sqrt())?;
-        let u = u.broadcast_add(&self.b1.reshape((m, hb))?.t()?)?;
+        let u = u.broadcast_add(&follow(&self.b1)?.reshape((m, hb))?.t()?)?;
         let v = crate::ops::gelu(&u)?.permute((2, 0, 1))?.contiguous()?; // (m, rows, hb)
                                                                          // (m, rows, hb) @ (m, hb, db) → (m, rows, db) → (rows, d)
         let y = v
-            .matmul(&self.w2)?
+            .matmul(&follow(&self.w2)?)?
             .transpose(0, 1)?
             .reshape((rows, self.d_model))?;
-        let y = y.broadcast_add(&self.b2)?;
+        let y = y.broadcast_add(&follow(&self.b2)?)?;
         let mut out_shape = lead.to_vec();
         out_shape.push(self.d_model);
         y.reshape(out_shape)

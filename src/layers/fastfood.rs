@@ -292,7 +292,15 @@ impl Module for AdaptiveFastFood {
         }
         // Shapes: (…, n) when k = 1, (…, k, n) otherwise; no reshape of the activations until the end (in
         // candle's backward every node costs a pass over its gradient).
-        let diag = |t: &Tensor| if k == 1 { t.squeeze(0) } else { Ok(t.clone()) };
+        // Parameters follow the activation's dtype (mixed precision; see `ops::follow_dtype`).
+        let diag = |t: &Tensor| {
+            let t = crate::ops::follow_dtype(t, xs)?;
+            if k == 1 {
+                t.squeeze(0)
+            } else {
+                Ok(t)
+            }
+        };
         let mut x = if n > self.in_dim {
             xs.pad_with_zeros(D::Minus1, 0, n - self.in_dim)?
         } else {
@@ -316,7 +324,7 @@ impl Module for AdaptiveFastFood {
             y = y.narrow(D::Minus1, 0, self.out_dim)?;
         }
         match &self.bias {
-            Some(bias) => y.broadcast_add(bias),
+            Some(bias) => y.broadcast_add(&crate::ops::follow_dtype(bias, xs)?),
             None => Ok(y),
         }
     }

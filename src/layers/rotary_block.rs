@@ -331,21 +331,24 @@ impl RotaryGptBlock {
         &self.mlp
     }
 
-    /// The attention branch `Attn(LN_1(x))` (before its residual dropout), `x` `(batch, seq, d)`.
-    fn attention(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    /// The attention branch `Attn(LN_1(x))` (before its residual dropout), `x` `(batch, seq, d)`, computed in
+    /// `compute` after the LayerNorm.
+    fn attention(&self, x: &Tensor, train: bool, compute: DType) -> Result<Tensor> {
         let (_, t, _) = x.dims3()?;
         let (nh, hd) = (self.cfg.n_heads, self.cfg.head_dim());
-        let h = crate::ops::layer_norm(x, Some(&self.ln1_w), Some(&self.ln1_b), self.cfg.ln_eps)?;
+        let h = crate::ops::layer_norm(x, Some(&self.ln1_w), Some(&self.ln1_b), self.cfg.ln_eps)?
+            .to_dtype(compute)?;
         let qkv = self.qkv.forward(&h)?; // (b, t, 3d): q, k, v, heads contiguous
-        let (cos, sin) = rotary_tables(t, hd, self.cfg.rotary_base, x.dtype(), x.device())?;
+        let (cos, sin) = rotary_tables(t, hd, self.cfg.rotary_base, compute, x.device())?;
         let y = crate::ops::rotary_attention(&qkv, nh, &cos, &sin, self.cfg.dropout, train)?;
         self.proj.forward(&y)
     }
-}
 
-impl ModuleT for RotaryGptBlock {
-    /// `(batch, seq, d_model) → (batch, seq, d_model)`; `train` enables dropout.
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+    /// [`ModuleT::forward_t`] in mixed precision: the residual stream and the LayerNorms stay in `xs`'s dtype
+    /// (the parameters' f32), the two branches run in `compute` (bf16 or f16: every matmul, the attention with
+    /// its softmax in f32, the GELU) with the weights cast on the fly, and their outputs return to `xs`'s dtype
+    /// before the residual additions. With `compute == xs.dtype()` this is `forward_t`.
+    pub fn forward_mixed(&self, xs: &Tensor, train: bool, compute: DType) -> Result<Tensor> {
         let dims = xs.dims();
         if dims.len() != 3 || dims[2] != self.cfg.d_model {
             return Err(Error::Config(format!(
@@ -355,11 +358,19 @@ impl ModuleT for RotaryGptBlock {
             .into());
         }
         let p = self.cfg.dropout;
-        let a = self.attention(xs, train)?;
+        let a = self.attention(xs, train, compute)?.to_dtype(xs.dtype())?;
         let x = crate::ops::residual_dropout(xs, &a, p, train)?;
-        let h = crate::ops::layer_norm(&x, Some(&self.ln2_w), Some(&self.ln2_b), self.cfg.ln_eps)?;
-        let m = self.mlp.forward(&h)?;
+        let h = crate::ops::layer_norm(&x, Some(&self.ln2_w), Some(&self.ln2_b), self.cfg.ln_eps)?
+            .to_dtype(compute)?;
+        let m = self.mlp.forward(&h)?.to_dtype(xs.dtype())?;
         crate::ops::residual_dropout(&x, &m, p, train)
+    }
+}
+
+impl ModuleT for RotaryGptBlock {
+    /// `(batch, seq, d_model) → (batch, seq, d_model)`; `train` enables dropout.
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_mixed(xs, train, xs.dtype())
     }
 }
 

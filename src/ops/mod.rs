@@ -63,6 +63,17 @@ fn seed() -> u64 {
     })
 }
 
+/// `param` in the dtype of `like`, or `param` itself when they match: the rule by which parameters kept in f32
+/// (the master weights of mixed-precision training) follow a bf16 or f16 activation. The cast is differentiable:
+/// the gradient flows back in the parameter's own dtype.
+pub fn follow_dtype(param: &Tensor, like: &Tensor) -> Result<Tensor> {
+    if param.dtype() == like.dtype() {
+        Ok(param.clone())
+    } else {
+        param.to_dtype(like.dtype())
+    }
+}
+
 /// Layer normalisation over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`.
 /// `weight` and `bias` have shape `(d,)`; either may be absent (identity).
 pub fn layer_norm(
@@ -98,7 +109,14 @@ pub fn layer_norm(
 /// Affine map `x·Wᵀ + b` over the last dimension: `xs` `(…, in)`, `weight` `(out, in)` (candle-nn's layout),
 /// `bias` `(out,)` or absent; returns `(…, out)`. On the CPU this is one graph node with its own backward (see the
 /// module `linear`), not candle's transpose, matmul and broadcast add.
+///
+/// Mixed precision: a weight or bias in another float dtype than `xs` (f32 parameters under a bf16 activation) is
+/// cast to `xs`'s dtype first ([`follow_dtype`]), so the product runs in the activation's precision and the
+/// parameters' gradients come back in their own.
 pub fn linear(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let weight = &follow_dtype(weight, xs)?;
+    let bias = bias.map(|b| follow_dtype(b, xs)).transpose()?;
+    let bias = bias.as_ref();
     let mut all = vec![xs, weight];
     all.extend(bias);
     if !fused(&all) || xs.rank() == 0 || weight.rank() != 2 {
@@ -242,6 +260,7 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 /// elements). Equals `cross_entropy(&linear(xs, weight, None)?.reshape(((), vocab))?, targets)`; on the CPU it is
 /// one graph node that keeps the probabilities for the backward instead of a logits tensor and its gradient.
 pub fn linear_cross_entropy(xs: &Tensor, weight: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let weight = &follow_dtype(weight, xs)?;
     if !fused(&[xs, weight]) || !targets.device().is_cpu() || xs.rank() == 0 || weight.rank() != 2 {
         return slow::linear_cross_entropy(xs, weight, targets);
     }

@@ -26,6 +26,9 @@ pub fn layer_norm(
 
 /// See [`super::linear`].
 pub fn linear(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let weight = &super::follow_dtype(weight, xs)?;
+    let bias = bias.map(|b| super::follow_dtype(b, xs)).transpose()?;
+    let bias = bias.as_ref();
     // As candle-nn's `Linear`: one 2-D matmul over all rows (a broadcast batched matmul is much slower on the
     // CPU and on CUDA).
     let (out, inp) = weight.dims2()?;
@@ -73,6 +76,11 @@ pub fn rotary_attention(
 pub fn linear_cross_entropy(xs: &Tensor, weight: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let logits = linear(xs, weight, None)?;
     let vocab = weight.dim(0)?;
+    // Half-precision logits: the log-softmax and the mean in f32.
+    let logits = match logits.dtype() {
+        DType::BF16 | DType::F16 => logits.to_dtype(DType::F32)?,
+        _ => logits,
+    };
     cross_entropy(&logits.reshape(((), vocab))?, &targets.flatten_all()?)
 }
 
@@ -102,9 +110,16 @@ pub fn causal_attention(
 ) -> Result<Tensor> {
     let (_, _, seq, head_dim) = q.dims4()?;
     let scores = (q.matmul(&k.t()?)? * (1.0 / (head_dim as f64).sqrt()))?;
+    // Half-precision scores: the softmax (its sums over up to `seq` keys) in f32, the probabilities back in the
+    // scores' dtype for the product with `v`.
+    let dtype = scores.dtype();
+    let scores = match dtype {
+        DType::BF16 | DType::F16 => scores.to_dtype(DType::F32)?,
+        _ => scores,
+    };
     let mask = causal_mask(seq, scores.dtype(), scores.device())?;
     let scores = scores.broadcast_add(&mask)?;
-    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(dtype)?;
     let probs = self::dropout(&probs, dropout, train)?;
     probs.matmul(&v.contiguous()?)
 }
