@@ -9,7 +9,8 @@
 //!    and 2^21 … 2^24 (one or two rows); strided, offset, transposed, non-collapsible and broadcast layouts;
 //!    gradients through `backward`; the self-inverse property `H(H(x)/√n)/√n = x` on the GPU alone; every layer
 //!    (AdaptiveFastFood, BlockHadamardMlp, FrozenRandomMlp, RotaryGptBlock of each kind) forward and every
-//!    gradient against the same layer, same seed, on the CPU, in f32 and bf16.
+//!    gradient against the same layer, same seed, on the CPU, in f32 and bf16, and each block in mixed precision
+//!    (f32 parameters, bf16 branches).
 //! 2. Timings with CUDA events on candle's stream: the transform against a device-to-device copy of the same
 //!    bytes (64 MiB) for every n and dtype; against a cuBLAS bf16 matmul by the dense Hadamard matrix
 //!    (n = 4096, 16384 rows); latency of one row of 4096.
@@ -291,6 +292,20 @@ fn compare_layer<M>(
     build: impl Fn(VarBuilder) -> candle_core::Result<M>,
     fwd: impl Fn(&M, &Tensor) -> candle_core::Result<Tensor>,
 ) -> Result<()> {
+    compare_layer_at(label, gpu, c, x_shape, (dtype, dtype), build, fwd)
+}
+
+/// [`compare_layer`] with parameters and input in `dtype` and the tolerances of `compute` (the dtype the layer
+/// computes in: bf16 for a mixed-precision forward of f32 parameters).
+fn compare_layer_at<M>(
+    label: &str,
+    gpu: &Device,
+    c: &mut Checker,
+    x_shape: &[usize],
+    (dtype, compute): (DType, DType),
+    build: impl Fn(VarBuilder) -> candle_core::Result<M>,
+    fwd: impl Fn(&M, &Tensor) -> candle_core::Result<Tensor>,
+) -> Result<()> {
     let mut rng = StdRng::seed_from_u64(99);
     let x = randn(&mut rng, x_shape, dtype)?;
     let mut results = Vec::new();
@@ -314,7 +329,7 @@ fn compare_layer<M>(
         }
         results.push((y, named));
     }
-    let (tf, tg) = match dtype {
+    let (tf, tg) = match compute {
         DType::F32 => (1e-4, 1e-3),
         DType::F64 => (1e-10, 1e-9),
         // bf16: CPU and cuBLAS accumulate matmuls and reductions in different orders; through a whole block
@@ -344,7 +359,7 @@ fn compare_layer<M>(
     }
     println!(
         "check  layer {label:<40} {:5} forward {:.1e}, {} gradients, worst {worst:.1e}",
-        name(dtype),
+        name(compute),
         rel_err(yg, yc)?,
         gc.len()
     );
@@ -356,6 +371,11 @@ fn layer_checks(gpu: &Device, c: &mut Checker) -> Result<()> {
         adaptive_fastfood, block_hadamard_mlp, frozen_random_mlp, rotary_gpt_block, BlockConfig,
         BlockKind,
     };
+    let block_kinds = [
+        ("dense", BlockKind::Dense),
+        ("fastfood", BlockKind::FastFood),
+        ("block-hadamard", BlockKind::BlockHadamard { n_blocks: 4 }),
+    ];
     for dtype in [DType::F32, DType::BF16] {
         compare_layer(
             "AdaptiveFastFood 768->3072",
@@ -393,11 +413,7 @@ fn layer_checks(gpu: &Device, c: &mut Checker) -> Result<()> {
             |vb| frozen_random_mlp(256, 1536, 14, true, vb),
             |m, x| m.forward(x),
         )?;
-        for (kname, kind) in [
-            ("dense", BlockKind::Dense),
-            ("fastfood", BlockKind::FastFood),
-            ("block-hadamard", BlockKind::BlockHadamard { n_blocks: 4 }),
-        ] {
+        for (kname, kind) in block_kinds {
             compare_layer(
                 &format!("RotaryGptBlock d=256 h=4 {kname}"),
                 gpu,
@@ -408,6 +424,18 @@ fn layer_checks(gpu: &Device, c: &mut Checker) -> Result<()> {
                 |m, x| m.forward_t(x, false),
             )?;
         }
+    }
+    // Mixed precision (`train_small --precision bf16`): f32 parameters and residual stream, bf16 branches.
+    for (kname, kind) in block_kinds {
+        compare_layer_at(
+            &format!("RotaryGptBlock d=256 h=4 {kname}, f32 params, bf16 compute"),
+            gpu,
+            c,
+            &[2, 32, 256],
+            (DType::F32, DType::BF16),
+            |vb| rotary_gpt_block(&BlockConfig::new(256, 4, kind).with_seed(15), vb),
+            |m, x| m.forward_mixed(x, false, DType::BF16),
+        )?;
     }
     Ok(())
 }

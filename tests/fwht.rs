@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_structured::fwht::{
-    check_len, fwht_inplace, fwht_rows_inplace, fwht_rows_inplace_with, Isa, MAX_LOG2,
+    check_len, fwht_inplace, fwht_rows_inplace, fwht_rows_inplace_with, FwhtFloat, Isa, MAX_LOG2,
 };
 use candle_structured::hadamard_transform;
 use half::{bf16, f16};
@@ -528,80 +528,75 @@ fn simd_kernels_agree_with_portable() {
     }
 }
 
+/// Every offset within a 64-byte line of a row of `2^k` elements of `T`: each instruction set, in place, against the
+/// portable kernel bit for bit; the elements around the row stay as they were.
+fn check_offsets<T>(k: u32, seed: u64)
+where
+    T: FwhtFloat + candle_core::WithDType + From<f32> + PartialEq + std::fmt::Debug,
+{
+    let n = 1usize << k;
+    let per_line = 64 / std::mem::size_of::<T>();
+    let x: Vec<T> = random(n + 2 * per_line, seed)
+        .iter()
+        .map(|&a| T::from(a as f32))
+        .collect();
+    let scale = T::from(1.0 / (n as f32).sqrt());
+    let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.is_available()).collect();
+    for offset in 0..per_line {
+        let mut want = x.clone();
+        fwht_rows_inplace_with(
+            Isa::Portable,
+            false,
+            &mut want[offset..offset + n],
+            n,
+            scale,
+        )
+        .unwrap();
+        for &isa in &isas {
+            let mut got = x.clone();
+            fwht_rows_inplace_with(isa, false, &mut got[offset..offset + n], n, scale).unwrap();
+            assert!(
+                got == want,
+                "{:?} {isa:?} n = 2^{k} offset {offset}",
+                T::DTYPE
+            );
+        }
+    }
+}
+
+/// The candle op on one row of `2^k` elements of `T` (from its input into a fresh output buffer, wherever the
+/// allocator put it) against the portable kernel in place, bit for bit.
+fn check_op_from_input<T>(k: u32, seed: u64)
+where
+    T: FwhtFloat + candle_core::WithDType + From<f32> + PartialEq + std::fmt::Debug,
+{
+    let n = 1usize << k;
+    let x: Vec<T> = random(n, seed).iter().map(|&a| T::from(a as f32)).collect();
+    let scale = 0.375; // exact in f32 and f64, so both sides multiply by the same number
+    let mut want = x.clone();
+    fwht_rows_inplace_with(Isa::Portable, false, &mut want, n, T::from(scale as f32)).unwrap();
+    let got: Vec<T> = hadamard_transform(&Tensor::new(&x[..], &Device::Cpu).unwrap(), scale)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert!(got == want, "op {:?} n = 2^{k}", T::DTYPE);
+}
+
 /// Rows that do not start on a cache line (rows beyond L1 go through an aligned scratch buffer then) give the
 /// portable kernel's results bit for bit, at every offset within a line, and leave the elements around them alone;
 /// so does the candle op, which transforms from its input into a new buffer.
 #[test]
 fn misaligned_rows_agree_with_portable() {
-    let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.is_available()).collect();
     // Just beyond the L1 block, and beyond the L2 block, of each kernel (f32: 2^12 and 2^18; f64: 2^11 and 2^17).
     for k in [12u32, 13, 19] {
-        let n = 1usize << k;
-        let v = random(n + 32, 700 + k as u64);
-        let x32: Vec<f32> = v.iter().map(|&a| a as f32).collect();
-        let scale = 1.0 / (n as f64).sqrt();
-        for offset in 0..16 {
-            let mut want = x32.clone();
-            fwht_rows_inplace_with(
-                Isa::Portable,
-                false,
-                &mut want[offset..offset + n],
-                n,
-                scale as f32,
-            )
-            .unwrap();
-            for &isa in &isas {
-                let mut got = x32.clone();
-                fwht_rows_inplace_with(isa, false, &mut got[offset..offset + n], n, scale as f32)
-                    .unwrap();
-                assert!(got == want, "f32 {isa:?} n = 2^{k} offset {offset}");
-            }
-        }
-    }
-    // The candle op transforms from the input straight into a fresh output buffer (wherever the allocator put it):
-    // the same results bit for bit.
-    for k in [6u32, 11, 12, 13, 18, 19] {
-        let n = 1usize << k;
-        let v = random(n, 900 + k as u64);
-        let scale = 1.0 / (n as f64).sqrt();
-        let mut want64 = v.clone();
-        fwht_rows_inplace_with(Isa::Portable, false, &mut want64, n, scale).unwrap();
-        let got64: Vec<f64> =
-            hadamard_transform(&Tensor::new(&v[..], &Device::Cpu).unwrap(), scale)
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-        assert!(got64 == want64, "op f64 n = 2^{k}");
-        let v32: Vec<f32> = v.iter().map(|&a| a as f32).collect();
-        let mut want32 = v32.clone();
-        fwht_rows_inplace_with(Isa::Portable, false, &mut want32, n, scale as f32).unwrap();
-        let got32: Vec<f32> =
-            hadamard_transform(&Tensor::new(&v32[..], &Device::Cpu).unwrap(), scale)
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-        assert!(got32 == want32, "op f32 n = 2^{k}");
+        check_offsets::<f32>(k, 700 + k as u64);
     }
     for k in [11u32, 12, 18] {
-        let n = 1usize << k;
-        let v = random(n + 16, 800 + k as u64);
-        let scale = 1.0 / (n as f64).sqrt();
-        for offset in 0..8 {
-            let mut want = v.clone();
-            fwht_rows_inplace_with(
-                Isa::Portable,
-                false,
-                &mut want[offset..offset + n],
-                n,
-                scale,
-            )
-            .unwrap();
-            for &isa in &isas {
-                let mut got = v.clone();
-                fwht_rows_inplace_with(isa, false, &mut got[offset..offset + n], n, scale).unwrap();
-                assert!(got == want, "f64 {isa:?} n = 2^{k} offset {offset}");
-            }
-        }
+        check_offsets::<f64>(k, 800 + k as u64);
+    }
+    for k in [6u32, 11, 12, 13, 18, 19] {
+        check_op_from_input::<f32>(k, 900 + k as u64);
+        check_op_from_input::<f64>(k, 950 + k as u64);
     }
 }
 
@@ -627,20 +622,23 @@ fn large_batches_use_the_parallel_path_correctly() {
     assert_eq!(y, all);
 }
 
-/// The parallel paths: called from outside any pool (this test thread; the global pool takes chunks from the back
-/// while the caller takes them from the front) and from inside pools of 2 and 3 threads (rayon scope, one span per
+/// A seeded batch of `rows` rows of `n` f32, and its transform computed one row at a time.
+fn batch_and_row_by_row(rows: usize, n: usize, seed: u64, scale: f32) -> (Vec<f32>, Vec<f32>) {
+    let v: Vec<f32> = random(rows * n, seed).iter().map(|&a| a as f32).collect();
+    let mut want = v.clone();
+    for row in want.chunks_mut(n) {
+        fwht_inplace(row, scale).unwrap();
+    }
+    (v, want)
+}
+
+/// The parallel paths: called from outside any pool (this test thread; the transform's helper threads take chunks
+/// from the back while the caller takes them from the front) and from inside pools of 2 and 3 threads (rayon scope, one span per
 /// thread), for batches of rows shorter and longer than a chunk; every row must equal its one-row transform.
 #[test]
 fn parallel_paths_match_row_by_row() {
     for (rows, n) in [(64usize, 256usize), (37, 1024), (5, 8192), (64, 16384)] {
-        let v: Vec<f32> = random(rows * n, 91 + n as u64)
-            .iter()
-            .map(|&a| a as f32)
-            .collect();
-        let mut want = v.clone();
-        for row in want.chunks_mut(n) {
-            fwht_inplace(row, 0.5).unwrap();
-        }
+        let (v, want) = batch_and_row_by_row(rows, n, 91 + n as u64, 0.5);
         let mut outside = v.clone();
         fwht_rows_inplace(&mut outside, n, 0.5).unwrap();
         assert!(outside == want, "outside any pool, {rows} × {n}");
@@ -669,17 +667,7 @@ fn helper_threads_match_row_by_row_under_concurrent_callers() {
         vec![(64, 128), (37, 1024), (300, 64), (1025, 1024), (3, 8192)];
     let expected: Vec<(Vec<f32>, Vec<f32>)> = cases
         .iter()
-        .map(|&(rows, n)| {
-            let v: Vec<f32> = random(rows * n, 123 + rows as u64)
-                .iter()
-                .map(|&a| a as f32)
-                .collect();
-            let mut want = v.clone();
-            for row in want.chunks_mut(n) {
-                fwht_inplace(row, 0.25).unwrap();
-            }
-            (v, want)
-        })
+        .map(|&(rows, n)| batch_and_row_by_row(rows, n, 123 + rows as u64, 0.25))
         .collect();
     std::thread::scope(|scope| {
         for caller in 0..3 {
