@@ -5,7 +5,7 @@
 //! Lemire's unbiased bounded integers), so a seed names the same numbers on every machine and every future build:
 //! a checkpoint may store a seed instead of the tensors it generates.
 //!
-//! [`get_or_init`] is how a layer registers a trainable tensor whose initial value it computes itself: candle's
+//! `get_or_init` is how a layer registers a trainable tensor whose initial value it computes itself: candle's
 //! [`candle_nn::Init`] cannot express `B ∈ {±1}` or `S = χ_n / ‖G‖`, so the variable is requested with a NaN
 //! sentinel and, when the backend created it (a fresh [`candle_nn::VarMap`] entry), overwritten in place with the
 //! seeded values. Backends that hold data (safetensors, a `HashMap`, an already-initialised `VarMap` entry,

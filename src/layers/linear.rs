@@ -7,7 +7,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::{Module, VarBuilder};
 
 /// A `candle_nn::Linear` (`y = x·Wᵀ + b`, `weight` `(out_dim, in_dim)`, `bias` `(out_dim,)`, the same names and
-/// layout as [`candle_nn::linear`], so checkpoints are interchangeable) whose fresh weights are drawn from `seed`
+/// layout as [`candle_nn::linear()`], so checkpoints are interchangeable) whose fresh weights are drawn from `seed`
 /// with candle's default distributions: `W ~ N(0, 2 / in_dim)` (Kaiming normal) and `b ~ U(±1/√in_dim)`.
 ///
 /// ```

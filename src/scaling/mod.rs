@@ -6,7 +6,7 @@
 //! 1. [`runs`]: read learning curves (training-loop run folders or a CSV) into [`Run`]s.
 //! 2. [`cost`]: price them, `C = 6·N_trainable·tokens + 6·f·N_frozen·tokens` with a frozen-parameter factor
 //!    `f` = 2/3 (the paper) or 0 (free random projections) — [`Run::with_cost`].
-//! 3. [`frontier`]: the lower envelope of the curves on a log-spaced compute grid.
+//! 3. [`frontier()`]: the lower envelope of the curves on a log-spaced compute grid.
 //! 4. [`fit`]: `L(C) = (C_c/C)^α` (least squares and Huber in log-log), `E + (C_c/C)^α`, `L(N) = (N_c/N)^α_N`,
 //!    Chinchilla's `L(N, D) = E + A/N^α + B/D^β` (approach 3, L-BFGS from a grid).
 //! 5. [`bootstrap`]: 95 % intervals by resampling runs; [`study`] ties the fits and intervals together and compares

@@ -10,9 +10,9 @@
 //! The reader is deliberately tolerant:
 //!
 //! * **Log**: the first of `log.jsonl`, `metrics.jsonl`, `train.jsonl`, or else any `*.jsonl` file, one JSON object per
-//!   line. Keys read from each line (aliases in brackets; unknown keys are ignored):
-//!   `step`, `tokens` [`tokens_seen`], `flops` [`compute`, `C`], `pf_days`, `val_loss` [`valid_loss`, `eval_loss`],
-//!   `train_loss` [`loss`], and optionally `n_trainable` / `n_frozen` (see below). Blank lines, lines that do not
+//!   line. Keys read from each line (aliases in parentheses; unknown keys are ignored):
+//!   `step`, `tokens` (or `tokens_seen`), `flops` (or `compute`, `C`), `pf_days`, `val_loss` (or `valid_loss`, `eval_loss`),
+//!   `train_loss` (or `loss`), and optionally `n_trainable` / `n_frozen` (see below). Blank lines, lines that do not
 //!   parse (e.g. the truncated last line of an interrupted run) and lines without a loss are skipped and counted in
 //!   [`Run::skipped_lines`]. Duplicated steps (a resumed run re-logging the steps after its last checkpoint) keep their
 //!   last occurrence. Points are sorted by tokens (or compute).
@@ -24,7 +24,7 @@
 //!   key the family is guessed from the run's name ([`Family::from_name`]).
 //! * **Compute**: when `N` and tokens are known, `C` is recomputed by [`Run::with_cost`] with the cost model of the
 //!   study (so one set of runs gives the paper's figures at frozen cost 2/3 and 0); otherwise the logged `flops` (or
-//!   `pf_days` × [`PF_DAY`](super::cost::PF_DAY)) are used as they are.
+//!   `pf_days` × [`super::cost::PF_DAY`]) are used as they are.
 //!
 //! # CSV
 //!
