@@ -201,7 +201,10 @@ pub(super) fn share(total: usize, elems: usize, run: &(dyn Fn(usize) + Sync)) {
     let now = Instant::now();
     let streaming = last.is_some_and(|t| now.duration_since(t) < STREAM);
     let wake = elems >= WAKE_MIN || streaming;
-    let parked = pool.helpers.iter().all(|h| h.state.load(SeqCst) == PARKED);
+    // No more helpers than indices beyond the caller's first (on a many-core machine a short batch leaves the rest
+    // alone).
+    let helpers = &pool.helpers[..pool.helpers.len().min(total - 1)];
+    let parked = helpers.iter().all(|h| h.state.load(SeqCst) == PARKED);
     if parked && !wake {
         (0..total).for_each(run);
         *last = Some(Instant::now());
@@ -217,7 +220,7 @@ pub(super) fn share(total: usize, elems: usize, run: &(dyn Fn(usize) + Sync)) {
     let job = unsafe {
         std::mem::transmute::<*const Claims<'_>, *mut Claims<'static>>(&claims as *const Claims<'_>)
     };
-    for h in &pool.helpers {
+    for h in helpers {
         h.job.store(job, SeqCst);
         h.generation.fetch_add(1, SeqCst);
         if h.state.load(SeqCst) == PARKED {
@@ -228,10 +231,10 @@ pub(super) fn share(total: usize, elems: usize, run: &(dyn Fn(usize) + Sync)) {
     }
     let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| claims.drain(false)));
     // Withdraw the job, then wait for helpers still reading it (each finishes the indices it claimed).
-    for h in &pool.helpers {
+    for h in helpers {
         h.job.store(std::ptr::null_mut(), SeqCst);
     }
-    for h in &pool.helpers {
+    for h in helpers {
         let mut spins = 0u32;
         while h.busy.0.load(SeqCst) {
             spins += 1;
