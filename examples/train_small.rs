@@ -102,6 +102,10 @@ struct Args {
     /// weights, residual stream, LayerNorms and loss; bf16 matmuls, attention and GELU).
     #[arg(long, default_value = "f32", value_parser = ["f32", "tf32", "bf16"])]
     precision: String,
+    /// Wait for the device after each phase of a step, so that the printed split of a GPU step (data, forward,
+    /// backward, optimizer) is exact (costs the overlap between phases).
+    #[arg(long)]
+    sync_phases: bool,
     /// The GPU's peak in TFLOP/s, for the model FLOPs utilisation printed after a CUDA run (default: 989, the dense
     /// bf16 peak of an H100 SXM or H200).
     #[arg(long, default_value_t = 989.0)]
@@ -262,6 +266,7 @@ fn main() -> Result<()> {
     opts.resume = args.resume;
     opts.progress = !args.no_progress;
     opts.preset = Some(preset.name.clone());
+    opts.sync_phases = args.sync_phases;
     let report = train(&model, &varmap, &corpus, &spec, &opts, &stop)?;
 
     let wall = t0.elapsed().as_secs_f64();
@@ -295,6 +300,20 @@ fn main() -> Result<()> {
     println!(
         "{} steps, {} tokens, {:.0} training tokens/s, {:.1} s wall clock",
         report.steps, report.tokens, report.tokens_per_s, wall
+    );
+    let p = report.phases;
+    let steps_here = report.losses.len().max(1) as f64;
+    println!(
+        "per step: data {:.1} ms, forward {:.1} ms, backward {:.1} ms, optimizer {:.1} ms{}",
+        1e3 * p.data_s / steps_here,
+        1e3 * p.forward_s / steps_here,
+        1e3 * p.backward_s / steps_here,
+        1e3 * p.optimizer_s / steps_here,
+        if device.is_cpu() || args.sync_phases {
+            ""
+        } else {
+            " (GPU work queued by one phase is paid where the next read-back waits: --sync-phases splits it)"
+        }
     );
     if !device.is_cpu() {
         let per_token = mfu_flops_per_token(&cfg, &counts, spec.seq_len);

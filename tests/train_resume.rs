@@ -163,9 +163,17 @@ fn interrupted_and_resumed_equals_uninterrupted() {
     assert_eq!(b1.steps, 4);
     ob.stop_at_step = None;
     ob.resume = true;
+    // Waiting for the device after each phase changes nothing but the timing (checked by the bitwise loss
+    // comparison below).
+    ob.sync_phases = true;
     // Other initial weights: they must come from the checkpoint.
     let b2 = run(&cfg, &spec, &ob, true);
     assert_eq!(b2.steps, 8);
+    // The phase split covers the four steps of this call and fits in its wall-clock time.
+    let p = b2.phases;
+    assert!(p.forward_s > 0.0 && p.backward_s > 0.0 && p.optimizer_s > 0.0 && p.data_s >= 0.0);
+    let busy = p.data_s + p.forward_s + p.backward_s + p.optimizer_s;
+    assert!(busy <= b2.elapsed_s, "phases {p:?} exceed the call's {} s", b2.elapsed_s);
     let mut b = b1.losses.clone();
     b.extend(&b2.losses);
     assert_eq!(a.losses.len(), 8);

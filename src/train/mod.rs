@@ -77,6 +77,10 @@ pub struct TrainOptions {
     pub stop_at_step: Option<u64>,
     /// Preset name recorded in the log and checkpoint.
     pub preset: Option<String>,
+    /// Wait for the device at the end of each phase of a step (forward, backward, optimizer), so that
+    /// [`TrainReport::phases`] splits a GPU step truthfully; this removes the overlap between phases, so tokens/s
+    /// drop a little. On the CPU, which runs synchronously, the split is right either way.
+    pub sync_phases: bool,
 }
 
 impl TrainOptions {
@@ -96,6 +100,7 @@ impl TrainOptions {
             progress: true,
             stop_at_step: None,
             preset: None,
+            sync_phases: false,
         }
     }
 }
@@ -134,6 +139,23 @@ pub struct TrainReport {
     pub elapsed_s: f64,
     /// Training tokens per second in this call (optimizer steps only, evaluation excluded).
     pub tokens_per_s: f64,
+    /// Where the optimizer steps of this call spent their time.
+    pub phases: PhaseTimes,
+}
+
+/// Seconds spent in each phase of the training steps of one [`train`] call, summed over its steps. On a GPU the
+/// split is only exact with [`TrainOptions::sync_phases`] (otherwise work queued by one phase is paid in the next
+/// phase that waits for the device: the forward pass reads its loss back, so it absorbs the queue).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PhaseTimes {
+    /// Sampling the batches and moving them to the device.
+    pub data_s: f64,
+    /// Forward passes, up to the loss read back.
+    pub forward_s: f64,
+    /// Backward passes and the accumulation of micro-batch gradients.
+    pub backward_s: f64,
+    /// Gradient clipping and the AdamW update.
+    pub optimizer_s: f64,
 }
 
 /// Mean loss and bits per byte of `model` on `windows` (starts of `seq_len + 1`-token windows of `tokens`), in
@@ -604,6 +626,7 @@ pub fn train(
         };
 
     let mut losses = Vec::new();
+    let mut phases = PhaseTimes::default();
     let mut train_time = 0f64;
     let mut train_tokens = 0u64;
     let mut interrupted = false;
@@ -620,10 +643,22 @@ pub fn train(
         crate::ops::set_dropout_seed(opts.seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let mut grads: Vec<Option<Tensor>> = vec![None; opt.params().len()];
         let mut loss_sum = 0f64;
+        let sync = || -> Result<()> {
+            if opts.sync_phases {
+                device.synchronize()?;
+            }
+            Ok(())
+        };
         for _ in 0..accum {
+            let tp = Instant::now();
             let (x, y) = sampler.next_batch(&corpus.train, micro, spec.seq_len, &device)?;
+            sync()?;
+            phases.data_s += tp.elapsed().as_secs_f64();
+            let tp = Instant::now();
             let loss = model.loss(&x, &y, true)?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
+            phases.forward_s += tp.elapsed().as_secs_f64();
+            let tp = Instant::now();
             let scaled = if accum > 1 {
                 (loss / accum as f64)?
             } else {
@@ -636,6 +671,8 @@ pub fn train(
                     (a, g) => a.or(g),
                 };
             }
+            sync()?;
+            phases.backward_s += tp.elapsed().as_secs_f64();
         }
         let loss = (loss_sum / accum as f64) as f32;
         if !loss.is_finite() {
@@ -646,8 +683,11 @@ pub fn train(
             ))
             .into());
         }
+        let tp = Instant::now();
         let grad_norm = clip_grad_norm(&mut grads, spec.grad_clip)?;
         opt.step(&grads, lr)?;
+        sync()?;
+        phases.optimizer_s += tp.elapsed().as_secs_f64();
         step += 1;
         tokens += spec.tokens_per_step();
         let dt = t0.elapsed().as_secs_f64();
@@ -774,5 +814,6 @@ pub fn train(
         } else {
             0.0
         },
+        phases,
     })
 }
