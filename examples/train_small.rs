@@ -106,6 +106,10 @@ struct Args {
     /// backward, optimizer) is exact (costs the overlap between phases).
     #[arg(long)]
     sync_phases: bool,
+    /// Let the CUDA driver return freed GPU memory to the system at every synchronisation (its default) instead of
+    /// keeping it for the next step (see `candle_structured::gpu::keep_freed_memory`).
+    #[arg(long)]
+    release_gpu_memory: bool,
     /// The GPU's peak in TFLOP/s, for the model FLOPs utilisation printed after a CUDA run (default: 989, the dense
     /// bf16 peak of an H100 SXM or H200).
     #[arg(long, default_value_t = 989.0)]
@@ -209,6 +213,9 @@ fn main() -> Result<()> {
         );
     }
 
+    if !args.release_gpu_memory && candle_structured::gpu::keep_freed_memory(&device)? {
+        eprintln!("GPU memory pool: freed memory is kept for the next step (--release-gpu-memory to disable)");
+    }
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
     let compute = match args.precision.as_str() {

@@ -12,6 +12,7 @@
 
 pub mod error;
 pub mod fwht;
+pub mod gpu;
 pub mod layers;
 pub mod ops;
 pub mod params;

@@ -173,7 +173,11 @@ fn interrupted_and_resumed_equals_uninterrupted() {
     let p = b2.phases;
     assert!(p.forward_s > 0.0 && p.backward_s > 0.0 && p.optimizer_s > 0.0 && p.data_s >= 0.0);
     let busy = p.data_s + p.forward_s + p.backward_s + p.optimizer_s;
-    assert!(busy <= b2.elapsed_s, "phases {p:?} exceed the call's {} s", b2.elapsed_s);
+    assert!(
+        busy <= b2.elapsed_s,
+        "phases {p:?} exceed the call's {} s",
+        b2.elapsed_s
+    );
     let mut b = b1.losses.clone();
     b.extend(&b2.losses);
     assert_eq!(a.losses.len(), 8);

@@ -1,0 +1,47 @@
+//! Run-time settings of the GPU that training wants (no-ops on the CPU and in builds without the `cuda` feature).
+
+use candle_core::{Device, Result};
+
+/// Makes the CUDA driver keep the memory that candle frees in the device's default memory pool, instead of handing
+/// it back to the system at every synchronisation. Returns whether anything was changed (false on the CPU).
+///
+/// candle allocates through cudarc with `cuMemAllocAsync` from the device's default pool, whose release threshold
+/// is 0: every synchronisation (a loss read back each step) returns the pool's unused memory to the system, and the
+/// next step maps it again. Raising the threshold to the maximum keeps it, like PyTorch's caching allocator; the
+/// memory stays reserved for this process until it exits.
+///
+/// ```
+/// use candle_core::Device;
+/// assert!(!candle_structured::gpu::keep_freed_memory(&Device::Cpu)?); // nothing to do on the CPU
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn keep_freed_memory(device: &Device) -> Result<bool> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => {
+            use cudarc::driver::sys;
+            let stream = dev.cuda_stream();
+            let ctx = stream.context();
+            if !ctx.has_async_alloc() {
+                return Ok(false);
+            }
+            let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+            let mut threshold = u64::MAX;
+            // SAFETY: a valid device handle from cudarc's context; the attribute takes a pointer to a u64.
+            unsafe {
+                sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
+                    .result()
+                    .map_err(candle_core::Error::wrap)?;
+                sys::cuMemPoolSetAttribute(
+                    pool,
+                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                    (&mut threshold as *mut u64).cast(),
+                )
+                .result()
+                .map_err(candle_core::Error::wrap)?;
+            }
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
