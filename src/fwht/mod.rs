@@ -23,6 +23,11 @@ pub use cpu::{fwht_inplace, fwht_rows_inplace, fwht_rows_inplace_with, FwhtFloat
 pub use reference::{hadamard_matrix, hadamard_transform_ref};
 
 use crate::error::Error;
+
+/// A value on a cache line of its own (the kernels' aligned scratch, the helper threads' flags).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct CacheLine<T>(T);
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
 /// Largest supported transform length, as a power of two: n ≤ 2^24.

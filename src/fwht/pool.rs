@@ -8,7 +8,7 @@
 //! it) and only then parks. A batch that comes while a helper spins reaches it in about 0.1 µs, with no system call.
 //!
 //! Waking a parked helper is only worth its 6 µs for a long batch, or when batches come in a stream (the helper then
-//! spins between them): a short batch that finds the helpers parked, with no batch in the [`STREAM`] before it, runs
+//! spins between them): a short batch that finds the helpers parked, with no batch in the [`SPIN`] before it, runs
 //! on the calling thread alone.
 //!
 //! The work is a list of indices. The caller claims from the front, helpers from the back, each claim taking half of
@@ -16,6 +16,7 @@
 //! The caller never parks: it does all the work itself if the helpers are late, and only spins for the indices a
 //! helper has claimed.
 
+use super::CacheLine;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, Ordering::SeqCst};
 use std::sync::{Mutex, OnceLock};
 use std::thread::Thread;
@@ -23,9 +24,6 @@ use std::time::{Duration, Instant};
 
 /// How long an idle helper spins before it parks.
 const SPIN: Duration = Duration::from_micros(200);
-/// A batch that comes within this time of the previous one wakes parked helpers whatever its size (they will
-/// then spin until the next one).
-const STREAM: Duration = SPIN;
 /// Batches of at least this many elements wake parked helpers (about 250 µs of work or more on one core). The
 /// wake-up costs this thread about 6 µs, and a helper that has been parked a while starts late and with cold
 /// caches: measured, batches of 256K elements 1 ms apart ran 0.8× the one-thread speed when they woke it, 1M
@@ -78,10 +76,6 @@ impl Claims<'_> {
     }
 }
 
-/// A value on a cache line of its own.
-#[repr(align(64))]
-struct Line<T>(T);
-
 const SPINNING: u8 = 0;
 const PARKED: u8 = 1;
 
@@ -93,7 +87,7 @@ struct Helper {
     job: AtomicPtr<Claims<'static>>,
     /// Set while the helper may be reading `job`: the caller clears `job`, then waits for this to drop. On its own
     /// cache line: the helper writes it, the caller only reads it at the end of a call.
-    busy: Line<AtomicBool>,
+    busy: CacheLine<AtomicBool>,
     state: AtomicU8,
     thread: OnceLock<Thread>,
 }
@@ -103,7 +97,7 @@ impl Helper {
         Helper {
             generation: AtomicU64::new(0),
             job: AtomicPtr::new(std::ptr::null_mut()),
-            busy: Line(AtomicBool::new(false)),
+            busy: CacheLine(AtomicBool::new(false)),
             state: AtomicU8::new(SPINNING),
             thread: OnceLock::new(),
         }
@@ -199,7 +193,9 @@ pub(super) fn share(total: usize, elems: usize, run: &(dyn Fn(usize) + Sync)) {
     };
     let mut last = guard;
     let now = Instant::now();
-    let streaming = last.is_some_and(|t| now.duration_since(t) < STREAM);
+    // A batch within `SPIN` of the previous one wakes parked helpers whatever its size: they then spin until the
+    // next batch of the stream.
+    let streaming = last.is_some_and(|t| now.duration_since(t) < SPIN);
     let wake = elems >= WAKE_MIN || streaming;
     // No more helpers than indices beyond the caller's first (on a many-core machine a short batch leaves the rest
     // alone).

@@ -276,11 +276,12 @@ impl Vector for F64x8 {
 
 /// The `log2(N)` butterfly stages across `N` registers (strides 1, 2, …, N/2 in register units).
 ///
-/// `a - b` is computed as the exact `fma(b, -1, a)`: on CPUs with separate add and FMA pipes (AMD Zen) the two
-/// halves of each butterfly then run side by side. `neg_one` must be opaque to the compiler, which would otherwise
-/// fold the FMA back into a subtraction.
+/// With `FMA`, `a - b` is computed as the exact `fma(b, -1, a)`: on CPUs with separate add and FMA pipes (AMD Zen)
+/// the two halves of each butterfly then run side by side, which pays when the add pipes are the bottleneck (the
+/// radix passes). `neg_one` must then be opaque to the compiler, which would otherwise fold the FMA back into a
+/// subtraction. Without `FMA` it is a plain subtraction, of shorter latency (the straight-line short rows).
 #[inline(always)]
-unsafe fn butterflies<V: Vector, const N: usize>(r: &mut [V; N], neg_one: V) {
+unsafe fn butterflies<V: Vector, const N: usize, const FMA: bool>(r: &mut [V; N], neg_one: V) {
     let mut s = 1;
     while s < N {
         let mut i = 0;
@@ -288,7 +289,7 @@ unsafe fn butterflies<V: Vector, const N: usize>(r: &mut [V; N], neg_one: V) {
             for j in i..i + s {
                 let (a, b) = (r[j], r[j + s]);
                 r[j] = a.add(b);
-                r[j + s] = b.fma(neg_one, a);
+                r[j + s] = if FMA { b.fma(neg_one, a) } else { a.sub(b) };
             }
             i += 2 * s;
         }
@@ -319,7 +320,7 @@ unsafe fn pass<V: Vector, const N: usize, const FIRST: bool, const SCALE: bool>(
                 let x = V::load(q.add(i * h * w));
                 *v = if FIRST { x.inreg() } else { x };
             }
-            butterflies(&mut r, neg_one);
+            butterflies::<V, N, true>(&mut r, neg_one);
             for (i, v) in r.iter().enumerate() {
                 let y = if SCALE { v.mul(scale) } else { *v };
                 y.store(d.add(i * h * w));
@@ -458,9 +459,7 @@ struct Plan {
 }
 
 /// A cache line of scratch space.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([u8; 64]);
+type Line = super::CacheLine<[u8; 64]>;
 
 thread_local! {
     /// Each thread's scratch buffer for rows that are not aligned to a cache line (kept between calls).
@@ -522,7 +521,7 @@ unsafe fn transform<V: Vector>(
     // 64 lines more, to place the scratch half a page away from the row modulo 4 KiB.
     let mut scratch = SCRATCH.take();
     if scratch.len() < lines + 64 {
-        scratch = vec![Line([0; 64]); lines + 64];
+        scratch = vec![super::CacheLine([0; 64]); lines + 64];
     }
     let base = scratch.as_mut_ptr();
     let want = ((dst as usize) + ALIAS_SHIFT) % 4096 / 64;
@@ -718,19 +717,7 @@ unsafe fn small<V: Vector, const N: usize>(src: *const V::E, p: *mut V::E, scale
     for (i, v) in r.iter_mut().enumerate() {
         *v = V::load(src.add(i * w)).inreg_short();
     }
-    let mut s = 1;
-    while s < N {
-        let mut i = 0;
-        while i < N {
-            for j in i..i + s {
-                let (a, b) = (r[j], r[j + s]);
-                r[j] = a.add(b);
-                r[j + s] = a.sub(b);
-            }
-            i += 2 * s;
-        }
-        s *= 2;
-    }
+    butterflies::<V, N, false>(&mut r, V::splat(V::NEG_ONE));
     if scale == V::ONE {
         for (i, v) in r.iter().enumerate() {
             v.store(p.add(i * w));
