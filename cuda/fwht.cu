@@ -19,11 +19,51 @@
 //   columns (stride n_lo, length n_hi <= 2^10) through a shared-memory tile and writes the output with the scale.
 //   The host runs both passes over groups of rows whose scratch fits in L2, so the intermediate rarely reaches DRAM.
 
+#ifdef FWHT_EMU
+#include "emu/cuda_emu.h"  // CPU emulation for the kernel tests (cuda/emu/check.cpp)
+#else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
+#endif
 
 namespace {
+
+// The block's dynamic shared memory.
+__device__ __forceinline__ unsigned char* dyn_smem() {
+#ifdef FWHT_EMU
+    return emu::smem();
+#else
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    return smem_raw;
+#endif
+}
+
+// Counters shared between the blocks of the persistent kernel (the protocol of CUTLASS's generic barrier):
+// a block's threads finish their writes, meet at __syncthreads, then one thread publishes with a release
+// add; a waiting block's one thread spins with acquire loads, then the block meets at __syncthreads.
+#ifndef FWHT_EMU
+// A 16-byte global store (the emulation checks its alignment).
+__device__ __forceinline__ void store16(uint4* p, uint4 v) { *p = v; }
+#endif
+
+__device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
+#ifdef FWHT_EMU
+    return *p;
+#else
+    unsigned v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+#endif
+}
+
+__device__ __forceinline__ void red_release_add(unsigned* p, unsigned v) {
+#ifdef FWHT_EMU
+    *p += v;
+#else
+    asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+#endif
+}
 
 __device__ __forceinline__ float to_acc(float x) { return x; }
 __device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
@@ -118,7 +158,7 @@ __device__ __forceinline__ void store_vals(T* p, const Acc (&v)[E], Acc scale, b
             for (int i = 0; i < E; ++i) tmp.t[i] = FromAcc<T, Acc>::f(v[i] * scale);
             uint4* q = reinterpret_cast<uint4*>(p);
 #pragma unroll
-            for (int j = 0; j < NV; ++j) q[j] = tmp.u[j];
+            for (int j = 0; j < NV; ++j) store16(q + j, tmp.u[j]);
             return;
         }
     }
@@ -134,30 +174,18 @@ template <int LOG_CH, int SHIFT> __device__ __forceinline__ int swz(int idx) {
     return ((c ^ ((c >> SHIFT) & 7)) << LOG_CH) | (idx & ((1 << LOG_CH) - 1));
 }
 
-// One-pass transform of `rows` (sub-)rows of length 2^LOG_N.
-// Sub-row q lives at in + (q >> sub_log) * in_stride + (q & (2^sub_log - 1)) * 2^LOG_N (same for out), so
-// sub_log = 0 is a plain batch of rows with a row stride, and sub_log > 0 cuts each row into 2^sub_log pieces.
+// One row of 2^LOG_N in the registers of the block's threads: row `rloc` of the block starts at `in_row` and
+// `out_row`; `active` is false for the padding rows of the last block (they take part in the barriers only).
 // LOG_B < 0: transform all LOG_N bits. LOG_B in [0, LOG_E] with LOG_N = 3 ("packed" kernels): rows of 2^LOG_B
 // elements stored contiguously, handled 8 values (2^(3-LOG_B) rows) per thread.
 template <typename TIn, typename TOut, typename Acc, int LOG_N, int LOG_B = -1>
-__device__ __forceinline__ void fwht_rows_body(const TIn* in, TOut* out, long long rows, int sub_log,
-                                               long long in_stride, long long out_stride, Acc scale, int vin,
-                                               int vout) {
+__device__ __forceinline__ void fwht_row_regs(const TIn* in_row, TOut* out_row, bool active, int rloc, int k,
+                                              unsigned char* smem, Acc scale, int vin, int vout) {
     using C = RowCfg<LOG_N, Acc, (int)sizeof(TIn)>;
     constexpr int E = C::E;
-    if (blockDim.x != C::BLOCK) __trap();
-    const int tid = threadIdx.x;
-    const int rloc = tid >> C::LOG_T;
-    const int k = tid & (C::T - 1);
-    const long long q = (long long)blockIdx.x * C::ROWS + rloc;
-    const bool active = q < rows;
-    const long long sub_mask = (1ll << sub_log) - 1;
-    const long long in_off = (q >> sub_log) * in_stride + ((q & sub_mask) << LOG_N);
-    const long long out_off = (q >> sub_log) * out_stride + ((q & sub_mask) << LOG_N);
-
     Acc v[E];
     if (active) {
-        load_vals<TIn, E, Acc>(in + in_off + (long long)k * E, v, vin != 0);
+        load_vals<TIn, E, Acc>(in_row + (long long)k * E, v, vin != 0);
     } else {
 #pragma unroll
         for (int i = 0; i < E; ++i) v[i] = Acc(0);
@@ -181,8 +209,7 @@ __device__ __forceinline__ void fwht_rows_body(const TIn* in, TOut* out, long lo
 
     // bits [e + 5, m): across warps, through shared memory
     if constexpr (C::LOG_W > 0) {
-        extern __shared__ __align__(16) unsigned char smem_raw[];
-        Acc* sm = reinterpret_cast<Acc*>(smem_raw) + (long long)rloc * C::N;
+        Acc* sm = reinterpret_cast<Acc*>(smem) + (long long)rloc * C::N;
         constexpr int LOG_CH = C::LOG_CH;
         constexpr int CH = C::CH;
         constexpr int SHIFT = C::LOG_E - LOG_CH;
@@ -237,7 +264,27 @@ __device__ __forceinline__ void fwht_rows_body(const TIn* in, TOut* out, long lo
         }
     }
 
-    if (active) store_vals<TOut, E, Acc>(out + out_off + (long long)k * E, v, scale, vout != 0);
+    if (active) store_vals<TOut, E, Acc>(out_row + (long long)k * E, v, scale, vout != 0);
+}
+
+// One-pass transform of `rows` (sub-)rows of length 2^LOG_N, ROWS per block.
+// Sub-row q lives at in + (q >> sub_log) * in_stride + (q & (2^sub_log - 1)) * 2^LOG_N (same for out), so
+// sub_log = 0 is a plain batch of rows with a row stride, and sub_log > 0 cuts each row into 2^sub_log pieces.
+template <typename TIn, typename TOut, typename Acc, int LOG_N, int LOG_B = -1>
+__device__ __forceinline__ void fwht_rows_body(const TIn* in, TOut* out, long long rows, int sub_log,
+                                               long long in_stride, long long out_stride, Acc scale, int vin,
+                                               int vout) {
+    using C = RowCfg<LOG_N, Acc, (int)sizeof(TIn)>;
+    if (blockDim.x != C::BLOCK) __trap();
+    const int tid = threadIdx.x;
+    const int rloc = tid >> C::LOG_T;
+    const int k = tid & (C::T - 1);
+    const long long q = (long long)blockIdx.x * C::ROWS + rloc;
+    const long long sub_mask = (1ll << sub_log) - 1;
+    const long long in_off = (q >> sub_log) * in_stride + ((q & sub_mask) << LOG_N);
+    const long long out_off = (q >> sub_log) * out_stride + ((q & sub_mask) << LOG_N);
+    fwht_row_regs<TIn, TOut, Acc, LOG_N, LOG_B>(in + in_off, out + out_off, q < rows, rloc, k, dyn_smem(), scale,
+                                                vin, vout);
 }
 
 // Column pass: for each row (blockIdx.x / tiles) and each tile of NC consecutive columns, transforms the
@@ -248,21 +295,12 @@ template <int A> struct ColCfg {
     static constexpr int BLOCK = 256;
 };
 
+// One tile: the NC columns starting at `src` (scratch, row pitch n_lo) into `dst` (output, same pitch).
 template <typename TOut, typename Acc, int A>
-__device__ __forceinline__ void fwht_cols_body(const Acc* in, TOut* out, long long groups, long long n_lo,
-                                               long long in_stride, long long out_stride, Acc scale) {
+__device__ __forceinline__ void fwht_col_tile(const Acc* src, TOut* dst, long long n_lo, Acc scale, Acc* tile) {
     constexpr int H = 1 << A;
     constexpr int NC = ColCfg<A>::NC;
     constexpr int BLOCK = ColCfg<A>::BLOCK;
-    if (blockDim.x != BLOCK) __trap();
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    Acc* tile = reinterpret_cast<Acc*>(smem_raw);  // [H][NC]
-    const long long tiles = n_lo / NC;
-    const long long row = blockIdx.x / tiles;
-    if (row >= groups) return;  // whole block leaves together
-    const long long col0 = (blockIdx.x % tiles) * NC;
-    const Acc* src = in + row * in_stride + col0;
-    TOut* dst = out + row * out_stride + col0;
     const int tid = threadIdx.x;
 
     static_assert((H * NC) % BLOCK == 0, "whole tiles");
@@ -271,7 +309,7 @@ __device__ __forceinline__ void fwht_cols_body(const Acc* in, TOut* out, long lo
     for (int j = 0; j < H * NC / BLOCK; ++j) {
         const int i = j * BLOCK + tid;
         const int r = i / NC, c = i % NC;
-        tile[i] = src[(long long)r * n_lo + c];
+        tile[i] = __ldcg(src + (long long)r * n_lo + c);  // L2: the scratch may come from another block
     }
     __syncthreads();
 #pragma unroll
@@ -314,6 +352,99 @@ __device__ __forceinline__ void fwht_cols_body(const Acc* in, TOut* out, long lo
     }
 }
 
+template <typename TOut, typename Acc, int A>
+__device__ __forceinline__ void fwht_cols_body(const Acc* in, TOut* out, long long groups, long long n_lo,
+                                               long long in_stride, long long out_stride, Acc scale) {
+    constexpr int NC = ColCfg<A>::NC;
+    if (blockDim.x != ColCfg<A>::BLOCK) __trap();
+    const long long tiles = n_lo / NC;
+    const long long row = blockIdx.x / tiles;
+    if (row >= groups) return;  // whole block leaves together
+    const long long col0 = (blockIdx.x % tiles) * NC;
+    fwht_col_tile<TOut, Acc, A>(in + row * in_stride + col0, out + row * out_stride + col0, n_lo, scale,
+                                reinterpret_cast<Acc*>(dyn_smem()));
+}
+
+// Persistent multi-pass transform, n = n_hi * n_lo with n_lo = 2^LOG_LO and n_hi = 2^A: the two passes of the
+// two-kernel path, as work items of one kernel, so that the f32 (f64) intermediate lives in a small ring of
+// `slots` rows that stays in L2 instead of a scratch buffer that goes to DRAM.
+//   * item "row" (r, a): sub-row a of row r (n_lo contiguous elements) into ring slot r % slots;
+//   * item "column" (r, c): columns tile c of row r from the ring into the output, with the scale.
+// Items are handed out in order by an atomic counter, row by row: the row items of row t, then the column
+// items of row t - lag. A column item waits until its row's row items are done; a row item reusing a slot
+// waits until the column items of the slot's previous row are done. Every wait is on items handed out earlier
+// to running blocks, which wait only on items earlier still, so the kernel cannot deadlock, whatever the
+// number of resident blocks (slots > lag).
+// ctl (zeroed before the launch): [0] the item counter, [1, 1 + slots) row items done per slot (cumulative),
+// [1 + slots, 1 + 2 slots) column items done per slot (cumulative).
+template <typename T, typename Acc, int LOG_LO, int A>
+__device__ __forceinline__ void fwht_fused_body(const T* in, T* out, Acc* ring, unsigned* ctl, long long rows,
+                                                long long in_stride, int slots, int lag, Acc scale, int vin) {
+    using R = RowCfg<LOG_LO, Acc, (int)sizeof(T)>;
+    using CC = ColCfg<A>;
+    static_assert(R::BLOCK == CC::BLOCK && R::ROWS == 1, "one block shape for both kinds of item");
+    constexpr long long N_LO = 1ll << LOG_LO;
+    constexpr long long N = N_LO << A;
+    constexpr long long ROW_ITEMS = 1ll << A;
+    constexpr long long COL_ITEMS = N_LO / CC::NC;
+    constexpr long long P = ROW_ITEMS + COL_ITEMS;
+    if (blockDim.x != R::BLOCK) __trap();
+    // shared memory: the item number (16 bytes), then the row buffer or the column tile
+    unsigned char* base = dyn_smem();
+    long long* item_slot = reinterpret_cast<long long*>(base);
+    unsigned char* work = base + 16;
+    const int tid = threadIdx.x;
+    const long long L = lag < rows ? lag : rows;
+    const long long total = rows * P;
+    unsigned* row_done = ctl + 1;
+    unsigned* col_done = ctl + 1 + slots;
+    for (;;) {
+        if (tid == 0) *item_slot = atomicAdd(ctl, 1u);
+        __syncthreads();
+        const long long j = *item_slot;
+        __syncthreads();  // everyone has read the item before thread 0 may claim the next one
+        if (j >= total) return;
+        // decode: steps t < L hold row items only, steps t >= rows column items only
+        bool is_row;
+        long long r, idx;
+        if (j < L * ROW_ITEMS) {
+            is_row = true;
+            r = j / ROW_ITEMS;
+            idx = j % ROW_ITEMS;
+        } else if (j < L * ROW_ITEMS + (rows - L) * P) {
+            const long long jj = j - L * ROW_ITEMS;
+            const long long t = L + jj / P, o = jj % P;
+            is_row = o < ROW_ITEMS;
+            r = is_row ? t : t - L;
+            idx = is_row ? o : o - ROW_ITEMS;
+        } else {
+            const long long jj = j - L * ROW_ITEMS - (rows - L) * P;
+            is_row = false;
+            r = rows - L + jj / COL_ITEMS;
+            idx = jj % COL_ITEMS;
+        }
+        const int slot = (int)(r % slots);
+        const unsigned use = (unsigned)(r / slots);
+        Acc* ring_row = ring + (long long)slot * N;
+        if (tid == 0) {
+            // row item: the slot's previous row has been read; column item: this row is in the slot
+            unsigned* ctr = is_row ? col_done + slot : row_done + slot;
+            const unsigned need = is_row ? use * (unsigned)COL_ITEMS : (use + 1) * (unsigned)ROW_ITEMS;
+            while (ld_acquire(ctr) < need) __nanosleep(64);
+        }
+        __syncthreads();
+        if (is_row) {
+            fwht_row_regs<T, Acc, Acc, LOG_LO>(in + r * in_stride + idx * N_LO, ring_row + idx * N_LO, true, 0, tid,
+                                               work, Acc(1), vin, 1);
+        } else {
+            fwht_col_tile<T, Acc, A>(ring_row + idx * CC::NC, out + r * N + idx * CC::NC, N_LO, scale,
+                                     reinterpret_cast<Acc*>(work));
+        }
+        __syncthreads();  // the item's loads and stores are done, and its shared memory free
+        if (tid == 0) red_release_add(is_row ? row_done + slot : col_done + slot, 1u);
+    }
+}
+
 }  // namespace
 
 #define ROW_KERNEL(NAME, TIN, TOUT, ACC, LOG)                                                                     \
@@ -338,6 +469,22 @@ __device__ __forceinline__ void fwht_cols_body(const Acc* in, TOut* out, long lo
                    long long out_stride, ACC scale) {                                                              \
         fwht_cols_body<TOUT, ACC, A>(in, out, groups, n_lo, in_stride, out_stride, scale);                         \
     }
+
+#define FUSED_KERNEL(NAME, T, ACC, A)                                                                          \
+    extern "C" __global__ void __launch_bounds__(256)                                                             \
+        NAME##_##A(const T* in, T* out, ACC* ring, unsigned* ctl, long long rows, long long in_stride, int slots,   \
+                   int lag, ACC scale, int vin) {                                                                   \
+        fwht_fused_body<T, ACC, 12, A>(in, out, ring, ctl, rows, in_stride, slots, lag, scale, vin);              \
+    }
+#define FUSED_1_8(NAME, T, ACC)                                                                                   \
+    FUSED_KERNEL(NAME, T, ACC, 1)                                                                                 \
+    FUSED_KERNEL(NAME, T, ACC, 2)                                                                                 \
+    FUSED_KERNEL(NAME, T, ACC, 3)                                                                                 \
+    FUSED_KERNEL(NAME, T, ACC, 4)                                                                                 \
+    FUSED_KERNEL(NAME, T, ACC, 5)                                                                                 \
+    FUSED_KERNEL(NAME, T, ACC, 6)                                                                                 \
+    FUSED_KERNEL(NAME, T, ACC, 7)                                                                                 \
+    FUSED_KERNEL(NAME, T, ACC, 8)
 
 #define ROWS_0_14(NAME, TIN, TOUT, ACC)                                                                           \
     ROW_KERNEL(NAME, TIN, TOUT, ACC, 0)                                                                           \
@@ -401,3 +548,9 @@ COLS_1_10(fwht_cols_f32, float, float)
 COLS_1_10(fwht_cols_f16, __half, float)
 COLS_1_10(fwht_cols_bf16, __nv_bfloat16, float)
 COLS_1_10(fwht_cols_f64, double, double)
+
+// persistent multi-pass, n = 2^12 * 2^A (2^13 .. 2^20): fwht_fused_<dtype>_<A>
+FUSED_1_8(fwht_fused_f32, float, float)
+FUSED_1_8(fwht_fused_f16, __half, float)
+FUSED_1_8(fwht_fused_bf16, __nv_bfloat16, float)
+FUSED_1_8(fwht_fused_f64, double, double)
