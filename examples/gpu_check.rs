@@ -20,7 +20,7 @@
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Module, ModuleT, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};
-use candle_structured::fwht::hadamard_matrix;
+use candle_structured::fwht::{cuda_persistent_from, hadamard_matrix, set_cuda_persistent_from};
 use candle_structured::hadamard_transform;
 use clap::Parser;
 use cudarc::driver::sys::CUevent_flags;
@@ -36,6 +36,9 @@ struct Args {
     /// Fewer sizes and shorter timings.
     #[arg(long)]
     quick: bool,
+    /// Leave out the opt-in persistent kernel (its checks and its timing column).
+    #[arg(long)]
+    no_persistent: bool,
     /// Skip the timings.
     #[arg(long)]
     no_timing: bool,
@@ -440,6 +443,50 @@ fn layer_checks(gpu: &Device, c: &mut Checker) -> Result<()> {
     Ok(())
 }
 
+/// The persistent multi-pass kernel (opt-in path), every dtype, n = 2^13..2^20, contiguous and strided rows,
+/// against the CPU op. Runs after the other checks: were its in-kernel waits to hang on a GPU, everything else
+/// has been printed already.
+fn persistent_checks(gpu: &Device, quick: bool, c: &mut Checker) -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(20261124);
+    let before = cuda_persistent_from();
+    set_cuda_persistent_from(Some(13));
+    let mut worst = 0f64;
+    for dtype in [DType::F32, DType::F64, DType::F16, DType::BF16] {
+        for log_n in 13..=if quick { 16 } else { 20 } {
+            let n = 1usize << log_n;
+            let rows = ((1usize << 20) >> log_n).clamp(3, 4096);
+            let base = randn(&mut rng, &[rows, n + 8], dtype)?;
+            let gbase = base.to_device(gpu)?;
+            // contiguous rows, then rows at stride n + 8 starting 1 element in (no vector loads)
+            for (label, off, len) in [("contiguous", 0, n), ("narrow+1", 1, n)] {
+                let (xc, xg) = if label == "contiguous" {
+                    (
+                        base.narrow(1, 0, len)?.contiguous()?,
+                        gbase.narrow(1, 0, len)?.contiguous()?,
+                    )
+                } else {
+                    (base.narrow(1, off, len)?, gbase.narrow(1, off, len)?)
+                };
+                let scale = 1.0 / (n as f64).sqrt();
+                let e = rel_err(
+                    &hadamard_transform(&xg, scale)?,
+                    &hadamard_transform(&xc, scale)?,
+                )?;
+                worst = worst.max(e);
+                c.record(
+                    &format!("{} n=2^{log_n} persistent {label}", name(dtype)),
+                    e,
+                    tol(dtype),
+                );
+            }
+        }
+    }
+    set_cuda_persistent_from(before);
+    println!("check  persistent kernel f32/f64/f16/bf16 n=2^13..2^20, contiguous and strided: worst rel err {worst:.2e}");
+
+    Ok(())
+}
+
 fn stream_of(dev: &Device) -> Result<Arc<CudaStream>> {
     match dev {
         Device::Cuda(d) => Ok(d.cuda_stream()),
@@ -476,6 +523,8 @@ struct Row {
     rows: usize,
     fwht_us: f64,
     copy_us: f64,
+    /// the opt-in persistent kernel (n = 2^13 … 2^20)
+    persistent_us: Option<f64>,
 }
 
 fn timings(gpu: &Device, args: &Args) -> Result<Vec<String>> {
@@ -520,15 +569,33 @@ fn timings(gpu: &Device, args: &Args) -> Result<Vec<String>> {
                 stream.memcpy_dtod(&src, &mut dst)?;
                 Ok(())
             })?;
+            // the persistent kernel on the same input, where it applies
+            let persistent_us = if (13..=20).contains(&log_n) && !args.no_persistent {
+                let before = cuda_persistent_from();
+                set_cuda_persistent_from(Some(13));
+                let ms = time_ms(&stream, reps, iters, || {
+                    let _y = hadamard_transform(&xr, scale)?;
+                    Ok(())
+                });
+                set_cuda_persistent_from(before);
+                Some(ms? * 1e3)
+            } else {
+                None
+            };
             let r = Row {
                 dtype,
                 log_n,
                 rows,
                 fwht_us: fwht_ms * 1e3,
                 copy_us: copy_ms * 1e3,
+                persistent_us,
+            };
+            let (p_us, p_ratio) = match r.persistent_us {
+                Some(us) => (format!("{us:9.1}"), format!("{:5.2}", us / r.copy_us)),
+                None => ("        -".to_string(), "    -".to_string()),
             };
             println!(
-                "timing {:5} n=2^{:<2} rows={:<9} fwht {:9.1} us  copy {:9.1} us  ratio {:.3}  ({:.2} TB/s)",
+                "timing {:5} n=2^{:<2} rows={:<9} fwht {:9.1} us  copy {:9.1} us  ratio {:.3}  ({:.2} TB/s)  persistent {p_us} us ratio {p_ratio}",
                 name(r.dtype),
                 r.log_n,
                 r.rows,
@@ -538,7 +605,7 @@ fn timings(gpu: &Device, args: &Args) -> Result<Vec<String>> {
                 2.0 * bytes as f64 / (r.fwht_us * 1e-6) / 1e12
             );
             table.push(format!(
-                "| {:5} | 2^{:<2} | {:>8} | {:>9.1} | {:>9.1} | {:>5.2} |",
+                "| {:5} | 2^{:<2} | {:>8} | {:>9.1} | {:>9.1} | {:>5.2} | {p_us} | {p_ratio} |",
                 name(r.dtype),
                 r.log_n,
                 r.rows,
@@ -641,6 +708,9 @@ fn main() -> Result<()> {
         checks(&gpu, args.quick, &mut c)?;
         x_dim_check(&gpu)?;
         layer_checks(&gpu, &mut c)?;
+        if !args.no_persistent {
+            persistent_checks(&gpu, args.quick, &mut c)?;
+        }
         println!(
             "checks incl. layers: {} comparisons, {} failures",
             c.count,
@@ -653,8 +723,8 @@ fn main() -> Result<()> {
         timings(&gpu, &args)?
     };
     if !table.is_empty() {
-        println!("\n| dtype | n | rows | fwht us | copy us | fwht/copy |");
-        println!("|---|---|---|---|---|---|");
+        println!("\n| dtype | n | rows | fwht us | copy us | fwht/copy | persistent us | persistent/copy |");
+        println!("|---|---|---|---|---|---|---|---|");
         for line in &table {
             println!("{line}");
         }

@@ -8,6 +8,10 @@
 //! * larger n (up to 2^24): n = n_hi · n_lo; per group of rows whose f32/f64 scratch fits in L2, a row pass over
 //!   the sub-rows of length n_lo (`fwht_<dtype>_acc_<log2 n_lo>`) then a column pass of length n_hi
 //!   (`fwht_cols_<dtype>_<log2 n_hi>`) that applies the scale and writes the output dtype.
+//! * opt-in ([`set_cuda_persistent_from`]): n = 2^13 … 2^20 in one persistent kernel (`fwht_fused_<dtype>_<A>`,
+//!   n = 2^12 · 2^A) that runs both passes as work items and keeps the intermediate in a ring of a few rows,
+//!   small enough for L2. Checked in emulation (`tests/cuda_emulated.rs`); not yet timed on a GPU, so the
+//!   measured two-kernel path stays the default.
 //! * Input rows at a constant stride with contiguous elements (any leading shape that collapses to one row
 //!   stride, broadcast rows included) are read in place; other layouts are first copied to a contiguous buffer
 //!   with candle's own strided copy.
@@ -23,6 +27,7 @@ use cudarc::driver::{
     PushKernelArg,
 };
 use half::{bf16, f16};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fwht.ptx"));
 const MODULE: &str = "candle_structured_fwht";
@@ -39,6 +44,89 @@ fn group_scratch_bytes() -> usize {
             .filter(|&m| m > 0)
             .map_or(128 << 20, |m| m << 20)
     })
+}
+
+/// `log2 n` from which the persistent kernel is used (up to 2^20); `NEVER` turns it off.
+static PERSISTENT_FROM: AtomicU32 = AtomicU32::new(UNSET);
+const UNSET: u32 = u32::MAX - 1;
+const NEVER: u32 = u32::MAX;
+/// Range of `log2 n` that the persistent kernels cover (n = 2^12 · 2^A, A = 1 … 8).
+const PERSISTENT_LOG2: std::ops::RangeInclusive<u32> = 13..=20;
+
+/// Chooses the CUDA path for long rows: `Some(k)` sends every row length 2^k ≤ n ≤ 2^20 (k ≥ 13) through the
+/// persistent multi-pass kernel, `None` (the default) keeps the one-pass kernel up to 2^15 and the two-kernel
+/// path above. The environment variable `CANDLE_STRUCTURED_FWHT_PERSISTENT_FROM=k` sets the same at start.
+///
+/// The persistent kernel passes the same checks as the others (bit for bit against the CPU op, in emulation
+/// on the CPU); it is opt-in until a GPU run has timed it against the two-kernel path (`gpu_check` times both).
+pub fn set_cuda_persistent_from(log2_n: Option<u32>) {
+    PERSISTENT_FROM.store(log2_n.map_or(NEVER, |k| k.max(13)), Ordering::Relaxed);
+}
+
+/// The current choice of [`set_cuda_persistent_from`] (after the environment variable, if set).
+pub fn cuda_persistent_from() -> Option<u32> {
+    let mut v = PERSISTENT_FROM.load(Ordering::Relaxed);
+    if v == UNSET {
+        v = std::env::var("CANDLE_STRUCTURED_FWHT_PERSISTENT_FROM")
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .map_or(NEVER, |k| k.max(13));
+        let _ = PERSISTENT_FROM.compare_exchange(UNSET, v, Ordering::Relaxed, Ordering::Relaxed);
+        v = PERSISTENT_FROM.load(Ordering::Relaxed);
+    }
+    (v != NEVER).then_some(v)
+}
+
+/// Bytes of the persistent kernel's ring at most (`CANDLE_STRUCTURED_FWHT_RING_MIB`, default 24 MiB: half of
+/// an H100's L2, so that the intermediate rows are read back from L2).
+fn ring_bytes_max() -> usize {
+    static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BYTES.get_or_init(|| {
+        std::env::var("CANDLE_STRUCTURED_FWHT_RING_MIB")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&m| m > 0)
+            .map_or(24 << 20, |m| m << 20)
+    })
+}
+
+/// Launch plan of the persistent kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Plan {
+    blocks: usize,
+    slots: usize,
+    lag: usize,
+    smem: u32,
+}
+
+/// Plans the persistent kernel for `rows` rows of 2^log_n with `resident` blocks on the device at once. The
+/// column items of row r are handed out `lag` rows after its row items, and a ring slot is reused `slots` rows
+/// later; both leave about 1.5 rounds of the resident blocks' items in between, as far as the ring stays
+/// within `ring_max` bytes. Invariant of the kernel: `slots > lag` unless no slot is reused (`slots ≥ rows`).
+fn plan(rows: usize, log_n: u32, acc_bytes: u32, resident: usize, ring_max: usize) -> Plan {
+    let a = log_n - 12;
+    let (nc, _, col_smem) = col_cfg(a, acc_bytes);
+    let row_items = 1usize << a;
+    let items = row_items + (4096 / nc as usize);
+    let blocks = resident.clamp(1, rows * items);
+    let window = (3 * blocks).div_ceil(2 * items).max(1); // 1.5 rounds of resident blocks, in rows
+    let row_bytes = (1usize << log_n) * acc_bytes as usize;
+    let mut slots = 2 * window + 1;
+    let mut lag = window;
+    let fit = (ring_max / row_bytes).max(2);
+    if slots > fit {
+        slots = fit;
+        lag = lag.min(slots - 1);
+    }
+    if slots >= rows {
+        slots = rows;
+    }
+    Plan {
+        blocks,
+        slots,
+        lag: lag.min(rows),
+        smem: 16 + col_smem.max(4096 * acc_bytes),
+    }
 }
 
 /// Element types with kernels, and the type their arithmetic runs in.
@@ -288,6 +376,20 @@ fn run<T: Elem>(storage: &CudaStorage, layout: &Layout, scale: f64) -> Result<Cu
         )?;
         return Ok(CudaStorage::wrap_cuda_slice(out, dev));
     }
+    if PERSISTENT_LOG2.contains(&log_n) && cuda_persistent_from().is_some_and(|k| log_n >= k) {
+        persistent::<T>(
+            &dev,
+            src,
+            start,
+            in_stride,
+            &mut out,
+            rows,
+            log_n,
+            scale_acc,
+            vec_in(0),
+        )?;
+        return Ok(CudaStorage::wrap_cuda_slice(out, dev));
+    }
     if log_n <= one_pass_max(acc_bytes) {
         launch_rows(
             &dev,
@@ -354,6 +456,70 @@ fn run<T: Elem>(storage: &CudaStorage, layout: &Layout, scale: f64) -> Result<Cu
     Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }
 
+/// The persistent multi-pass kernel over all `rows` (see `fwht_fused_body` in `cuda/fwht.cu`).
+#[allow(clippy::too_many_arguments)]
+fn persistent<T: Elem>(
+    dev: &CudaDevice,
+    src: &CudaSlice<T>,
+    start: usize,
+    in_stride: usize,
+    out: &mut CudaSlice<T>,
+    rows: usize,
+    log_n: u32,
+    scale: T::Acc,
+    vec_in: bool,
+) -> Result<()> {
+    let acc_bytes = std::mem::size_of::<T::Acc>() as u32;
+    let a = log_n - 12;
+    let smem = plan(rows, log_n, acc_bytes, 1, usize::MAX).smem;
+    let func = load(dev, &format!("fwht_fused_{}_{a}", T::NAME), smem)?;
+    let stream = dev.cuda_stream();
+    let per_sm = func
+        .occupancy_max_active_blocks_per_multiprocessor(256, smem as usize, None)
+        .map_err(driver_err)?;
+    let sms = stream
+        .context()
+        .attribute(
+            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+        )
+        .map_err(driver_err)?;
+    let p = plan(
+        rows,
+        log_n,
+        acc_bytes,
+        per_sm.max(1) as usize * sms.max(1) as usize,
+        ring_bytes_max(),
+    );
+    // SAFETY: each ring slot is written by the row items before any column item reads it (the kernel waits).
+    let ring: CudaSlice<T::Acc> = unsafe { dev.alloc::<T::Acc>(p.slots << log_n)? };
+    let ctl: CudaSlice<u32> = stream
+        .alloc_zeros::<u32>(1 + 2 * p.slots)
+        .map_err(driver_err)?;
+    let launch = LaunchConfig {
+        grid_dim: (grid(p.blocks)?, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: p.smem,
+    };
+    let (rows_i, stride_i) = (rows as i64, in_stride as i64);
+    let (slots_i, lag_i, vin) = (p.slots as i32, p.lag as i32, vec_in as i32);
+    let input = src.slice(start..);
+    let mut b = stream.launch_builder(&func);
+    b.arg(&input)
+        .arg(out)
+        .arg(&ring)
+        .arg(&ctl)
+        .arg(&rows_i)
+        .arg(&stride_i)
+        .arg(&slots_i)
+        .arg(&lag_i)
+        .arg(&scale)
+        .arg(&vin);
+    // SAFETY: matches fwht_fused_* in cuda/fwht.cu: `rows` rows of n at `in_stride` in the input, a contiguous
+    // output of rows · n, a ring of `slots` rows of n and 1 + 2 · slots zeroed counters.
+    unsafe { b.launch(launch) }.map_err(driver_err)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,6 +573,35 @@ mod tests {
                 assert!(col_cfg(hi, acc).2 <= 227 << 10);
             }
         }
+    }
+
+    #[test]
+    fn persistent_plans_keep_the_kernel_invariant() {
+        for log_n in PERSISTENT_LOG2 {
+            for acc in [4, 8] {
+                for rows in [1, 2, 3, 7, 64, 4096] {
+                    for resident in [1, 3, 660, 1056] {
+                        for ring in [1 << 20, 24 << 20] {
+                            let p = plan(rows, log_n, acc, resident, ring);
+                            let what = format!(
+                                "2^{log_n} acc {acc} rows {rows} resident {resident}: {p:?}"
+                            );
+                            assert!(p.slots >= 1 && p.lag >= 1 && p.blocks >= 1, "{what}");
+                            assert!(p.slots > p.lag || p.slots >= rows, "{what}");
+                            assert!(p.slots <= rows.max(2), "{what}");
+                            assert!(p.smem <= 227 << 10, "{what}");
+                            if p.slots > 2 {
+                                assert!(p.slots << log_n <= ring / acc as usize, "{what}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // n = 2^20 f32 on an H100 (5 blocks of 256 threads per SM, 132 SMs): 256 row items and 128 column items
+        // per row, a window of 3 rows, but the 24 MiB ring holds 6 rows of 4 MiB.
+        let p = plan(64, 20, 4, 660, 24 << 20);
+        assert_eq!((p.blocks, p.slots, p.lag), (660, 6, 3));
     }
 
     #[test]
