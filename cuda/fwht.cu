@@ -89,12 +89,16 @@ constexpr int cmin(int a, int b) { return a < b ? a : b; }
 
 // Launch geometry of the one-pass kernel for n = 2^LOG_N. MUST match `RowCfg` in src/fwht/cuda.rs (the kernel
 // traps when launched with another block size).
-template <int LOG_N, typename Acc, int IN_BYTES> struct RowCfg {
+// XCH = 1: the "transposed exchange" variant (n >= 2^10, f32 arithmetic): 32 values per thread, and the trip
+// through shared memory also takes over the top lane bits (see fwht_row_regs).
+template <int LOG_N, typename Acc, int IN_BYTES, int XCH = 0> struct RowCfg {
     static constexpr int N = 1 << LOG_N;
+    static constexpr bool TRANSPOSED = XCH != 0 && LOG_N >= 10 && sizeof(Acc) == 4;
     // e >= (m-5)/2 keeps the warp bits (m-e-5) within one register group. (n = 2^15: 1024 threads of 32 values,
     // capped at 64 registers, spill 60 bytes; 512 threads of 64 values spilled more.)
     // 2-byte inputs take at least 16 values (32 bytes in flight per thread) from n = 16 on.
-    static constexpr int LOG_E = LOG_N <= 3 ? LOG_N : cmax(IN_BYTES == 2 ? 4 : 3, (LOG_N - 4) / 2);
+    static constexpr int LOG_E =
+        TRANSPOSED ? 5 : (LOG_N <= 3 ? LOG_N : cmax(IN_BYTES == 2 ? 4 : 3, (LOG_N - 4) / 2));
     static constexpr int E = 1 << LOG_E;
     static constexpr int LOG_T = LOG_N - LOG_E;  // threads per row
     static constexpr int T = 1 << LOG_T;
@@ -107,7 +111,9 @@ template <int LOG_N, typename Acc, int IN_BYTES> struct RowCfg {
     static constexpr int LOG_CH = sizeof(Acc) == 4 ? 2 : 1;
     // n = 2^14 (f32 arithmetic): ask for two 512-thread blocks per SM (<= 64 registers) so that one block loads
     // while the other computes.
-    static constexpr int MIN_BLOCKS = (LOG_N == 14 && sizeof(Acc) == 4) ? 2 : 1;
+    static constexpr int MIN_BLOCKS = (LOG_N == 14 && sizeof(Acc) == 4 && !TRANSPOSED) ? 2 : 1;
+    // lane bits done in the shared-memory trip instead of by shuffles (transposed variant only)
+    static constexpr int LANES_IN_SMEM = TRANSPOSED ? cmin(LOG_LANE, LOG_E - LOG_W) : 0;
 };
 
 // Butterflies on register-index bits [0, LOG_B) of v[0..E).
@@ -178,10 +184,14 @@ template <int LOG_CH, int SHIFT> __device__ __forceinline__ int swz(int idx) {
 // `out_row`; `active` is false for the padding rows of the last block (they take part in the barriers only).
 // LOG_B < 0: transform all LOG_N bits. LOG_B in [0, LOG_E] with LOG_N = 3 ("packed" kernels): rows of 2^LOG_B
 // elements stored contiguously, handled 8 values (2^(3-LOG_B) rows) per thread.
-template <typename TIn, typename TOut, typename Acc, int LOG_N, int LOG_B = -1>
+// XCH = 1 (n >= 2^10, f32 arithmetic): after the shuffles, thread k picks up indices r * T + k (r = 0 .. E-1),
+// i.e. the row as a T x E matrix transposed, so the trip through shared memory covers the warp bits and the top
+// LANES_IN_SMEM lane bits, which then need no shuffles: 0 / 1 / 2 / 3 / 4 / 5 shuffle stages at n = 2^10 ... 2^15
+// instead of 5, for the same shared-memory traffic. The stages still run from bit 0 upwards (bit-identical).
+template <typename TIn, typename TOut, typename Acc, int LOG_N, int LOG_B = -1, int XCH = 0>
 __device__ __forceinline__ void fwht_row_regs(const TIn* in_row, TOut* out_row, bool active, int rloc, int k,
                                               unsigned char* smem, Acc scale, int vin, int vout) {
-    using C = RowCfg<LOG_N, Acc, (int)sizeof(TIn)>;
+    using C = RowCfg<LOG_N, Acc, (int)sizeof(TIn), XCH>;
     constexpr int E = C::E;
     Acc v[E];
     if (active) {
@@ -195,9 +205,9 @@ __device__ __forceinline__ void fwht_row_regs(const TIn* in_row, TOut* out_row, 
     static_assert(LOG_B < 0 || (LOG_B <= C::LOG_E && C::LOG_T == 0), "packed rows fit in one thread");
     butterfly_regs<(LOG_B < 0 ? C::LOG_E : LOG_B), E, Acc>(v);
 
-    // bits [e, e + LOG_LANE): across lanes
+    // bits [e, e + LOG_LANE - LANES_IN_SMEM): across lanes
 #pragma unroll
-    for (int b = 0; b < C::LOG_LANE; ++b) {
+    for (int b = 0; b < C::LOG_LANE - C::LANES_IN_SMEM; ++b) {
         const int mask = 1 << b;
         const bool upper = (k & mask) != 0;
 #pragma unroll
@@ -207,8 +217,8 @@ __device__ __forceinline__ void fwht_row_regs(const TIn* in_row, TOut* out_row, 
         }
     }
 
-    // bits [e + 5, m): across warps, through shared memory
-    if constexpr (C::LOG_W > 0) {
+    // bits [e + 5, m) (and the top lane bits in the transposed variant): through shared memory
+    if constexpr (C::LOG_W > 0 || C::LANES_IN_SMEM > 0) {
         Acc* sm = reinterpret_cast<Acc*>(smem) + (long long)rloc * C::N;
         constexpr int LOG_CH = C::LOG_CH;
         constexpr int CH = C::CH;
@@ -227,22 +237,45 @@ __device__ __forceinline__ void fwht_row_regs(const TIn* in_row, TOut* out_row, 
             }
         }
         __syncthreads();
-        // transposed: register s*W + hi holds index hi * 2^(e+5) + s * T + k
+        if constexpr (C::TRANSPOSED) {
+            // register r holds index r * T + k: bits [m - e, m) in registers
+            static_assert(C::LOG_T + C::LOG_E == LOG_N && C::LOG_T == C::LOG_E + 5 - C::LANES_IN_SMEM,
+                          "the transposed registers are exactly the bits left");
+            // swz(r * T + k) = r * T + a[r % NX]: T is a multiple of 32, so the swizzle term of index r * T + k
+            // is (r * T / 32 + k / 32) & 7, which takes NX values over r; the offsets r * T are constants.
+            // Banks: for one r, the 32 lanes of a warp read 32 consecutive indices, i.e. the 8 chunks of one
+            // natural-layout thread, each XORed with the same term: 8 distinct 16-byte bank groups, no conflict.
+            // (The natural-layout float4 stores are conflict-free by the swizzle, as in the default kernel.)
+            static_assert(LOG_CH == 2 && SHIFT == 3 && C::LOG_T >= 5, "f32, 32 values per thread");
+            constexpr int TW = C::T >> 5;
+            constexpr int NX = TW >= 8 ? 1 : 8 / TW;
+            const int ko = (k >> 5) & 7;
+            int a[NX];
 #pragma unroll
-        for (int s = 0; s < E / C::W; ++s) {
+            for (int x = 0; x < NX; ++x) a[x] = ((((k >> 2) ^ ((x * TW) & 7) ^ ko)) << 2) | (k & 3);
 #pragma unroll
-            for (int hi = 0; hi < C::W; ++hi) {
-                const int idx = (hi << (C::LOG_E + 5)) + s * C::T + k;
-                v[s * C::W + hi] = sm[swz<LOG_CH, SHIFT>(idx)];
+            for (int r = 0; r < E; ++r) v[r] = sm[r * C::T + a[r % NX]];
+            butterfly_regs<C::LOG_E, E, Acc>(v);
+#pragma unroll
+            for (int r = 0; r < E; ++r) sm[r * C::T + a[r % NX]] = v[r];
+        } else {
+            // register s*W + hi holds index hi * 2^(e+5) + s * T + k
+#pragma unroll
+            for (int s = 0; s < E / C::W; ++s) {
+#pragma unroll
+                for (int hi = 0; hi < C::W; ++hi) {
+                    const int idx = (hi << (C::LOG_E + 5)) + s * C::T + k;
+                    v[s * C::W + hi] = sm[swz<LOG_CH, SHIFT>(idx)];
+                }
             }
-        }
-        butterfly_regs<C::LOG_W, E, Acc>(v);
+            butterfly_regs<C::LOG_W, E, Acc>(v);
 #pragma unroll
-        for (int s = 0; s < E / C::W; ++s) {
+            for (int s = 0; s < E / C::W; ++s) {
 #pragma unroll
-            for (int hi = 0; hi < C::W; ++hi) {
-                const int idx = (hi << (C::LOG_E + 5)) + s * C::T + k;
-                sm[swz<LOG_CH, SHIFT>(idx)] = v[s * C::W + hi];
+                for (int hi = 0; hi < C::W; ++hi) {
+                    const int idx = (hi << (C::LOG_E + 5)) + s * C::T + k;
+                    sm[swz<LOG_CH, SHIFT>(idx)] = v[s * C::W + hi];
+                }
             }
         }
         __syncthreads();
@@ -270,11 +303,11 @@ __device__ __forceinline__ void fwht_row_regs(const TIn* in_row, TOut* out_row, 
 // One-pass transform of `rows` (sub-)rows of length 2^LOG_N, ROWS per block.
 // Sub-row q lives at in + (q >> sub_log) * in_stride + (q & (2^sub_log - 1)) * 2^LOG_N (same for out), so
 // sub_log = 0 is a plain batch of rows with a row stride, and sub_log > 0 cuts each row into 2^sub_log pieces.
-template <typename TIn, typename TOut, typename Acc, int LOG_N, int LOG_B = -1>
+template <typename TIn, typename TOut, typename Acc, int LOG_N, int LOG_B = -1, int XCH = 0>
 __device__ __forceinline__ void fwht_rows_body(const TIn* in, TOut* out, long long rows, int sub_log,
                                                long long in_stride, long long out_stride, Acc scale, int vin,
                                                int vout) {
-    using C = RowCfg<LOG_N, Acc, (int)sizeof(TIn)>;
+    using C = RowCfg<LOG_N, Acc, (int)sizeof(TIn), XCH>;
     if (blockDim.x != C::BLOCK) __trap();
     const int tid = threadIdx.x;
     const int rloc = tid >> C::LOG_T;
@@ -283,8 +316,8 @@ __device__ __forceinline__ void fwht_rows_body(const TIn* in, TOut* out, long lo
     const long long sub_mask = (1ll << sub_log) - 1;
     const long long in_off = (q >> sub_log) * in_stride + ((q & sub_mask) << LOG_N);
     const long long out_off = (q >> sub_log) * out_stride + ((q & sub_mask) << LOG_N);
-    fwht_row_regs<TIn, TOut, Acc, LOG_N, LOG_B>(in + in_off, out + out_off, q < rows, rloc, k, dyn_smem(), scale,
-                                                vin, vout);
+    fwht_row_regs<TIn, TOut, Acc, LOG_N, LOG_B, XCH>(in + in_off, out + out_off, q < rows, rloc, k, dyn_smem(),
+                                                     scale, vin, vout);
 }
 
 // Column pass: for each row (blockIdx.x / tiles) and each tile of NC consecutive columns, transforms the
@@ -455,6 +488,20 @@ __device__ __forceinline__ void fwht_fused_body(const T* in, T* out, Acc* ring, 
         fwht_rows_body<TIN, TOUT, ACC, LOG>(in, out, rows, sub_log, in_stride, out_stride, scale, vin, vout);     \
     }
 
+#define XROW_KERNEL(NAME, T, ACC, LOG)                                                                           \
+    extern "C" __global__ void __launch_bounds__(RowCfg<LOG, ACC, sizeof(T), 1>::BLOCK)                          \
+        NAME##_##LOG(const T* in, T* out, long long rows, int sub_log, long long in_stride, long long out_stride,  \
+                     ACC scale, int vin, int vout) {                                                               \
+        fwht_rows_body<T, T, ACC, LOG, -1, 1>(in, out, rows, sub_log, in_stride, out_stride, scale, vin, vout);   \
+    }
+#define XROWS_10_15(NAME, T, ACC)                                                                                 \
+    XROW_KERNEL(NAME, T, ACC, 10)                                                                                 \
+    XROW_KERNEL(NAME, T, ACC, 11)                                                                                 \
+    XROW_KERNEL(NAME, T, ACC, 12)                                                                                 \
+    XROW_KERNEL(NAME, T, ACC, 13)                                                                                 \
+    XROW_KERNEL(NAME, T, ACC, 14)                                                                                 \
+    XROW_KERNEL(NAME, T, ACC, 15)
+
 #define PACK_KERNEL(NAME, T, ACC, LB)                                                                            \
     extern "C" __global__ void __launch_bounds__(RowCfg<3, ACC, sizeof(T)>::BLOCK)                               \
         NAME##_##LB(const T* in, T* out, long long rows, int sub_log, long long in_stride, long long out_stride,  \
@@ -523,6 +570,11 @@ ROW_KERNEL(fwht_f16, __half, __half, float, 15)
 ROWS_0_14(fwht_bf16, __nv_bfloat16, __nv_bfloat16, float)
 ROW_KERNEL(fwht_bf16, __nv_bfloat16, __nv_bfloat16, float, 15)
 ROWS_0_14(fwht_f64, double, double, double)
+
+// one pass, transposed-exchange variant (opt-in): fwht_<dtype>_x_<log2 n>, n = 2^10 .. 2^15
+XROWS_10_15(fwht_f32_x, float, float)
+XROWS_10_15(fwht_f16_x, __half, float)
+XROWS_10_15(fwht_bf16_x, __nv_bfloat16, float)
 
 // n = 1, 2, 4 with contiguous rows: 8 values per thread: fwht_<dtype>_pack_<log2 n>
 PACKS(fwht_f32_pack, float, float)

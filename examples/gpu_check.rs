@@ -20,7 +20,7 @@
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Module, ModuleT, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};
-use candle_structured::fwht::{cuda_persistent_from, hadamard_matrix, set_cuda_persistent_from};
+use candle_structured::fwht::{cuda_kernels, hadamard_matrix, set_cuda_kernels, CudaKernels};
 use candle_structured::hadamard_transform;
 use clap::Parser;
 use cudarc::driver::sys::CUevent_flags;
@@ -39,6 +39,9 @@ struct Args {
     /// Leave out the opt-in persistent kernel (its checks and its timing column).
     #[arg(long)]
     no_persistent: bool,
+    /// Leave out the opt-in transposed one-pass kernels (their checks and their timing column).
+    #[arg(long)]
+    no_transposed: bool,
     /// Skip the timings.
     #[arg(long)]
     no_timing: bool,
@@ -443,47 +446,87 @@ fn layer_checks(gpu: &Device, c: &mut Checker) -> Result<()> {
     Ok(())
 }
 
-/// The persistent multi-pass kernel (opt-in path), every dtype, n = 2^13..2^20, contiguous and strided rows,
-/// against the CPU op. Runs after the other checks: were its in-kernel waits to hang on a GPU, everything else
-/// has been printed already.
-fn persistent_checks(gpu: &Device, quick: bool, c: &mut Checker) -> Result<()> {
+/// Runs `f` with the CUDA kernel variants `k`, then restores the previous choice.
+fn with_kernels<R>(k: CudaKernels, f: impl FnOnce() -> Result<R>) -> Result<R> {
+    let before = cuda_kernels();
+    set_cuda_kernels(k);
+    let r = f();
+    set_cuda_kernels(before);
+    r
+}
+
+const TRANSPOSED: CudaKernels = CudaKernels {
+    transposed: true,
+    persistent_from: None,
+};
+const PERSISTENT: CudaKernels = CudaKernels {
+    transposed: false,
+    persistent_from: Some(13),
+};
+
+/// The opt-in kernel variants against the CPU op: the transposed one-pass kernels (f32/f16/bf16, n = 2^10..2^15)
+/// and the persistent multi-pass kernel (every dtype, n = 2^13..2^20), contiguous rows and rows at stride n + 8
+/// starting one element in. Runs after the other checks: were the persistent kernel's in-kernel waits to hang
+/// on a GPU, everything else has been printed already.
+fn variant_checks(gpu: &Device, args: &Args, c: &mut Checker) -> Result<()> {
     let mut rng = StdRng::seed_from_u64(20261124);
-    let before = cuda_persistent_from();
-    set_cuda_persistent_from(Some(13));
-    let mut worst = 0f64;
-    for dtype in [DType::F32, DType::F64, DType::F16, DType::BF16] {
-        for log_n in 13..=if quick { 16 } else { 20 } {
-            let n = 1usize << log_n;
-            let rows = ((1usize << 20) >> log_n).clamp(3, 4096);
-            let base = randn(&mut rng, &[rows, n + 8], dtype)?;
-            let gbase = base.to_device(gpu)?;
-            // contiguous rows, then rows at stride n + 8 starting 1 element in (no vector loads)
-            for (label, off, len) in [("contiguous", 0, n), ("narrow+1", 1, n)] {
-                let (xc, xg) = if label == "contiguous" {
-                    (
-                        base.narrow(1, 0, len)?.contiguous()?,
-                        gbase.narrow(1, 0, len)?.contiguous()?,
-                    )
-                } else {
-                    (base.narrow(1, off, len)?, gbase.narrow(1, off, len)?)
-                };
+    let mut runs: Vec<(
+        &str,
+        CudaKernels,
+        Vec<DType>,
+        std::ops::RangeInclusive<usize>,
+    )> = Vec::new();
+    if !args.no_transposed {
+        runs.push((
+            "transposed",
+            TRANSPOSED,
+            vec![DType::F32, DType::F16, DType::BF16],
+            10..=15,
+        ));
+    }
+    if !args.no_persistent {
+        let max = if args.quick { 16 } else { 20 };
+        runs.push((
+            "persistent",
+            PERSISTENT,
+            vec![DType::F32, DType::F64, DType::F16, DType::BF16],
+            13..=max,
+        ));
+    }
+    for (label, kernels, dtypes, sizes) in runs {
+        let mut worst = 0f64;
+        for &dtype in &dtypes {
+            for log_n in sizes.clone() {
+                let n = 1usize << log_n;
+                let rows = ((1usize << 20) >> log_n).clamp(3, 4096);
+                let base = randn(&mut rng, &[rows, n + 8], dtype)?;
+                let gbase = base.to_device(gpu)?;
                 let scale = 1.0 / (n as f64).sqrt();
-                let e = rel_err(
-                    &hadamard_transform(&xg, scale)?,
-                    &hadamard_transform(&xc, scale)?,
-                )?;
-                worst = worst.max(e);
-                c.record(
-                    &format!("{} n=2^{log_n} persistent {label}", name(dtype)),
-                    e,
-                    tol(dtype),
-                );
+                for (layout, off) in [("contiguous", 0), ("narrow+1", 1)] {
+                    let xc = base.narrow(1, off, n)?;
+                    let xg = gbase.narrow(1, off, n)?;
+                    let (xc, xg) = if off == 0 {
+                        (xc.contiguous()?, xg.contiguous()?)
+                    } else {
+                        (xc, xg)
+                    };
+                    let got = with_kernels(kernels, || Ok(hadamard_transform(&xg, scale)?))?;
+                    let e = rel_err(&got, &hadamard_transform(&xc, scale)?)?;
+                    worst = worst.max(e);
+                    c.record(
+                        &format!("{} n=2^{log_n} {label} {layout}", name(dtype)),
+                        e,
+                        tol(dtype),
+                    );
+                }
             }
         }
+        println!(
+            "check  {label} kernels n=2^{}..2^{}, contiguous and strided: worst rel err {worst:.2e}",
+            sizes.start(),
+            sizes.end()
+        );
     }
-    set_cuda_persistent_from(before);
-    println!("check  persistent kernel f32/f64/f16/bf16 n=2^13..2^20, contiguous and strided: worst rel err {worst:.2e}");
-
     Ok(())
 }
 
@@ -523,6 +566,8 @@ struct Row {
     rows: usize,
     fwht_us: f64,
     copy_us: f64,
+    /// the opt-in transposed one-pass kernels (n = 2^10 … 2^15)
+    transposed_us: Option<f64>,
     /// the opt-in persistent kernel (n = 2^13 … 2^20)
     persistent_us: Option<f64>,
 }
@@ -569,33 +614,44 @@ fn timings(gpu: &Device, args: &Args) -> Result<Vec<String>> {
                 stream.memcpy_dtod(&src, &mut dst)?;
                 Ok(())
             })?;
-            // the persistent kernel on the same input, where it applies
-            let persistent_us = if (13..=20).contains(&log_n) && !args.no_persistent {
-                let before = cuda_persistent_from();
-                set_cuda_persistent_from(Some(13));
-                let ms = time_ms(&stream, reps, iters, || {
-                    let _y = hadamard_transform(&xr, scale)?;
-                    Ok(())
-                });
-                set_cuda_persistent_from(before);
-                Some(ms? * 1e3)
-            } else {
-                None
+            // the opt-in variants on the same input, where they apply
+            let variant_us = |k: CudaKernels, applies: bool| -> Result<Option<f64>> {
+                if !applies {
+                    return Ok(None);
+                }
+                let ms = with_kernels(k, || {
+                    time_ms(&stream, reps, iters, || {
+                        let _y = hadamard_transform(&xr, scale)?;
+                        Ok(())
+                    })
+                })?;
+                Ok(Some(ms * 1e3))
             };
+            let transposed_us = variant_us(
+                TRANSPOSED,
+                (10..=15).contains(&log_n) && !args.no_transposed,
+            )?;
+            let persistent_us = variant_us(
+                PERSISTENT,
+                (13..=20).contains(&log_n) && !args.no_persistent,
+            )?;
             let r = Row {
                 dtype,
                 log_n,
                 rows,
                 fwht_us: fwht_ms * 1e3,
                 copy_us: copy_ms * 1e3,
+                transposed_us,
                 persistent_us,
             };
-            let (p_us, p_ratio) = match r.persistent_us {
+            let cols = |v: Option<f64>| match v {
                 Some(us) => (format!("{us:9.1}"), format!("{:5.2}", us / r.copy_us)),
                 None => ("        -".to_string(), "    -".to_string()),
             };
+            let (t_us, t_ratio) = cols(r.transposed_us);
+            let (p_us, p_ratio) = cols(r.persistent_us);
             println!(
-                "timing {:5} n=2^{:<2} rows={:<9} fwht {:9.1} us  copy {:9.1} us  ratio {:.3}  ({:.2} TB/s)  persistent {p_us} us ratio {p_ratio}",
+                "timing {:5} n=2^{:<2} rows={:<9} fwht {:9.1} us  copy {:9.1} us  ratio {:.3}  ({:.2} TB/s)  transposed {t_us} us ratio {t_ratio}  persistent {p_us} us ratio {p_ratio}",
                 name(r.dtype),
                 r.log_n,
                 r.rows,
@@ -605,7 +661,7 @@ fn timings(gpu: &Device, args: &Args) -> Result<Vec<String>> {
                 2.0 * bytes as f64 / (r.fwht_us * 1e-6) / 1e12
             );
             table.push(format!(
-                "| {:5} | 2^{:<2} | {:>8} | {:>9.1} | {:>9.1} | {:>5.2} | {p_us} | {p_ratio} |",
+                "| {:5} | 2^{:<2} | {:>8} | {:>9.1} | {:>9.1} | {:>5.2} | {t_us} | {t_ratio} | {p_us} | {p_ratio} |",
                 name(r.dtype),
                 r.log_n,
                 r.rows,
@@ -708,9 +764,7 @@ fn main() -> Result<()> {
         checks(&gpu, args.quick, &mut c)?;
         x_dim_check(&gpu)?;
         layer_checks(&gpu, &mut c)?;
-        if !args.no_persistent {
-            persistent_checks(&gpu, args.quick, &mut c)?;
-        }
+        variant_checks(&gpu, &args, &mut c)?;
         println!(
             "checks incl. layers: {} comparisons, {} failures",
             c.count,
@@ -723,8 +777,8 @@ fn main() -> Result<()> {
         timings(&gpu, &args)?
     };
     if !table.is_empty() {
-        println!("\n| dtype | n | rows | fwht us | copy us | fwht/copy | persistent us | persistent/copy |");
-        println!("|---|---|---|---|---|---|---|---|");
+        println!("\n| dtype | n | rows | fwht us | copy us | fwht/copy | transposed us | transposed/copy | persistent us | persistent/copy |");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
         for line in &table {
             println!("{line}");
         }

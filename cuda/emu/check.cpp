@@ -1,5 +1,6 @@
 // Tests of the CUDA kernels in cuda/fwht.cu on the CPU, through the emulation in cuda_emu.h: every kernel
-// family (one pass, packed n <= 4, the two-kernel multi-pass path, the persistent multi-pass kernel) against a
+// family (one pass and its transposed variant, packed n <= 4, the two-kernel multi-pass path, the persistent
+// multi-pass kernel) against a
 // plain f32/f64 transform in the CPU kernel's butterfly order, bit for bit (the GPU kernels promise that).
 // Launch geometry follows src/fwht/cuda.rs (row_cfg, split, col_cfg, the persistent kernel's schedule).
 //
@@ -103,11 +104,14 @@ template <typename T> std::vector<T> random(size_t len, uint64_t seed) {
 struct Geo {
     unsigned rows_per_block, block, smem;
 };
-Geo row_cfg(unsigned log_n, unsigned acc_bytes, unsigned in_bytes) {
-    const unsigned log_e = log_n <= 3 ? log_n : std::max(in_bytes == 2 ? 4u : 3u, (log_n - 4) / 2);
+Geo row_cfg(unsigned log_n, unsigned acc_bytes, unsigned in_bytes, bool transposed = false) {
+    const unsigned log_e = transposed && log_n >= 10 && acc_bytes == 4
+                               ? 5
+                               : (log_n <= 3 ? log_n : std::max(in_bytes == 2 ? 4u : 3u, (log_n - 4) / 2));
     const unsigned log_t = log_n - log_e, t = 1u << log_t;
     const unsigned rpb = t >= 256 ? 1 : 256 / t;
-    return {rpb, rpb * t, log_t > 5 ? rpb * (1u << log_n) * acc_bytes : 0};
+    const bool exchange = log_t > 5 || (transposed && log_n >= 10 && acc_bytes == 4);
+    return {rpb, rpb * t, exchange ? rpb * (1u << log_n) * acc_bytes : 0};
 }
 unsigned col_nc(unsigned log_hi) { return std::max(16u, 1u << (log_hi >= 13 ? 0 : 13 - log_hi)); }
 
@@ -146,6 +150,7 @@ template <typename T> struct Kernels;
                                              fwht_cols_##S##_10};                                                 \
             return t[a - 1];                                                                                      \
         }                                                                                                         \
+        static RowK<T, T, ACC> xrow(unsigned m);                                                                  \
         static FusedK<T, ACC> fused(unsigned a) {                                                                 \
             static const FusedK<T, ACC> t[] = {fwht_fused_##S##_1, fwht_fused_##S##_2, fwht_fused_##S##_3,        \
                                                fwht_fused_##S##_4, fwht_fused_##S##_5, fwht_fused_##S##_6,        \
@@ -157,6 +162,20 @@ KERNELS(float, float, f32)
 KERNELS(__half, float, f16)
 KERNELS(__nv_bfloat16, float, bf16)
 KERNELS(double, double, f64)
+#define XROW_TABLE(P) {P##_10, P##_11, P##_12, P##_13, P##_14, P##_15}
+RowK<float, float, float> Kernels<float>::xrow(unsigned m) {
+    static const RowK<float, float, float> t[] = XROW_TABLE(fwht_f32_x);
+    return t[m - 10];
+}
+RowK<__half, __half, float> Kernels<__half>::xrow(unsigned m) {
+    static const RowK<__half, __half, float> t[] = XROW_TABLE(fwht_f16_x);
+    return t[m - 10];
+}
+RowK<__nv_bfloat16, __nv_bfloat16, float> Kernels<__nv_bfloat16>::xrow(unsigned m) {
+    static const RowK<__nv_bfloat16, __nv_bfloat16, float> t[] = XROW_TABLE(fwht_bf16_x);
+    return t[m - 10];
+}
+RowK<double, double, double> Kernels<double>::xrow(unsigned) { return nullptr; }
 RowK<float, float, float> Kernels<float>::one_pass_15() { return fwht_f32_15; }
 RowK<__half, __half, float> Kernels<__half>::one_pass_15() { return fwht_f16_15; }
 RowK<__nv_bfloat16, __nv_bfloat16, float> Kernels<__nv_bfloat16>::one_pass_15() { return fwht_bf16_15; }
@@ -170,8 +189,9 @@ constexpr unsigned WAVE = 4;  // blocks emulated together for the ordinary kerne
 
 template <typename TIn, typename TOut, typename Acc>
 void launch_rows(RowK<TIn, TOut, Acc> k, unsigned log_n, const TIn* in, TOut* out, long long rows, int sub_log,
-                 long long in_stride, long long out_stride, Acc scale, bool vin, bool vout) {
-    const Geo g = row_cfg(log_n, sizeof(Acc), sizeof(TIn));
+                 long long in_stride, long long out_stride, Acc scale, bool vin, bool vout,
+                 bool transposed = false) {
+    const Geo g = row_cfg(log_n, sizeof(Acc), sizeof(TIn), transposed);
     const unsigned blocks = (unsigned)((rows + g.rows_per_block - 1) / g.rows_per_block);
     emu::launch({blocks, 1, 1}, {g.block, 1, 1}, g.smem, WAVE,
                 [&] { k(in, out, rows, sub_log, in_stride, out_stride, scale, vin, vout); });
@@ -180,12 +200,15 @@ void launch_rows(RowK<TIn, TOut, Acc> k, unsigned log_n, const TIn* in, TOut* ou
 // ---- the three paths of the op --------------------------------------------------------------------------
 // input: `rows` rows of n at `stride`, starting `offset` elements into x (an offset breaks 16-byte alignment)
 template <typename T> std::vector<T> one_pass(const std::vector<T>& x, unsigned log_n, size_t rows, size_t stride,
-                                              size_t offset, double scale) {
+                                              size_t offset, double scale, bool transposed = false) {
     using Acc = typename Ty<T>::Acc;
     const size_t n = size_t(1) << log_n;
     std::vector<T> out(rows * n);
     const bool vin = (offset * sizeof(T)) % 16 == 0 && (rows == 1 || (stride * sizeof(T)) % 16 == 0);
-    if (log_n < 3 && (rows == 1 || stride == n) && (rows * n) % 8 == 0) {
+    if (transposed) {
+        launch_rows(Kernels<T>::xrow(log_n), log_n, x.data() + offset, out.data(), (long long)rows, 0,
+                    (long long)stride, (long long)n, (Acc)scale, vin, true, true);
+    } else if (log_n < 3 && (rows == 1 || stride == n) && (rows * n) % 8 == 0) {
         launch_rows(Kernels<T>::pack(log_n), 3, x.data() + offset, out.data(), (long long)(rows * n / 8), 0, 8, 8,
                     (Acc)scale, (offset * sizeof(T)) % 16 == 0, true);
     } else {
@@ -264,6 +287,18 @@ template <typename T> void check_type(bool quick) {
                 one_pass(x, m, rows, n + 8, 0, scale), reference(x, rows, n, n + 8, 0, scale));
         compare(std::string(tn) + " one pass n=2^" + std::to_string(m) + " offset 1",
                 one_pass(x, m, rows, n, 1, scale), reference(x, rows, n, n, 1, scale));
+    }
+    // the transposed-exchange variant of the one-pass kernel (f32 arithmetic, n = 2^10 .. 2^15)
+    for (unsigned m = 10; m <= 15 && sizeof(typename Ty<T>::Acc) == 4; ++m) {
+        const size_t n = size_t(1) << m;
+        const size_t rows = m <= 12 ? 9 : 3;  // 9: a partly filled last block at n = 2^10 .. 2^12
+        const double scale = 1.0 / std::sqrt((double)n);
+        auto x = random<T>(rows * (n + 8) + 8, seed++);
+        const std::string what = std::string(tn) + " transposed n=2^" + std::to_string(m);
+        compare(what, one_pass(x, m, rows, n, 0, scale, true), reference(x, rows, n, n, 0, scale));
+        compare(what + " stride n+8", one_pass(x, m, rows, n + 8, 0, scale, true),
+                reference(x, rows, n, n + 8, 0, scale));
+        compare(what + " offset 1", one_pass(x, m, rows, n, 1, scale, true), reference(x, rows, n, n, 1, scale));
     }
     // the two-kernel multi-pass path, several groups
     for (unsigned m : {16u, 17u}) {

@@ -8,7 +8,8 @@
 //! * larger n (up to 2^24): n = n_hi · n_lo; per group of rows whose f32/f64 scratch fits in L2, a row pass over
 //!   the sub-rows of length n_lo (`fwht_<dtype>_acc_<log2 n_lo>`) then a column pass of length n_hi
 //!   (`fwht_cols_<dtype>_<log2 n_hi>`) that applies the scale and writes the output dtype.
-//! * opt-in ([`set_cuda_persistent_from`]): n = 2^13 … 2^20 in one persistent kernel (`fwht_fused_<dtype>_<A>`,
+//! * opt-in ([`set_cuda_kernels`], not yet timed on a GPU): one-pass rows of 2^10 … 2^15 with fewer warp
+//!   shuffles (`fwht_<dtype>_x_<log2 n>`), and n = 2^13 … 2^20 in one persistent kernel (`fwht_fused_<dtype>_<A>`,
 //!   n = 2^12 · 2^A) that runs both passes as work items and keeps the intermediate in a ring of a few rows,
 //!   small enough for L2. Checked in emulation (`tests/cuda_emulated.rs`); not yet timed on a GPU, so the
 //!   measured two-kernel path stays the default.
@@ -46,35 +47,63 @@ fn group_scratch_bytes() -> usize {
     })
 }
 
-/// `log2 n` from which the persistent kernel is used (up to 2^20); `NEVER` turns it off.
+/// Opt-in CUDA kernel variants. Both pass the same checks as the default kernels (bit for bit against the CPU
+/// op, in emulation on the CPU: `tests/cuda_emulated.rs`) but have not been timed on a GPU yet, so the measured
+/// kernels stay the default; `gpu_check` checks and times each variant beside the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CudaKernels {
+    /// One-pass rows of 2^10 … 2^15 (f32, f16, bf16) with the "transposed exchange" kernels
+    /// (`fwht_<dtype>_x_<log2 n>`): 32 values per thread, and the trip through shared memory also does the top
+    /// lane bits, so that 2^10 … 2^15 need 0 … 5 rounds of warp shuffles instead of 5, for the same
+    /// shared-memory traffic. Environment: `CANDLE_STRUCTURED_FWHT_TRANSPOSED=1`.
+    pub transposed: bool,
+    /// `Some(k)`: rows of 2^k ≤ n ≤ 2^20 (k ≥ 13) through the persistent multi-pass kernel, which runs both
+    /// passes as work items of one kernel and keeps the intermediate in a ring of a few rows small enough for
+    /// L2. Environment: `CANDLE_STRUCTURED_FWHT_PERSISTENT_FROM=k`.
+    pub persistent_from: Option<u32>,
+}
+
+static TRANSPOSED: AtomicU32 = AtomicU32::new(UNSET);
 static PERSISTENT_FROM: AtomicU32 = AtomicU32::new(UNSET);
 const UNSET: u32 = u32::MAX - 1;
 const NEVER: u32 = u32::MAX;
 /// Range of `log2 n` that the persistent kernels cover (n = 2^12 · 2^A, A = 1 … 8).
 const PERSISTENT_LOG2: std::ops::RangeInclusive<u32> = 13..=20;
+/// Range of `log2 n` that the transposed one-pass kernels cover.
+const TRANSPOSED_LOG2: std::ops::RangeInclusive<u32> = 10..=15;
 
-/// Chooses the CUDA path for long rows: `Some(k)` sends every row length 2^k ≤ n ≤ 2^20 (k ≥ 13) through the
-/// persistent multi-pass kernel, `None` (the default) keeps the one-pass kernel up to 2^15 and the two-kernel
-/// path above. The environment variable `CANDLE_STRUCTURED_FWHT_PERSISTENT_FROM=k` sets the same at start.
-///
-/// The persistent kernel passes the same checks as the others (bit for bit against the CPU op, in emulation
-/// on the CPU); it is opt-in until a GPU run has timed it against the two-kernel path (`gpu_check` times both).
-pub fn set_cuda_persistent_from(log2_n: Option<u32>) {
-    PERSISTENT_FROM.store(log2_n.map_or(NEVER, |k| k.max(13)), Ordering::Relaxed);
+/// Chooses the CUDA kernel variants for every later transform (process-wide).
+pub fn set_cuda_kernels(k: CudaKernels) {
+    TRANSPOSED.store(k.transposed as u32, Ordering::Relaxed);
+    PERSISTENT_FROM.store(
+        k.persistent_from.map_or(NEVER, |k| k.max(13)),
+        Ordering::Relaxed,
+    );
 }
 
-/// The current choice of [`set_cuda_persistent_from`] (after the environment variable, if set).
-pub fn cuda_persistent_from() -> Option<u32> {
-    let mut v = PERSISTENT_FROM.load(Ordering::Relaxed);
-    if v == UNSET {
-        v = std::env::var("CANDLE_STRUCTURED_FWHT_PERSISTENT_FROM")
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-            .map_or(NEVER, |k| k.max(13));
-        let _ = PERSISTENT_FROM.compare_exchange(UNSET, v, Ordering::Relaxed, Ordering::Relaxed);
-        v = PERSISTENT_FROM.load(Ordering::Relaxed);
+/// The current choice of [`set_cuda_kernels`], after the environment variables where nothing was set.
+pub fn cuda_kernels() -> CudaKernels {
+    fn get(cell: &AtomicU32, var: &str, parse: fn(&str) -> u32) -> u32 {
+        let v = cell.load(Ordering::Relaxed);
+        if v != UNSET {
+            return v;
+        }
+        let from_env = std::env::var(var).map_or(NEVER, |s| parse(s.trim()));
+        let _ = cell.compare_exchange(UNSET, from_env, Ordering::Relaxed, Ordering::Relaxed);
+        cell.load(Ordering::Relaxed)
     }
-    (v != NEVER).then_some(v)
+    let transposed = get(&TRANSPOSED, "CANDLE_STRUCTURED_FWHT_TRANSPOSED", |s| {
+        u32::from(matches!(s, "1" | "true" | "yes"))
+    });
+    let from = get(
+        &PERSISTENT_FROM,
+        "CANDLE_STRUCTURED_FWHT_PERSISTENT_FROM",
+        |s| s.parse::<u32>().map_or(NEVER, |k| k.max(13)),
+    );
+    CudaKernels {
+        transposed: transposed == 1,
+        persistent_from: (from != NEVER).then_some(from),
+    }
 }
 
 /// Bytes of the persistent kernel's ring at most (`CANDLE_STRUCTURED_FWHT_RING_MIB`, default 24 MiB: half of
@@ -161,8 +190,11 @@ struct RowCfg {
     smem: u32,
 }
 
-fn row_cfg(log_n: u32, acc_bytes: u32, in_bytes: u32) -> RowCfg {
-    let log_e = if log_n <= 3 {
+fn row_cfg(log_n: u32, acc_bytes: u32, in_bytes: u32, transposed: bool) -> RowCfg {
+    let transposed = transposed && log_n >= 10 && acc_bytes == 4;
+    let log_e = if transposed {
+        5
+    } else if log_n <= 3 {
         log_n
     } else {
         (if in_bytes == 2 { 4 } else { 3 }).max((log_n - 4) / 2)
@@ -170,7 +202,7 @@ fn row_cfg(log_n: u32, acc_bytes: u32, in_bytes: u32) -> RowCfg {
     let log_t = log_n - log_e;
     let t = 1u32 << log_t;
     let rows_per_block = if t >= 256 { 1 } else { 256 / t };
-    let smem = if log_t > 5 {
+    let smem = if log_t > 5 || transposed {
         rows_per_block * (1u32 << log_n) * acc_bytes
     } else {
         0
@@ -262,12 +294,14 @@ fn grid(blocks: usize) -> Result<u32> {
         })
 }
 
-/// Launches the one-pass row kernel `name` (input `I`, output `O`, arithmetic `A`).
+/// Launches the one-pass row kernel `name` (input `I`, output `O`, arithmetic `A`; `transposed`: one of the
+/// `fwht_<dtype>_x_<log2 n>` kernels).
 #[allow(clippy::too_many_arguments)]
 fn launch_rows<I, O, A: DeviceRepr>(
     dev: &CudaDevice,
     name: &str,
     log_n: u32,
+    transposed: bool,
     input: &CudaView<'_, I>,
     output: &mut CudaViewMut<'_, O>,
     rows: usize,
@@ -282,6 +316,7 @@ fn launch_rows<I, O, A: DeviceRepr>(
         log_n,
         std::mem::size_of::<A>() as u32,
         std::mem::size_of::<I>() as u32,
+        transposed,
     );
     let func = load(dev, name, cfg.smem)?;
     let launch = LaunchConfig {
@@ -364,6 +399,7 @@ fn run<T: Elem>(storage: &CudaStorage, layout: &Layout, scale: f64) -> Result<Cu
             &dev,
             &format!("fwht_{}_pack_{log_n}", T::NAME),
             3,
+            false,
             &src.slice(start..),
             &mut out.slice_mut(..),
             numel / 8,
@@ -376,7 +412,8 @@ fn run<T: Elem>(storage: &CudaStorage, layout: &Layout, scale: f64) -> Result<Cu
         )?;
         return Ok(CudaStorage::wrap_cuda_slice(out, dev));
     }
-    if PERSISTENT_LOG2.contains(&log_n) && cuda_persistent_from().is_some_and(|k| log_n >= k) {
+    let variants = cuda_kernels();
+    if PERSISTENT_LOG2.contains(&log_n) && variants.persistent_from.is_some_and(|k| log_n >= k) {
         persistent::<T>(
             &dev,
             src,
@@ -391,10 +428,18 @@ fn run<T: Elem>(storage: &CudaStorage, layout: &Layout, scale: f64) -> Result<Cu
         return Ok(CudaStorage::wrap_cuda_slice(out, dev));
     }
     if log_n <= one_pass_max(acc_bytes) {
+        // the transposed variant exists for f32 arithmetic only
+        let transposed = variants.transposed && acc_bytes == 4 && TRANSPOSED_LOG2.contains(&log_n);
+        let name = if transposed {
+            format!("fwht_{}_x_{log_n}", T::NAME)
+        } else {
+            format!("fwht_{}_{log_n}", T::NAME)
+        };
         launch_rows(
             &dev,
-            &format!("fwht_{}_{log_n}", T::NAME),
+            &name,
             log_n,
+            transposed,
             &src.slice(start..),
             &mut out.slice_mut(..),
             rows,
@@ -424,6 +469,7 @@ fn run<T: Elem>(storage: &CudaStorage, layout: &Layout, scale: f64) -> Result<Cu
             &dev,
             &row_kernel,
             log_lo,
+            false,
             &src.slice(start + first * in_stride..),
             &mut scratch.slice_mut(..),
             g << log_hi,
@@ -528,7 +574,7 @@ mod tests {
     fn geometry_matches_the_kernel_rules() {
         // n = 2^15 f32: 1024 threads of 32 values, 128 KiB of shared memory.
         assert_eq!(
-            row_cfg(15, 4, 4),
+            row_cfg(15, 4, 4, false),
             RowCfg {
                 rows_per_block: 1,
                 block: 1024,
@@ -537,18 +583,30 @@ mod tests {
         );
         // n = 2^10: 8 values per thread, 128 threads per row, 2 rows per block.
         assert_eq!(
-            row_cfg(10, 4, 4),
+            row_cfg(10, 4, 4, false),
             RowCfg {
                 rows_per_block: 2,
                 block: 256,
                 smem: 2 * 1024 * 4
             }
         );
+        // transposed, n = 2^10: 32 values per thread, one warp per row, 8 rows per block, and shared memory
+        // (the exchange does all five lane bits, no shuffles); 2^15: 1024 threads, like the default kernel.
+        assert_eq!(
+            row_cfg(10, 4, 2, true),
+            RowCfg {
+                rows_per_block: 8,
+                block: 256,
+                smem: 8 * 1024 * 4
+            }
+        );
+        assert_eq!(row_cfg(15, 4, 2, true), row_cfg(15, 4, 4, false));
+        assert_eq!(row_cfg(12, 8, 8, true), row_cfg(12, 8, 8, false));
         // n = 2^5: one warp-free row of 4 threads, no shared memory.
-        assert_eq!(row_cfg(5, 4, 4).smem, 0);
+        assert_eq!(row_cfg(5, 4, 4, false).smem, 0);
         // bf16, n = 2^10: 16 values per thread, 64 threads per row, 4 rows per block.
         assert_eq!(
-            row_cfg(10, 4, 2),
+            row_cfg(10, 4, 2, false),
             RowCfg {
                 rows_per_block: 4,
                 block: 256,
@@ -557,12 +615,14 @@ mod tests {
         );
         for log_n in 0..=15 {
             for in_bytes in [2, 4] {
-                let c = row_cfg(log_n, 4, in_bytes);
-                assert!(
-                    c.block.is_multiple_of(32) && c.block <= 1024,
-                    "{log_n}: {c:?}"
-                );
-                assert!(c.smem <= 227 << 10);
+                for transposed in [false, true] {
+                    let c = row_cfg(log_n, 4, in_bytes, transposed);
+                    assert!(
+                        c.block.is_multiple_of(32) && c.block <= 1024,
+                        "{log_n}: {c:?}"
+                    );
+                    assert!(c.smem <= 227 << 10);
+                }
             }
         }
         for log_n in 16..=24 {
