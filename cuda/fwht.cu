@@ -494,14 +494,6 @@ __device__ __forceinline__ void fwht_fused_body(const T* in, T* out, Acc* ring, 
                      ACC scale, int vin, int vout) {                                                               \
         fwht_rows_body<T, T, ACC, LOG, -1, 1>(in, out, rows, sub_log, in_stride, out_stride, scale, vin, vout);   \
     }
-#define XROWS_10_15(NAME, T, ACC)                                                                                 \
-    XROW_KERNEL(NAME, T, ACC, 10)                                                                                 \
-    XROW_KERNEL(NAME, T, ACC, 11)                                                                                 \
-    XROW_KERNEL(NAME, T, ACC, 12)                                                                                 \
-    XROW_KERNEL(NAME, T, ACC, 13)                                                                                 \
-    XROW_KERNEL(NAME, T, ACC, 14)                                                                                 \
-    XROW_KERNEL(NAME, T, ACC, 15)
-
 #define PACK_KERNEL(NAME, T, ACC, LB)                                                                            \
     extern "C" __global__ void __launch_bounds__(RowCfg<3, ACC, sizeof(T)>::BLOCK)                               \
         NAME##_##LB(const T* in, T* out, long long rows, int sub_log, long long in_stride, long long out_stride,  \
@@ -523,44 +515,18 @@ __device__ __forceinline__ void fwht_fused_body(const T* in, T* out, Acc* ring, 
                    int lag, ACC scale, int vin) {                                                                   \
         fwht_fused_body<T, ACC, 12, A>(in, out, ring, ctl, rows, in_stride, slots, lag, scale, vin);              \
     }
-#define FUSED_1_8(NAME, T, ACC)                                                                                   \
-    FUSED_KERNEL(NAME, T, ACC, 1)                                                                                 \
-    FUSED_KERNEL(NAME, T, ACC, 2)                                                                                 \
-    FUSED_KERNEL(NAME, T, ACC, 3)                                                                                 \
-    FUSED_KERNEL(NAME, T, ACC, 4)                                                                                 \
-    FUSED_KERNEL(NAME, T, ACC, 5)                                                                                 \
-    FUSED_KERNEL(NAME, T, ACC, 6)                                                                                 \
-    FUSED_KERNEL(NAME, T, ACC, 7)                                                                                 \
-    FUSED_KERNEL(NAME, T, ACC, 8)
-
-#define ROWS_0_14(NAME, TIN, TOUT, ACC)                                                                           \
-    ROW_KERNEL(NAME, TIN, TOUT, ACC, 0)                                                                           \
-    ROW_KERNEL(NAME, TIN, TOUT, ACC, 1)                                                                           \
-    ROW_KERNEL(NAME, TIN, TOUT, ACC, 2)                                                                           \
-    ROW_KERNEL(NAME, TIN, TOUT, ACC, 3)                                                                           \
-    ROW_KERNEL(NAME, TIN, TOUT, ACC, 4)                                                                           \
-    ROW_KERNEL(NAME, TIN, TOUT, ACC, 5)                                                                           \
-    ROW_KERNEL(NAME, TIN, TOUT, ACC, 6)                                                                           \
-    ROW_KERNEL(NAME, TIN, TOUT, ACC, 7)                                                                           \
-    ROW_KERNEL(NAME, TIN, TOUT, ACC, 8)                                                                           \
-    ROW_KERNEL(NAME, TIN, TOUT, ACC, 9)                                                                           \
-    ROW_KERNEL(NAME, TIN, TOUT, ACC, 10)                                                                          \
-    ROW_KERNEL(NAME, TIN, TOUT, ACC, 11)                                                                          \
-    ROW_KERNEL(NAME, TIN, TOUT, ACC, 12)                                                                          \
-    ROW_KERNEL(NAME, TIN, TOUT, ACC, 13)                                                                          \
-    ROW_KERNEL(NAME, TIN, TOUT, ACC, 14)
-
-#define COLS_1_10(NAME, TOUT, ACC)                                                                                \
-    COL_KERNEL(NAME, TOUT, ACC, 1)                                                                                \
-    COL_KERNEL(NAME, TOUT, ACC, 2)                                                                                \
-    COL_KERNEL(NAME, TOUT, ACC, 3)                                                                                \
-    COL_KERNEL(NAME, TOUT, ACC, 4)                                                                                \
-    COL_KERNEL(NAME, TOUT, ACC, 5)                                                                                \
-    COL_KERNEL(NAME, TOUT, ACC, 6)                                                                                \
-    COL_KERNEL(NAME, TOUT, ACC, 7)                                                                                \
-    COL_KERNEL(NAME, TOUT, ACC, 8)                                                                                \
-    COL_KERNEL(NAME, TOUT, ACC, 9)                                                                                \
-    COL_KERNEL(NAME, TOUT, ACC, 10)
+// M(args..., i) for each i of a range: one kernel instantiation per size
+#define EACH_1_8(M, ...)                                                                                          \
+    M(__VA_ARGS__, 1) M(__VA_ARGS__, 2) M(__VA_ARGS__, 3) M(__VA_ARGS__, 4) M(__VA_ARGS__, 5) M(__VA_ARGS__, 6)   \
+        M(__VA_ARGS__, 7) M(__VA_ARGS__, 8)
+#define EACH_1_10(M, ...) EACH_1_8(M, __VA_ARGS__) M(__VA_ARGS__, 9) M(__VA_ARGS__, 10)
+#define EACH_10_15(M, ...)                                                                                        \
+    M(__VA_ARGS__, 10) M(__VA_ARGS__, 11) M(__VA_ARGS__, 12) M(__VA_ARGS__, 13) M(__VA_ARGS__, 14) M(__VA_ARGS__, 15)
+#define EACH_0_14(M, ...)                                                                                         \
+    M(__VA_ARGS__, 0) EACH_1_8(M, __VA_ARGS__) M(__VA_ARGS__, 9) M(__VA_ARGS__, 10) M(__VA_ARGS__, 11)            \
+        M(__VA_ARGS__, 12) M(__VA_ARGS__, 13) M(__VA_ARGS__, 14)
+#define ROWS_0_14(NAME, TIN, TOUT, ACC) EACH_0_14(ROW_KERNEL, NAME, TIN, TOUT, ACC)
+#define COLS_1_10(NAME, TOUT, ACC) EACH_1_10(COL_KERNEL, NAME, TOUT, ACC)
 
 // one pass, T -> T: fwht_<dtype>_<log2 n>, n = 2^0 .. 2^15 (2^14 for f64)
 ROWS_0_14(fwht_f32, float, float, float)
@@ -572,9 +538,9 @@ ROW_KERNEL(fwht_bf16, __nv_bfloat16, __nv_bfloat16, float, 15)
 ROWS_0_14(fwht_f64, double, double, double)
 
 // one pass, transposed-exchange variant (opt-in): fwht_<dtype>_x_<log2 n>, n = 2^10 .. 2^15
-XROWS_10_15(fwht_f32_x, float, float)
-XROWS_10_15(fwht_f16_x, __half, float)
-XROWS_10_15(fwht_bf16_x, __nv_bfloat16, float)
+EACH_10_15(XROW_KERNEL, fwht_f32_x, float, float)
+EACH_10_15(XROW_KERNEL, fwht_f16_x, __half, float)
+EACH_10_15(XROW_KERNEL, fwht_bf16_x, __nv_bfloat16, float)
 
 // n = 1, 2, 4 with contiguous rows: 8 values per thread: fwht_<dtype>_pack_<log2 n>
 PACKS(fwht_f32_pack, float, float)
@@ -602,7 +568,7 @@ COLS_1_10(fwht_cols_bf16, __nv_bfloat16, float)
 COLS_1_10(fwht_cols_f64, double, double)
 
 // persistent multi-pass, n = 2^12 * 2^A (2^13 .. 2^20): fwht_fused_<dtype>_<A>
-FUSED_1_8(fwht_fused_f32, float, float)
-FUSED_1_8(fwht_fused_f16, __half, float)
-FUSED_1_8(fwht_fused_bf16, __nv_bfloat16, float)
-FUSED_1_8(fwht_fused_f64, double, double)
+EACH_1_8(FUSED_KERNEL, fwht_fused_f32, float, float)
+EACH_1_8(FUSED_KERNEL, fwht_fused_f16, __half, float)
+EACH_1_8(FUSED_KERNEL, fwht_fused_bf16, __nv_bfloat16, float)
+EACH_1_8(FUSED_KERNEL, fwht_fused_f64, double, double)

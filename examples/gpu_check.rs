@@ -76,6 +76,13 @@ impl Checker {
             self.failures.push(format!("{what}: {err:.3e}"));
         }
     }
+
+    /// Records the relative error of `got` against `want` with the tolerance of `dtype`; returns the error.
+    fn compare(&mut self, what: &str, got: &Tensor, want: &Tensor, dtype: DType) -> Result<f64> {
+        let e = rel_err(got, want)?;
+        self.record(what, e, tol(dtype));
+        Ok(e)
+    }
 }
 
 fn randn(rng: &mut StdRng, shape: &[usize], dtype: DType) -> Result<Tensor> {
@@ -152,13 +159,8 @@ fn checks(gpu: &Device, quick: bool, c: &mut Checker) -> Result<()> {
                 c.failures
                     .push(format!("{} n=2^{log_n}: wrong dtype/shape", name(dtype)));
             }
-            let e = rel_err(&got, &want)?;
-            worst = worst.max(e);
-            c.record(
-                &format!("{} n=2^{log_n} rows={rows}", name(dtype)),
-                e,
-                tol(dtype),
-            );
+            let what = format!("{} n=2^{log_n} rows={rows}", name(dtype));
+            worst = worst.max(c.compare(&what, &got, &want, dtype)?);
         }
         println!(
             "check  {:5} n=2^0..2^{max_log} vs CPU op: worst rel err {worst:.2e} (tol {:.0e})",
@@ -511,13 +513,9 @@ fn variant_checks(gpu: &Device, args: &Args, c: &mut Checker) -> Result<()> {
                         (xc, xg)
                     };
                     let got = with_kernels(kernels, || Ok(hadamard_transform(&xg, scale)?))?;
-                    let e = rel_err(&got, &hadamard_transform(&xc, scale)?)?;
-                    worst = worst.max(e);
-                    c.record(
-                        &format!("{} n=2^{log_n} {label} {layout}", name(dtype)),
-                        e,
-                        tol(dtype),
-                    );
+                    let want = hadamard_transform(&xc, scale)?;
+                    let what = format!("{} n=2^{log_n} {label} {layout}", name(dtype));
+                    worst = worst.max(c.compare(&what, &got, &want, dtype)?);
                 }
             }
         }

@@ -38,13 +38,17 @@ const MODULE: &str = "candle_structured_fwht";
 /// launches. Tuning knob for measurements: the environment variable `CANDLE_STRUCTURED_FWHT_SCRATCH_MIB`.
 fn group_scratch_bytes() -> usize {
     static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *BYTES.get_or_init(|| {
-        std::env::var("CANDLE_STRUCTURED_FWHT_SCRATCH_MIB")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|&m| m > 0)
-            .map_or(128 << 20, |m| m << 20)
-    })
+    *BYTES.get_or_init(|| env_mib("CANDLE_STRUCTURED_FWHT_SCRATCH_MIB", 128))
+}
+
+/// Bytes given in MiB by the environment variable `var` (a positive integer), else `default_mib` MiB.
+fn env_mib(var: &str, default_mib: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&m| m > 0)
+        .unwrap_or(default_mib)
+        << 20
 }
 
 /// Opt-in CUDA kernel variants. Both pass the same checks as the default kernels (bit for bit against the CPU
@@ -110,13 +114,7 @@ pub fn cuda_kernels() -> CudaKernels {
 /// an H100's L2, so that the intermediate rows are read back from L2).
 fn ring_bytes_max() -> usize {
     static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *BYTES.get_or_init(|| {
-        std::env::var("CANDLE_STRUCTURED_FWHT_RING_MIB")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|&m| m > 0)
-            .map_or(24 << 20, |m| m << 20)
-    })
+    *BYTES.get_or_init(|| env_mib("CANDLE_STRUCTURED_FWHT_RING_MIB", 24))
 }
 
 /// Launch plan of the persistent kernel.
