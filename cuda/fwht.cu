@@ -45,6 +45,9 @@ __device__ __forceinline__ unsigned char* dyn_smem() {
 #ifndef FWHT_EMU
 // A 16-byte global store (the emulation checks its alignment).
 __device__ __forceinline__ void store16(uint4* p, uint4 v) { *p = v; }
+// Shared-memory loads and stores (the emulation counts their bank conflicts).
+template <typename T> __device__ __forceinline__ T sm_ld(const T* p) { return *p; }
+template <typename T> __device__ __forceinline__ void sm_st(T* p, T v) { *p = v; }
 #endif
 
 __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
@@ -231,9 +234,9 @@ __device__ __forceinline__ void fwht_row_regs(const TIn* in_row, TOut* out_row, 
             const int idx = k * E + j * CH;
             Acc* dst = sm + swz<LOG_CH, SHIFT>(idx);
             if constexpr (CH == 4) {
-                *reinterpret_cast<float4*>(dst) = make_float4(v[j * 4], v[j * 4 + 1], v[j * 4 + 2], v[j * 4 + 3]);
+                sm_st(reinterpret_cast<float4*>(dst), make_float4(v[j * 4], v[j * 4 + 1], v[j * 4 + 2], v[j * 4 + 3]));
             } else {
-                *reinterpret_cast<double2*>(dst) = make_double2(v[j * 2], v[j * 2 + 1]);
+                sm_st(reinterpret_cast<double2*>(dst), make_double2(v[j * 2], v[j * 2 + 1]));
             }
         }
         __syncthreads();
@@ -254,10 +257,10 @@ __device__ __forceinline__ void fwht_row_regs(const TIn* in_row, TOut* out_row, 
 #pragma unroll
             for (int x = 0; x < NX; ++x) a[x] = ((((k >> 2) ^ ((x * TW) & 7) ^ ko)) << 2) | (k & 3);
 #pragma unroll
-            for (int r = 0; r < E; ++r) v[r] = sm[r * C::T + a[r % NX]];
+            for (int r = 0; r < E; ++r) v[r] = sm_ld(sm + r * C::T + a[r % NX]);
             butterfly_regs<C::LOG_E, E, Acc>(v);
 #pragma unroll
-            for (int r = 0; r < E; ++r) sm[r * C::T + a[r % NX]] = v[r];
+            for (int r = 0; r < E; ++r) sm_st(sm + r * C::T + a[r % NX], v[r]);
         } else {
             // register s*W + hi holds index hi * 2^(e+5) + s * T + k
 #pragma unroll
@@ -265,7 +268,7 @@ __device__ __forceinline__ void fwht_row_regs(const TIn* in_row, TOut* out_row, 
 #pragma unroll
                 for (int hi = 0; hi < C::W; ++hi) {
                     const int idx = (hi << (C::LOG_E + 5)) + s * C::T + k;
-                    v[s * C::W + hi] = sm[swz<LOG_CH, SHIFT>(idx)];
+                    v[s * C::W + hi] = sm_ld(sm + swz<LOG_CH, SHIFT>(idx));
                 }
             }
             butterfly_regs<C::LOG_W, E, Acc>(v);
@@ -274,7 +277,7 @@ __device__ __forceinline__ void fwht_row_regs(const TIn* in_row, TOut* out_row, 
 #pragma unroll
                 for (int hi = 0; hi < C::W; ++hi) {
                     const int idx = (hi << (C::LOG_E + 5)) + s * C::T + k;
-                    sm[swz<LOG_CH, SHIFT>(idx)] = v[s * C::W + hi];
+                    sm_st(sm + swz<LOG_CH, SHIFT>(idx), v[s * C::W + hi]);
                 }
             }
         }
@@ -284,13 +287,13 @@ __device__ __forceinline__ void fwht_row_regs(const TIn* in_row, TOut* out_row, 
             const int idx = k * E + j * CH;
             const Acc* src = sm + swz<LOG_CH, SHIFT>(idx);
             if constexpr (CH == 4) {
-                const float4 f = *reinterpret_cast<const float4*>(src);
+                const float4 f = sm_ld(reinterpret_cast<const float4*>(src));
                 v[j * 4] = f.x;
                 v[j * 4 + 1] = f.y;
                 v[j * 4 + 2] = f.z;
                 v[j * 4 + 3] = f.w;
             } else {
-                const double2 d = *reinterpret_cast<const double2*>(src);
+                const double2 d = sm_ld(reinterpret_cast<const double2*>(src));
                 v[j * 2] = d.x;
                 v[j * 2 + 1] = d.y;
             }
@@ -342,7 +345,7 @@ __device__ __forceinline__ void fwht_col_tile(const Acc* src, TOut* dst, long lo
     for (int j = 0; j < H * NC / BLOCK; ++j) {
         const int i = j * BLOCK + tid;
         const int r = i / NC, c = i % NC;
-        tile[i] = __ldcg(src + (long long)r * n_lo + c);  // L2: the scratch may come from another block
+        sm_st(tile + i, __ldcg(src + (long long)r * n_lo + c));  // L2: the scratch may come from another block
     }
     __syncthreads();
 #pragma unroll
@@ -357,7 +360,7 @@ __device__ __forceinline__ void fwht_col_tile(const Acc* src, TOut* dst, long lo
             Acc u[8];
 #pragma unroll
             for (int j = 0; j < 8; ++j)
-                if (j < G) u[j] = tile[(base + (j << b)) * NC + c];
+                if (j < G) u[j] = sm_ld(tile + (base + (j << b)) * NC + c);
 #pragma unroll
             for (int h = 1; h < 8; h <<= 1) {
                 if (h < G) {
@@ -373,7 +376,7 @@ __device__ __forceinline__ void fwht_col_tile(const Acc* src, TOut* dst, long lo
             }
 #pragma unroll
             for (int j = 0; j < 8; ++j)
-                if (j < G) tile[(base + (j << b)) * NC + c] = u[j];
+                if (j < G) sm_st(tile + (base + (j << b)) * NC + c, u[j]);
         }
         __syncthreads();
     }
@@ -381,7 +384,7 @@ __device__ __forceinline__ void fwht_col_tile(const Acc* src, TOut* dst, long lo
     for (int j = 0; j < H * NC / BLOCK; ++j) {
         const int i = j * BLOCK + tid;
         const int r = i / NC, c = i % NC;
-        __stcs(dst + (long long)r * n_lo + c, FromAcc<TOut, Acc>::f(tile[i] * scale));  // keep L2 for scratch
+        __stcs(dst + (long long)r * n_lo + c, FromAcc<TOut, Acc>::f(sm_ld(tile + i) * scale));  // keep L2 for scratch
     }
 }
 
@@ -432,9 +435,9 @@ __device__ __forceinline__ void fwht_fused_body(const T* in, T* out, Acc* ring, 
     unsigned* row_done = ctl + 1;
     unsigned* col_done = ctl + 1 + slots;
     for (;;) {
-        if (tid == 0) *item_slot = atomicAdd(ctl, 1u);
+        if (tid == 0) sm_st(item_slot, (long long)atomicAdd(ctl, 1u));
         __syncthreads();
-        const long long j = *item_slot;
+        const long long j = sm_ld(item_slot);
         __syncthreads();  // everyone has read the item before thread 0 may claim the next one
         if (j >= total) return;
         // decode: steps t < L hold row items only, steps t >= rows column items only

@@ -1,9 +1,10 @@
 //! The CUDA kernels of `cuda/fwht.cu`, run on the CPU without a GPU: `cuda/emu/check.cpp` includes the kernel
 //! source with a small emulation of the CUDA features it uses (`cuda/emu/cuda_emu.h`: threads as fibers,
-//! barriers, warp shuffles, shared memory with a guard zone, 16-byte alignment checks, blocks at uneven speeds
-//! for the persistent kernel) and compares every kernel family (one pass, its transposed variant, packed n ≤ 4,
+//! barriers, warp shuffles, shared memory with a guard zone and a count of its bank conflicts, 16-byte alignment
+//! checks, blocks at uneven speeds for the persistent kernel) and compares every kernel family (one pass, its transposed variant, packed n ≤ 4,
 //! the two-kernel and the persistent multi-pass paths), every element type and every n from 2^0 to 2^20 bit for
-//! bit against a plain transform in the CPU kernel's butterfly order.
+//! bit against a plain transform in the CPU kernel's butterfly order; the one-pass kernels must also be free of
+//! shared-memory bank conflicts.
 //!
 //! This test builds that program with the system's C++ compiler (`CXX`, else `c++`), so that CI checks the
 //! kernels' logic on every change; speed and the real memory model wait for a GPU (`examples/gpu_check.rs`).

@@ -75,8 +75,33 @@ template <typename T> std::vector<T> reference(const std::vector<T>& x, size_t r
 
 int failures = 0, comparisons = 0;
 
-template <typename T> void compare(const std::string& what, const std::vector<T>& got, const std::vector<T>& want) {
+// Shared-memory wavefronts since the last call, and the conflict-free minimum for the same requests.
+struct Banks {
+    long long wavefronts, ideal;
+};
+Banks take_banks() {
+    static long long w0 = 0, i0 = 0;
+    const Banks b{emu::S().smem_wavefronts - w0, emu::S().smem_ideal - i0};
+    w0 = emu::S().smem_wavefronts;
+    i0 = emu::S().smem_ideal;
+    return b;
+}
+
+// Compares bit for bit; `conflict_free`: the kernels that ran since the last take_banks() must also have had
+// no shared-memory bank conflicts.
+template <typename T> void compare(const std::string& what, const std::vector<T>& got, const std::vector<T>& want,
+                                   bool conflict_free = false) {
     ++comparisons;
+    const Banks banks = take_banks();
+    char conflicts[64] = "";
+    if (banks.ideal > 0)
+        std::snprintf(conflicts, sizeof conflicts, ", shared memory %.2fx the conflict-free wavefronts",
+                      (double)banks.wavefronts / (double)banks.ideal);
+    if (conflict_free && banks.wavefronts != banks.ideal) {
+        ++failures;
+        std::printf("FAIL %-44s bank conflicts: %lld wavefronts for %lld requests\n", what.c_str(),
+                    banks.wavefronts, banks.ideal);
+    }
     size_t bad = 0, first = 0;
     for (size_t i = 0; i < want.size(); ++i)
         if (bits(got[i]) != bits(want[i])) {
@@ -87,7 +112,7 @@ template <typename T> void compare(const std::string& what, const std::vector<T>
         std::printf("FAIL %-44s %zu of %zu differ, first at %zu: %.9g vs %.9g\n", what.c_str(), bad, want.size(),
                     first, Ty<T>::to(got[first]), Ty<T>::to(want[first]));
     } else {
-        std::printf("ok   %-44s %zu values bit-identical\n", what.c_str(), want.size());
+        std::printf("ok   %-44s %zu values bit-identical%s\n", what.c_str(), want.size(), conflicts);
     }
     std::fflush(stdout);
 }
@@ -280,13 +305,19 @@ template <typename T> void check_type(bool quick) {
         const size_t rows = m <= 10 ? 5 : (m <= 13 ? 3 : 2);
         const double scale = 1.0 / std::sqrt((double)n);
         auto x = random<T>(rows * (n + 8) + 8, seed++);
-        compare(std::string(tn) + " one pass n=2^" + std::to_string(m),
-                one_pass(x, m, rows, n, 0, scale), reference(x, rows, n, n, 0, scale));
+        auto want = reference(x, rows, n, n, 0, scale);
+        take_banks();
+        compare(std::string(tn) + " one pass n=2^" + std::to_string(m), one_pass(x, m, rows, n, 0, scale), want,
+                true);
         if (quick && m > 12) continue;
+        want = reference(x, rows, n, n + 8, 0, scale);
+        take_banks();
         compare(std::string(tn) + " one pass n=2^" + std::to_string(m) + " stride n+8",
-                one_pass(x, m, rows, n + 8, 0, scale), reference(x, rows, n, n + 8, 0, scale));
+                one_pass(x, m, rows, n + 8, 0, scale), want, true);
+        want = reference(x, rows, n, n, 1, scale);
+        take_banks();
         compare(std::string(tn) + " one pass n=2^" + std::to_string(m) + " offset 1",
-                one_pass(x, m, rows, n, 1, scale), reference(x, rows, n, n, 1, scale));
+                one_pass(x, m, rows, n, 1, scale), want, true);
     }
     // the transposed-exchange variant of the one-pass kernel (f32 arithmetic, n = 2^10 .. 2^15)
     for (unsigned m = 10; m <= 15 && sizeof(typename Ty<T>::Acc) == 4; ++m) {
@@ -295,10 +326,15 @@ template <typename T> void check_type(bool quick) {
         const double scale = 1.0 / std::sqrt((double)n);
         auto x = random<T>(rows * (n + 8) + 8, seed++);
         const std::string what = std::string(tn) + " transposed n=2^" + std::to_string(m);
-        compare(what, one_pass(x, m, rows, n, 0, scale, true), reference(x, rows, n, n, 0, scale));
-        compare(what + " stride n+8", one_pass(x, m, rows, n + 8, 0, scale, true),
-                reference(x, rows, n, n + 8, 0, scale));
-        compare(what + " offset 1", one_pass(x, m, rows, n, 1, scale, true), reference(x, rows, n, n, 1, scale));
+        auto want = reference(x, rows, n, n, 0, scale);
+        take_banks();
+        compare(what, one_pass(x, m, rows, n, 0, scale, true), want, true);
+        want = reference(x, rows, n, n + 8, 0, scale);
+        take_banks();
+        compare(what + " stride n+8", one_pass(x, m, rows, n + 8, 0, scale, true), want, true);
+        want = reference(x, rows, n, n, 1, scale);
+        take_banks();
+        compare(what + " offset 1", one_pass(x, m, rows, n, 1, scale, true), want, true);
     }
     // the two-kernel multi-pass path, several groups
     for (unsigned m : {16u, 17u}) {

@@ -7,6 +7,8 @@
 // next one, round robin. The blocks of one "wave" run together, so that blocks of a persistent kernel really
 // do wait on each other. Memory is plain host memory: no caches, so the test checks the algorithm and the
 // synchronisation protocol, not memory-model subtleties (fences, cache operators), which are read in review.
+// Shared-memory accesses made through sm_ld/sm_st are logged per thread and code site, and counted in
+// wavefronts (bank conflicts) per warp-wide request when each wave of blocks ends.
 #pragma once
 
 #if !defined(__x86_64__)
@@ -18,6 +20,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <memory>
 #include <vector>
 
@@ -134,6 +137,15 @@ struct Fiber {
     bool done = false;
     const unsigned* wait_gen = nullptr;  // blocked at a barrier until *wait_gen != gen_seen
     unsigned gen_seen = 0;
+    // shared-memory accesses, for the bank-conflict count: (code site, n-th access from that site) -> address
+    struct Access {
+        const void* site;
+        unsigned nth;
+        uintptr_t addr;
+        unsigned bytes;
+    };
+    std::vector<Access> smem_log;
+    std::vector<std::pair<const void*, unsigned>> site_count;  // few sites per kernel: a linear search
     std::unique_ptr<char[]> stack;
     std::function<void()>* body = nullptr;
 };
@@ -163,6 +175,8 @@ struct Sched {
     dim3 block_dim, grid_dim;
     long long progress = 0;  // barrier arrivals and finished fibers
     bool jitter = false;     // pause threads at random for up to 2,047 rounds (varies the interleaving)
+    // shared-memory wavefronts of the launches so far, and the conflict-free minimum for the same requests
+    long long smem_wavefronts = 0, smem_ideal = 0;
     uint64_t rng = 0x9e3779b97f4a7c15ull;
 };
 
@@ -239,6 +253,79 @@ template <typename T> T shfl_xor(T v, int lane_mask) {
 }
 
 inline unsigned char* smem() { return S().cur->block->smem_base; }
+
+// Records one shared-memory access of the current thread from the code site `site`.
+inline void log_smem(const void* site, const void* p, unsigned bytes) {
+    Fiber* f = S().cur;
+    unsigned nth = 0;
+    bool found = false;
+    for (auto& [s, n] : f->site_count)
+        if (s == site) {
+            nth = n++;
+            found = true;
+            break;
+        }
+    if (!found) f->site_count.push_back({site, 1});
+    f->smem_log.push_back({site, nth, reinterpret_cast<uintptr_t>(p), bytes});
+}
+
+// Wavefronts of one warp-wide request: lanes are served in phases of 128 bytes (32 lanes of 4 bytes, 16 of 8,
+// 8 of 16), and a phase takes as many wavefronts as the largest number of distinct 4-byte words in one bank.
+inline void count_request(const std::vector<std::pair<unsigned, const Fiber::Access*>>& lanes) {
+    Sched& s = S();
+    const unsigned bytes = lanes.front().second->bytes;
+    const unsigned per_phase = bytes >= 16 ? 8 : (bytes == 8 ? 16 : 32);
+    for (unsigned ph = 0; ph < 32 / per_phase; ++ph) {
+        uintptr_t words[32][32];  // per bank, the distinct 4-byte words requested
+        unsigned count[32] = {0};
+        bool any = false;
+        for (auto& [lane, a] : lanes) {
+            if (lane / per_phase != ph) continue;
+            any = true;
+            for (uintptr_t w = a->addr / 4; w < (a->addr + a->bytes + 3) / 4; ++w) {
+                const unsigned b = (unsigned)(w % 32);
+                bool seen = false;
+                for (unsigned i = 0; i < count[b]; ++i) seen |= words[b][i] == w;
+                if (!seen && count[b] < 32) words[b][count[b]++] = w;
+            }
+        }
+        if (!any) continue;
+        unsigned worst = 1;
+        for (unsigned b = 0; b < 32; ++b) worst = count[b] > worst ? count[b] : worst;
+        s.smem_wavefronts += worst;
+        s.smem_ideal += 1;
+    }
+}
+
+// Groups the logged accesses of each warp into warp-wide requests and counts their wavefronts: by position
+// when every lane logged the same sequence of code sites (converged), else by (site, n-th access from it).
+inline void count_bank_conflicts(const std::vector<std::unique_ptr<Fiber>>& fibers, unsigned nthreads) {
+    std::vector<std::pair<unsigned, const Fiber::Access*>> lanes;
+    for (size_t block = 0; block < fibers.size(); block += nthreads) {
+        for (size_t first = block; first < block + nthreads; first += 32) {
+            const size_t last = first + 32 < block + nthreads ? first + 32 : block + nthreads;
+            const auto& log0 = fibers[first]->smem_log;
+            bool converged = true;
+            for (size_t i = first + 1; i < last && converged; ++i) {
+                const auto& l = fibers[i]->smem_log;
+                converged = l.size() == log0.size();
+                for (size_t k = 0; k < l.size() && converged; ++k) converged = l[k].site == log0[k].site;
+            }
+            if (converged) {
+                for (size_t k = 0; k < log0.size(); ++k) {
+                    lanes.clear();
+                    for (size_t i = first; i < last; ++i) lanes.push_back({(unsigned)(i - first), &fibers[i]->smem_log[k]});
+                    count_request(lanes);
+                }
+                continue;
+            }
+            std::map<std::pair<const void*, unsigned>, std::vector<std::pair<unsigned, const Fiber::Access*>>> req;
+            for (size_t i = first; i < last; ++i)
+                for (const auto& a : fibers[i]->smem_log) req[{a.site, a.nth}].push_back({(unsigned)(i - first), &a});
+            for (auto& [key, group] : req) count_request(group);
+        }
+    }
+}
 
 // First code a fiber runs; S().cur is the fiber.
 inline void fiber_entry() {
@@ -349,6 +436,7 @@ inline void launch(dim3 grid, dim3 block, size_t smem_bytes, unsigned wave, std:
                 idle_rounds = 0;
             }
         }
+        count_bank_conflicts(fibers, nthreads);
         for (auto& blk : blocks) {  // the guard zone still holds the fill pattern
             const unsigned char* data = reinterpret_cast<const unsigned char*>(blk->smem.data());
             const size_t from = (size_t)(blk->smem_base - data) + smem_bytes;
@@ -382,6 +470,14 @@ inline uint4 __ldcs(const uint4* p) {
 inline void store16(uint4* p, uint4 v) {
     emu::check_align16(p);
     std::memcpy(p, &v, 16);
+}
+template <typename T> __attribute__((noinline)) T sm_ld(const T* p) {
+    emu::log_smem(__builtin_return_address(0), p, sizeof(T));
+    return *p;
+}
+template <typename T> __attribute__((noinline)) void sm_st(T* p, T v) {
+    emu::log_smem(__builtin_return_address(0), p, sizeof(T));
+    *p = v;
 }
 template <typename T> inline T __ldcg(const T* p) { return *p; }
 template <typename T> inline void __stcs(T* p, T v) { *p = v; }
