@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Everything that waits for a GPU, in one call of the device tool (carry [".gpu"], built as in
+# docs/gpu-notes.md): the setup of gpu_run.sh, then gpu_check (every check, the opt-in kernel variants last,
+# then the copy-ratio table with their columns), then the Small model's training in f32 / tf32 / bf16 with the
+# per-phase split, then PyTorch's twin. Each step has its own time limit and log under $OUT, so a step that
+# fails or hangs leaves the others' results.
+#   bash benches/gpu_session.sh            # all, about 6-8 minutes on an H100
+#   STEPS="check" bash benches/gpu_session.sh
+set -u
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+STEPS=${STEPS:-"check train torch"}
+source "$(dirname "$0")/gpu_run.sh" > "$OUT/setup.log" 2>&1
+run() {  # run <log name> <seconds> <command...>
+  local log=$1 secs=$2; shift 2
+  local t0=$SECONDS
+  timeout "$secs" "$@" > "$OUT/$log.log" 2>&1
+  local rc=$?
+  echo "$log: rc $rc, $((SECONDS - t0)) s" | tee -a "$OUT/session.log"
+}
+for step in $STEPS; do
+  case $step in
+    check)
+      run gpu_check 240 .gpu/gpu_check
+      tail -40 "$OUT/gpu_check.log"
+      ;;
+    train)
+      common=(--preset small --device cuda --data data/fr-debian --steps 3 --eval-every 0 --checkpoint-every 0
+              --eval-windows 4 --test-windows 4 --no-progress)
+      for p in f32 tf32 bf16; do
+        run "train_$p" 100 .gpu/train_small "${common[@]}" --micro-batch 4 --precision "$p" --sync-phases \
+          --run-dir "/tmp/run-$p"
+        grep -E "tokens/s|utilisation|per step" "$OUT/train_$p.log" | tail -6
+      done
+      run train_bf16_mb8 100 .gpu/train_small "${common[@]}" --micro-batch 8 --precision bf16 --run-dir /tmp/run-bf16-8
+      grep -E "tokens/s|utilisation" "$OUT/train_bf16_mb8.log" | tail -3
+      ;;
+    torch)
+      run torch_train 150 python3 benches/torch_train.py --steps 2
+      tail -8 "$OUT/torch_train.log"
+      ;;
+  esac
+done
+cat "$OUT/session.log"
