@@ -14,6 +14,8 @@
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+mod cuda_geometry;
 mod pool;
 mod reference;
 #[cfg(target_arch = "x86_64")]
