@@ -528,6 +528,58 @@ fn variant_checks(gpu: &Device, args: &Args, c: &mut Checker) -> Result<()> {
     Ok(())
 }
 
+/// The copy-ratio goals of issue 6 against the best of the default kernels and the variants, per dtype: which
+/// sizes meet them and which kernel is fastest there, so that a run says at once what to make the default.
+fn goal_summary(rows: &[Row]) -> String {
+    let mut out =
+        String::from("goals (best of default / transposed / persistent, ratio to the copy):");
+    for dtype in [DType::BF16, DType::F16, DType::F32] {
+        let (mut met, mut missed, mut wins) = (Vec::new(), Vec::new(), Vec::new());
+        for r in rows.iter().filter(|r| r.dtype == dtype && r.log_n <= 20) {
+            let candidates = [
+                ("default", Some(r.fwht_us)),
+                ("transposed", r.transposed_us),
+                ("persistent", r.persistent_us),
+            ];
+            let (best_name, best_us) = candidates
+                .iter()
+                .filter_map(|&(k, us)| us.map(|us| (k, us)))
+                .fold(
+                    ("default", f64::INFINITY),
+                    |a, b| if b.1 < a.1 { b } else { a },
+                );
+            let ratio = best_us / r.copy_us;
+            // f16/bf16: 1.1 up to 2^15, 1.5 for 2^16..2^20; f32: 1.1
+            let goal = if dtype != DType::F32 && r.log_n >= 16 {
+                1.5
+            } else {
+                1.1
+            };
+            let entry = format!("2^{} {ratio:.2}", r.log_n);
+            if ratio <= goal {
+                met.push(entry);
+            } else {
+                missed.push(entry);
+            }
+            if best_name != "default" {
+                wins.push(format!(
+                    "2^{} {best_name} {:.2}x faster",
+                    r.log_n,
+                    r.fwht_us / best_us
+                ));
+            }
+        }
+        out += &format!(
+            "\n  {:5} met: [{}]\n        missed: [{}]\n        a variant beats the default: [{}]",
+            name(dtype),
+            met.join(", "),
+            missed.join(", "),
+            wins.join(", ")
+        );
+    }
+    out
+}
+
 fn stream_of(dev: &Device) -> Result<Arc<CudaStream>> {
     match dev {
         Device::Cuda(d) => Ok(d.cuda_stream()),
@@ -590,6 +642,7 @@ fn timings(gpu: &Device, args: &Args) -> Result<Vec<String>> {
     );
 
     let mut table = Vec::new();
+    let mut rows_timed: Vec<Row> = Vec::new();
     let max_log = if quick { args.tmax.min(16) } else { args.tmax };
     for dtype in [DType::BF16, DType::F16, DType::F32] {
         let numel = bytes / dtype.size_in_bytes();
@@ -667,8 +720,10 @@ fn timings(gpu: &Device, args: &Args) -> Result<Vec<String>> {
                 r.copy_us,
                 r.fwht_us / r.copy_us
             ));
+            rows_timed.push(r);
         }
     }
+    println!("{}", goal_summary(&rows_timed));
 
     if args.ratios_only {
         return Ok(table);
