@@ -3,9 +3,11 @@
 # docs/gpu-notes.md): the setup of gpu_run.sh, then gpu_check (every check, the opt-in kernel variants last,
 # then the copy-ratio table with their columns), then the Small model's training in f32 / tf32 / bf16 with the
 # per-phase split, then PyTorch's twin. Each step has its own time limit and log under $OUT, so a step that
-# fails or hangs leaves the others' results.
-#   bash benches/gpu_session.sh            # all, about 6-8 minutes on an H100
-#   STEPS="check" bash benches/gpu_session.sh
+# fails or hangs leaves the others' results. Two more steps, not in the default list:
+#   sanitize: compute-sanitizer (memcheck, racecheck, synccheck) over the opt-in kernel variants' checks;
+#   profile:  nsys over 2 steps of bf16 training, with its kernel and API time summaries (where the time goes).
+#   bash benches/gpu_session.sh            # check train torch, about 6-8 minutes on an H100
+#   STEPS="sanitize profile" bash benches/gpu_session.sh
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 STEPS=${STEPS:-"check train torch"}
@@ -37,6 +39,24 @@ for step in $STEPS; do
     torch)
       run torch_train 150 python3 benches/torch_train.py --steps 2
       tail -8 "$OUT/torch_train.log"
+      ;;
+    sanitize)
+      SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+      if [ -z "$SAN" ]; then echo "sanitize: no compute-sanitizer" | tee -a "$OUT/session.log"; continue; fi
+      for tool in memcheck racecheck synccheck; do
+        run "sanitize_$tool" 150 "$SAN" --tool "$tool" --error-exitcode 9 .gpu/gpu_check --only-variants --quick
+        tail -4 "$OUT/sanitize_$tool.log"
+      done
+      ;;
+    profile)
+      NSYS=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems*/bin/nsys 2>/dev/null | head -1)
+      if [ -z "$NSYS" ]; then echo "profile: no nsys" | tee -a "$OUT/session.log"; continue; fi
+      run nsys_bf16 240 "$NSYS" profile --force-overwrite true -o /tmp/train_bf16 --stats=true -t cuda \
+        .gpu/train_small --preset small --device cuda --data data/fr-debian --steps 2 --eval-every 0 \
+        --checkpoint-every 0 --eval-windows 2 --test-windows 2 --no-progress --micro-batch 4 --precision bf16 \
+        --run-dir /tmp/run-prof
+      grep -A30 "cuda_gpu_kern_sum" "$OUT/nsys_bf16.log" | head -34
+      grep -A12 "cuda_api_sum" "$OUT/nsys_bf16.log" | head -14
       ;;
   esac
 done

@@ -42,6 +42,9 @@ struct Args {
     /// Leave out the opt-in transposed one-pass kernels (their checks and their timing column).
     #[arg(long)]
     no_transposed: bool,
+    /// Only the checks of the opt-in variants, no timings (for compute-sanitizer, which slows kernels down).
+    #[arg(long)]
+    only_variants: bool,
     /// Skip the timings.
     #[arg(long)]
     no_timing: bool,
@@ -813,6 +816,19 @@ fn main() -> Result<()> {
         failures: Vec::new(),
         count: 0,
     };
+    if args.only_variants {
+        variant_checks(&gpu, &args, &mut c)?;
+        println!(
+            "variant checks: {} comparisons, {} failures",
+            c.count,
+            c.failures.len()
+        );
+        return if c.failures.is_empty() {
+            Ok(())
+        } else {
+            bail!("{} variant checks failed", c.failures.len())
+        };
+    }
     if !args.no_checks {
         checks(&gpu, args.quick, &mut c)?;
         x_dim_check(&gpu)?;
