@@ -11,7 +11,11 @@
 // wavefronts (bank conflicts) per warp-wide request when each wave of blocks ends.
 #pragma once
 
-#if !defined(__x86_64__)
+// The hand-written stack switch needs x86-64 and an ELF assembler (Linux, BSD); elsewhere ucontext.
+#if defined(__x86_64__) && defined(__ELF__)
+#define EMU_ASM_SWITCH 1
+#else
+#define EMU_ASM_SWITCH 0
 #include <ucontext.h>
 #endif
 
@@ -86,7 +90,7 @@ inline __nv_bfloat16 __float2bfloat16_rn(float x) {
 
 namespace emu {
 
-#if defined(__x86_64__)
+#if EMU_ASM_SWITCH
 // Saves the callee-saved registers, MXCSR and the x87 control word on the current stack, stores the stack
 // pointer in *save, switches to `next` and restores the same from there (System V ABI: nothing else survives a
 // call). glibc's swapcontext also saves the signal mask, a system call per switch, which we do not need.
@@ -191,7 +195,7 @@ inline Sched& S() {
 }
 
 inline void switch_to(Context& save, Context& next) {
-#if defined(__x86_64__)
+#if EMU_ASM_SWITCH
     emu_switch(&save.sp, next.sp);
 #else
     swapcontext(&save.uc, &next.uc);
@@ -336,13 +340,13 @@ inline void fiber_entry() {
     fail("a finished fiber was resumed");
 }
 
-#if !defined(__x86_64__)
+#if !EMU_ASM_SWITCH
 inline void fiber_entry_uc() { fiber_entry(); }
 #endif
 
 inline void start_fiber(Fiber& f, size_t stack_bytes) {
     f.stack.reset(new char[stack_bytes]);
-#if defined(__x86_64__)
+#if EMU_ASM_SWITCH
     // the frame emu_switch pops: MXCSR and x87 control word, six registers, then `ret` into fiber_entry with
     // the stack as after a call (rsp = 8 mod 16)
     uintptr_t top = (reinterpret_cast<uintptr_t>(f.stack.get()) + stack_bytes) & ~uintptr_t(15);
