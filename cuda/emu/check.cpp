@@ -2,12 +2,15 @@
 // family (one pass and its transposed variant, packed n <= 4, the two-kernel multi-pass path, the persistent
 // multi-pass kernel) against a
 // plain f32/f64 transform in the CPU kernel's butterfly order, bit for bit (the GPU kernels promise that).
-// Launch geometry follows src/fwht/cuda.rs (row_cfg, split, col_cfg, the persistent kernel's schedule).
+// Launch geometry comes from the kernels' own constants (kernel_geometry.h); the host rules (split, schedule)
+// follow src/fwht/cuda.rs.
 //
 //   cargo test --release --test cuda_emulated       # builds this file with the C++ compiler and runs it
 //   g++ -std=c++17 -O2 -o /tmp/check cuda/emu/check.cpp && /tmp/check [--quick]   # by hand
 #define FWHT_EMU
 #include "../fwht.cu"
+
+#include "kernel_geometry.h"
 
 #include <cinttypes>
 #include <random>
@@ -125,22 +128,7 @@ template <typename T> std::vector<T> random(size_t len, uint64_t seed) {
     return x;
 }
 
-// ---- host geometry, as in src/fwht/cuda.rs ----------------------------------------------------------------
-struct Geo {
-    unsigned rows_per_block, block, smem;
-};
-Geo row_cfg(unsigned log_n, unsigned acc_bytes, unsigned in_bytes, bool transposed = false) {
-    const unsigned log_e = transposed && log_n >= 10 && acc_bytes == 4
-                               ? 5
-                               : (log_n <= 3 ? log_n : std::max(in_bytes == 2 ? 4u : 3u, (log_n - 4) / 2));
-    const unsigned log_t = log_n - log_e, t = 1u << log_t;
-    const unsigned rpb = t >= 256 ? 1 : 256 / t;
-    const bool exchange = log_t > 5 || (transposed && log_n >= 10 && acc_bytes == 4);
-    return {rpb, rpb * t, exchange ? rpb * (1u << log_n) * acc_bytes : 0};
-}
-unsigned col_nc(unsigned log_hi) { return std::max(16u, 1u << (log_hi >= 13 ? 0 : 13 - log_hi)); }
-
-
+// ---- launch geometry: the kernels' own constants (kernel_geometry.h) --------------------------------------
 // kernels are typed; wrap them so the tables below can hold one signature per element type
 template <typename TIn, typename TOut, typename Acc>
 using RowK = void (*)(const TIn*, TOut*, long long, int, long long, long long, Acc, int, int);
@@ -216,7 +204,7 @@ template <typename TIn, typename TOut, typename Acc>
 void launch_rows(RowK<TIn, TOut, Acc> k, unsigned log_n, const TIn* in, TOut* out, long long rows, int sub_log,
                  long long in_stride, long long out_stride, Acc scale, bool vin, bool vout,
                  bool transposed = false) {
-    const Geo g = row_cfg(log_n, sizeof(Acc), sizeof(TIn), transposed);
+    const Geo g = row_geo<Acc, (int)sizeof(TIn)>(log_n, transposed);
     const unsigned blocks = (unsigned)((rows + g.rows_per_block - 1) / g.rows_per_block);
     emu::launch({blocks, 1, 1}, {g.block, 1, 1}, g.smem, WAVE,
                 [&] { k(in, out, rows, sub_log, in_stride, out_stride, scale, vin, vout); });
@@ -277,7 +265,7 @@ template <typename T> std::vector<T> persistent(const std::vector<T>& x, unsigne
     std::vector<Acc> ring(slots * n, (Acc)12345.0);  // stale values: must all be overwritten before read
     std::vector<unsigned> ctl(1 + 2 * slots, 0);
     const bool vin = (offset * sizeof(T)) % 16 == 0 && (rows == 1 || (stride * sizeof(T)) % 16 == 0);
-    const size_t smem = 16 + std::max((size_t(1) << 12), (size_t(1) << a) * col_nc(a)) * sizeof(Acc);
+    const size_t smem = fused_smem<Acc, (int)sizeof(T)>(a);
     emu::S().jitter = true;  // blocks at uneven speeds: a missing wait shows up as wrong values
     emu::launch({blocks, 1, 1}, {256, 1, 1}, smem, blocks, [&] {
         Kernels<T>::fused(a)(x.data() + offset, out.data(), ring.data(), ctl.data(), (long long)rows,

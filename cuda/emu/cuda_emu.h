@@ -166,7 +166,6 @@ struct Warp {
 
 struct Block {
     dim3 bid;
-    unsigned rank = 0;  // rank in its cluster
     std::vector<uint64_t> smem;  // 8-byte aligned; aligned to 16 below
     unsigned char* smem_base = nullptr;
     Barrier bar;
@@ -390,7 +389,6 @@ inline void launch(dim3 grid, dim3 block, size_t smem_bytes, unsigned wave, std:
             auto blk = std::make_unique<Block>();
             const unsigned id = first + b;
             blk->bid = {id % grid.x, id / grid.x % grid.y, id / (grid.x * grid.y)};
-            blk->rank = b;
             // garbage (a NaN pattern, never zeros), then a guard zone checked when the wave ends
             blk->smem.assign(smem_bytes / 8 + 4 + GUARD, FILL);
             blk->smem_base = reinterpret_cast<unsigned char*>(

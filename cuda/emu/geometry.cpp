@@ -4,31 +4,25 @@
 // src/fwht/cuda_geometry.rs. A mismatch on a GPU would trap (block size) or read past the shared memory.
 #define FWHT_EMU
 #include "../fwht.cu"
-
-#include <utility>
+#include "kernel_geometry.h"
 
 namespace {
 
 // row <log2 n> <acc bytes> <input bytes> <transposed> <rows per block> <block> <shared bytes>
 template <int LOG, typename Acc, int IN, int X> void row() {
-    using C = RowCfg<LOG, Acc, IN, X>;
-    const bool exchange = C::LOG_W > 0 || C::LANES_IN_SMEM > 0;
-    std::printf("row %d %d %d %d %d %d %d\n", LOG, (int)sizeof(Acc), IN, X, C::ROWS, C::BLOCK,
-                exchange ? C::ROWS * C::N * (int)sizeof(Acc) : 0);
+    constexpr Geo g = row_geo<LOG, Acc, IN, X>();
+    std::printf("row %d %d %d %d %u %u %u\n", LOG, (int)sizeof(Acc), IN, X, g.rows_per_block, g.block, g.smem);
 }
 
 // col <log2 n_hi> <acc bytes> <columns per block> <block> <shared bytes>
 template <int A, typename Acc> void col() {
-    using C = ColCfg<A>;
-    std::printf("col %d %d %d %d %d\n", A, (int)sizeof(Acc), C::NC, C::BLOCK, (1 << A) * C::NC * (int)sizeof(Acc));
+    std::printf("col %d %d %u %d %u\n", A, (int)sizeof(Acc), col_nc(A), ColCfg<A>::BLOCK,
+                (1u << A) * col_nc(A) * (unsigned)sizeof(Acc));
 }
 
 // fused <A> <acc bytes> <input bytes> <block> <shared bytes> (the item slot, then the row buffer or the tile)
 template <int A, typename Acc, int IN> void fused() {
-    using R = RowCfg<12, Acc, IN>;
-    const int row_bytes = R::N * (int)sizeof(Acc), tile_bytes = (1 << A) * ColCfg<A>::NC * (int)sizeof(Acc);
-    std::printf("fused %d %d %d %d %d\n", A, (int)sizeof(Acc), IN, R::BLOCK,
-                16 + (row_bytes > tile_bytes ? row_bytes : tile_bytes));
+    std::printf("fused %d %d %d %d %u\n", A, (int)sizeof(Acc), IN, RowCfg<12, Acc, IN>::BLOCK, fused_smem<Acc, IN>(A));
 }
 
 template <int... L> void rows(std::integer_sequence<int, L...>) {
