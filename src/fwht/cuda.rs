@@ -19,7 +19,8 @@
 
 use super::check_len;
 use super::cuda_geometry::{
-    col_cfg, one_pass_max, plan, row_cfg, row_stride, split, PERSISTENT_LOG2, TRANSPOSED_LOG2,
+    col_cfg, one_pass_max, persistent_smem, plan, row_cfg, row_stride, split, PERSISTENT_LOG2,
+    TRANSPOSED_LOG2,
 };
 use crate::error::Error;
 use candle_core::backend::BackendStorage;
@@ -74,6 +75,7 @@ static TRANSPOSED: AtomicU32 = AtomicU32::new(UNSET);
 static PERSISTENT_FROM: AtomicU32 = AtomicU32::new(UNSET);
 const UNSET: u32 = u32::MAX - 1;
 const NEVER: u32 = u32::MAX;
+
 /// Chooses the CUDA kernel variants for every later transform (process-wide).
 pub fn set_cuda_kernels(k: CudaKernels) {
     TRANSPOSED.store(k.transposed as u32, Ordering::Relaxed);
@@ -392,7 +394,7 @@ fn persistent<T: Elem>(
 ) -> Result<()> {
     let acc_bytes = std::mem::size_of::<T::Acc>() as u32;
     let a = log_n - 12;
-    let smem = plan(rows, log_n, acc_bytes, 1, usize::MAX).smem;
+    let smem = persistent_smem(log_n, acc_bytes);
     let func = load(dev, &format!("fwht_fused_{}_{a}", T::NAME), smem)?;
     let stream = dev.cuda_stream();
     let per_sm = func

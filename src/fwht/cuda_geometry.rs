@@ -18,6 +18,12 @@ pub(super) struct Plan {
     pub smem: u32,
 }
 
+/// Shared bytes of the persistent kernel for n = 2^log_n: the item slot (16 bytes), then the larger of a
+/// sub-row of 4096 and a column tile.
+pub(super) fn persistent_smem(log_n: u32, acc_bytes: u32) -> u32 {
+    16 + col_cfg(log_n - 12, acc_bytes).2.max(4096 * acc_bytes)
+}
+
 /// Plans the persistent kernel for `rows` rows of 2^log_n with `resident` blocks on the device at once. The
 /// column items of row r are handed out `lag` rows after its row items, and a ring slot is reused `slots` rows
 /// later; both leave about 1.5 rounds of the resident blocks' items in between, as far as the ring stays
@@ -30,7 +36,7 @@ pub(super) fn plan(
     ring_max: usize,
 ) -> Plan {
     let a = log_n - 12;
-    let (nc, _, col_smem) = col_cfg(a, acc_bytes);
+    let nc = col_cfg(a, acc_bytes).0;
     let row_items = 1usize << a;
     let items = row_items + (4096 / nc as usize);
     let blocks = resident.clamp(1, rows * items);
@@ -50,7 +56,7 @@ pub(super) fn plan(
         blocks,
         slots,
         lag: lag.min(rows),
-        smem: 16 + col_smem.max(4096 * acc_bytes),
+        smem: persistent_smem(log_n, acc_bytes),
     }
 }
 
