@@ -19,37 +19,13 @@
 //   columns (stride n_lo, length n_hi <= 2^10) through a shared-memory tile and writes the output with the scale.
 //   The host runs both passes over groups of rows whose scratch fits in L2, so the intermediate rarely reaches DRAM.
 
-#ifdef FWHT_EMU
-#include "emu/cuda_emu.h"  // CPU emulation for the kernel tests (cuda/emu/check.cpp)
-#else
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <stdint.h>
-#endif
+#include "common.cuh"
 
 namespace {
-
-// The block's dynamic shared memory.
-__device__ __forceinline__ unsigned char* dyn_smem() {
-#ifdef FWHT_EMU
-    return emu::smem();
-#else
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    return smem_raw;
-#endif
-}
 
 // Counters shared between the blocks of the persistent kernel (the protocol of CUTLASS's generic barrier):
 // a block's threads finish their writes, meet at __syncthreads, then one thread publishes with a release
 // add; a waiting block's one thread spins with acquire loads, then the block meets at __syncthreads.
-#ifndef FWHT_EMU
-// A 16-byte global store (the emulation checks its alignment).
-__device__ __forceinline__ void store16(uint4* p, uint4 v) { *p = v; }
-// Shared-memory loads and stores (the emulation counts their bank conflicts).
-template <typename T> __device__ __forceinline__ T sm_ld(const T* p) { return *p; }
-template <typename T> __device__ __forceinline__ void sm_st(T* p, T v) { *p = v; }
-#endif
-
 __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
 #ifdef FWHT_EMU
     return *p;
@@ -67,25 +43,6 @@ __device__ __forceinline__ void red_release_add(unsigned* p, unsigned v) {
     asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 #endif
 }
-
-__device__ __forceinline__ float to_acc(float x) { return x; }
-__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ double to_acc(double x) { return x; }
-
-template <typename T, typename A> struct FromAcc;
-template <> struct FromAcc<float, float> {
-    static __device__ __forceinline__ float f(float x) { return x; }
-};
-template <> struct FromAcc<__half, float> {
-    static __device__ __forceinline__ __half f(float x) { return __float2half_rn(x); }
-};
-template <> struct FromAcc<__nv_bfloat16, float> {
-    static __device__ __forceinline__ __nv_bfloat16 f(float x) { return __float2bfloat16_rn(x); }
-};
-template <> struct FromAcc<double, double> {
-    static __device__ __forceinline__ double f(double x) { return x; }
-};
 
 constexpr int cmax(int a, int b) { return a > b ? a : b; }
 constexpr int cmin(int a, int b) { return a < b ? a : b; }
