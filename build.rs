@@ -1,5 +1,6 @@
-//! Build script. With the `cuda` feature on, compiles `cuda/fwht.cu` to PTX with nvcc (as candle builds its own
-//! kernels); the PTX is embedded in the library and loaded by the driver at first use. Without the feature it
+//! Build script. With the `cuda` feature on, compiles `cuda/fwht.cu` (the Walsh–Hadamard transform) and
+//! `cuda/ops.cu` (the training ops) to PTX with nvcc (as candle builds its own kernels); the PTX is embedded in
+//! the library and loaded by the driver at first use. Without the feature it
 //! does nothing, so the default build needs no CUDA toolkit.
 //!
 //! Environment: `NVCC` (the compiler; else `$CUDA_ROOT/bin/nvcc`, `$CUDA_HOME/bin/nvcc`, `$CUDA_PATH/bin/nvcc` or
@@ -15,7 +16,9 @@ fn main() {
     if env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
-    println!("cargo:rerun-if-changed=cuda/fwht.cu");
+    for file in ["cuda/fwht.cu", "cuda/ops.cu", "cuda/common.cuh"] {
+        println!("cargo:rerun-if-changed={file}");
+    }
     for var in [
         "NVCC",
         "CUDA_ROOT",
@@ -26,23 +29,26 @@ fn main() {
         println!("cargo:rerun-if-env-changed={var}");
     }
 
-    let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR is set by cargo")).join("fwht.ptx");
+    let out_dir = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR is set by cargo"));
     let nvcc = find_nvcc();
     let cap = compute_cap();
-    let status = Command::new(&nvcc)
-        .args(["--ptx", "-O3", "-std=c++17", "-diag-suppress", "177"])
-        .arg(format!("-arch=sm_{cap}"))
-        .arg("cuda/fwht.cu")
-        .arg("-o")
-        .arg(&out)
-        .status();
-    match status {
-        Ok(s) if s.success() => {}
-        Ok(s) => panic!("nvcc ({}) failed on cuda/fwht.cu with {s}", nvcc.display()),
-        Err(e) => panic!(
-            "the `cuda` feature needs nvcc, which could not be run ({}: {e}); set NVCC or CUDA_ROOT",
-            nvcc.display()
-        ),
+    for name in ["fwht", "ops"] {
+        let src = format!("cuda/{name}.cu");
+        let status = Command::new(&nvcc)
+            .args(["--ptx", "-O3", "-std=c++17", "-diag-suppress", "177"])
+            .arg(format!("-arch=sm_{cap}"))
+            .arg(&src)
+            .arg("-o")
+            .arg(out_dir.join(format!("{name}.ptx")))
+            .status();
+        match status {
+            Ok(s) if s.success() => {}
+            Ok(s) => panic!("nvcc ({}) failed on {src} with {s}", nvcc.display()),
+            Err(e) => panic!(
+                "the `cuda` feature needs nvcc, which could not be run ({}: {e}); set NVCC or CUDA_ROOT",
+                nvcc.display()
+            ),
+        }
     }
 }
 

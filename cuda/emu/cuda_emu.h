@@ -19,6 +19,8 @@
 #include <ucontext.h>
 #endif
 
+#include <math.h>  // expf, logf, erff, sqrtf, fmaxf: the CUDA math functions the kernels call
+
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
