@@ -459,6 +459,42 @@ fn rotary_attention_dropout_matches_the_composed_fused_ops() {
 }
 
 #[test]
+fn composed_attention_matches_the_fused_op_with_dropout() {
+    // The CUDA form of attention (matmuls around the softmax-and-dropout op) draws the fused CPU op's dropout mask
+    // for the same seed: same outputs and gradients, with and without dropout, odd sequence lengths included.
+    for &(t, hd, p) in &[(5usize, 8usize, 0.0f32), (19, 32, 0.3), (33, 16, 0.1)] {
+        let composed = |x: &[Tensor]| {
+            ops::causal_attention_composed_seeded(&x[0], &x[1], &x[2], p, 4321).unwrap()
+        };
+        let fused =
+            |x: &[Tensor]| ops::causal_attention_seeded(&x[0], &x[1], &x[2], p, 4321).unwrap();
+        compare(
+            "composed attention f64",
+            &composed,
+            &fused,
+            &qkv(DType::F64, 2, 3, t, hd),
+            &[true; 3],
+            1e-10,
+        );
+        compare(
+            "composed attention f32",
+            &composed,
+            &fused,
+            &qkv(DType::F32, 2, 3, t, hd),
+            &[true; 3],
+            2e-5,
+        );
+    }
+    // Its own backward (the softmax op's) against finite differences, with dropout.
+    let composed =
+        |x: &[Tensor]| ops::causal_attention_composed_seeded(&x[0], &x[1], &x[2], 0.3, 99).unwrap();
+    let ins = qkv(DType::F64, 1, 2, 13, 8);
+    for which in 0..3 {
+        check_fd("composed attention+dropout", &composed, &ins, which, 1e-7);
+    }
+}
+
+#[test]
 fn attention_dropout_is_consistent_and_unbiased() {
     let seeded =
         |t: &[Tensor]| ops::causal_attention_seeded(&t[0], &t[1], &t[2], 0.3, 1234).unwrap();

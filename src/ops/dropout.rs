@@ -78,6 +78,26 @@ impl CustomOp2 for ResidualDropout {
         }
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            candle_core::bail!(
+                "{}: residual {:?} and branch {:?} differ",
+                self.name(),
+                l1.shape(),
+                l2.shape()
+            )
+        }
+        let y = super::cuda::dropout((s2, l2), Some((s1, l1)), self.0.p, self.0.seed)?;
+        Ok((y, l1.shape().clone()))
+    }
+
     fn bwd(
         &self,
         _residual: &Tensor,
@@ -112,6 +132,16 @@ impl CustomOp1 for Dropout {
             }
             _ => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), s.dtype()),
         }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let y = super::cuda::dropout((s, l), None, self.p, self.seed)?;
+        Ok((y, l.shape().clone()))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {

@@ -80,6 +80,15 @@ impl CustomOp1 for Gelu {
         }
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        Ok((super::cuda::gelu((s, l))?, l.shape().clone()))
+    }
+
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let grad = grad.contiguous()?;
         Ok(Some(arg.apply_op2_no_bwd(&grad, &GeluBwd)?))
@@ -116,5 +125,22 @@ impl CustomOp2 for GeluBwd {
             }
             _ => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), s1.dtype()),
         }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("{}: shape mismatch", self.name())
+        }
+        Ok((
+            super::cuda::gelu_bwd((s1, l1), (s2, l2))?,
+            l1.shape().clone(),
+        ))
     }
 }

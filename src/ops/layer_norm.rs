@@ -129,6 +129,21 @@ impl CustomOp3 for LayerNorm {
         }
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        dims(l1, l2, l3, self.name())?;
+        let y = super::cuda::layer_norm((s1, l1), (s2, l2), (s3, l3), self.eps)?;
+        Ok((y, l1.shape().clone()))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -210,5 +225,23 @@ impl CustomOp3 for LayerNormBwd {
             }
             _ => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), s1.dtype()),
         }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (rows, d) = l1.shape().dims2()?;
+        if l3.shape() != l1.shape() || l2.shape().dims() != [d] {
+            candle_core::bail!("{}: shape mismatch", self.name())
+        }
+        let packed = super::cuda::layer_norm_bwd((s1, l1), (s2, l2), (s3, l3), self.eps)?;
+        Ok((packed, (rows + 2, d).into()))
     }
 }

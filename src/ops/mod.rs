@@ -5,8 +5,17 @@
 //! what layers and models call; each has a slow twin in [`slow`], built from plain candle ops, that tests compare
 //! against (forward values and gradients). Faster fused versions replace the bodies here without changing the
 //! signatures.
+//!
+//! On CUDA (feature `cuda`), LayerNorm, GELU, dropout, the rotary embedding, the causal attention softmax and the
+//! cross-entropy have CUDA kernels (`cuda/ops.cu`), used when [`set_cuda_fused_ops`] (or the environment variable
+//! `CANDLE_STRUCTURED_CUDA_OPS=1`) turns them on: attention is then cuBLAS for `q·kᵀ` and `P·v` around one
+//! softmax-and-dropout kernel each way. They are checked in emulation on the CPU (`tests/cuda_emulated.rs`) but
+//! not yet on a GPU, so the slow twins stay the default there.
 
 mod attention;
+mod attn_softmax;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod dropout;
 mod fastfood;
 mod gelu;
@@ -35,6 +44,47 @@ fn forced_slow() -> bool {
 /// Whether these tensors take the fused path: CPU, `f32`/`f64`, one dtype, and not forced slow.
 fn fused(ts: &[&Tensor]) -> bool {
     !forced_slow() && fused_ok(ts)
+}
+
+const UNSET: u8 = 2;
+static CUDA_OPS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(UNSET);
+
+/// Turns the CUDA kernels of the ops on or off for every later call (process-wide); see the module docs.
+pub fn set_cuda_fused_ops(on: bool) {
+    CUDA_OPS.store(on as u8, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the ops run their CUDA kernels on CUDA tensors: the last [`set_cuda_fused_ops`], else the
+/// environment variable `CANDLE_STRUCTURED_CUDA_OPS` (`1`, `true` or `yes`), else off. Always `false` without
+/// the `cuda` feature.
+pub fn cuda_fused_ops() -> bool {
+    use std::sync::atomic::Ordering;
+    if !cfg!(feature = "cuda") {
+        return false;
+    }
+    let v = CUDA_OPS.load(Ordering::Relaxed);
+    if v != UNSET {
+        return v == 1;
+    }
+    let env = std::env::var("CANDLE_STRUCTURED_CUDA_OPS")
+        .is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes"));
+    let _ = CUDA_OPS.compare_exchange(UNSET, env as u8, Ordering::Relaxed, Ordering::Relaxed);
+    CUDA_OPS.load(Ordering::Relaxed) == 1
+}
+
+/// Whether these tensors take the CUDA kernels: on CUDA, `f32`/`f16`/`bf16`, one dtype, the kernels switched on
+/// ([`cuda_fused_ops`]) and not forced slow.
+fn cuda_fused(ts: &[&Tensor]) -> bool {
+    cuda_fused_ops()
+        && !forced_slow()
+        && ts.iter().all(|t| {
+            t.device().is_cuda()
+                && matches!(
+                    t.dtype(),
+                    candle_core::DType::F32 | candle_core::DType::F16 | candle_core::DType::BF16
+                )
+        })
+        && ts.windows(2).all(|w| w[0].dtype() == w[1].dtype())
 }
 
 use crate::layers::init::splitmix64;
@@ -85,7 +135,7 @@ pub fn layer_norm(
     let mut all = vec![xs];
     all.extend(weight);
     all.extend(bias);
-    if !fused(&all) || xs.rank() == 0 {
+    if !(fused(&all) || cuda_fused(&all)) || xs.rank() == 0 {
         return slow::layer_norm(xs, weight, bias, eps);
     }
     let d = xs.dim(D::Minus1)?;
@@ -164,7 +214,7 @@ pub(crate) fn fastfood(
 
 /// GELU with the exact error function, `x · Φ(x)` (PyTorch's `nn.GELU()` default).
 pub fn gelu(xs: &Tensor) -> Result<Tensor> {
-    if !fused(&[xs]) {
+    if !(fused(&[xs]) || cuda_fused(&[xs])) {
         return slow::gelu(xs);
     }
     xs.contiguous()?.apply_op1(gelu::Gelu)
@@ -174,7 +224,7 @@ pub fn gelu(xs: &Tensor) -> Result<Tensor> {
 /// `rotate_half([x1, x2]) = [-x2, x1]` splits the head dimension in halves.
 /// `xs`: `(batch, heads, seq, head_dim)`; `cos`, `sin`: `(seq, head_dim / 2)`.
 pub fn rotary(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    if !fused(&[xs, cos, sin]) || xs.rank() != 4 {
+    if !(fused(&[xs, cos, sin]) || cuda_fused(&[xs, cos, sin])) || xs.rank() != 4 {
         return slow::rotary(xs, cos, sin);
     }
     let xs = if kernels::View4::from_layout(xs.layout()).is_some() {
@@ -198,6 +248,11 @@ pub fn causal_attention(
     dropout: f32,
     train: bool,
 ) -> Result<Tensor> {
+    let p_drop = if train { dropout } else { 0.0 };
+    if cuda_fused(&[q, k, v]) && q.rank() == 4 && (0.0..1.0).contains(&dropout) {
+        let seed = if p_drop > 0.0 { seed() } else { 0 };
+        return composed_attention(q, k, v, p_drop, seed);
+    }
     if !fused(&[q, k, v]) || q.rank() != 4 || !(0.0..1.0).contains(&dropout) {
         return slow::causal_attention(q, k, v, dropout, train);
     }
@@ -208,7 +263,6 @@ pub fn causal_attention(
             t.contiguous()
         }
     };
-    let p_drop = if train { dropout } else { 0.0 };
     let op = attention::CausalAttention {
         p_drop,
         seed: if p_drop > 0.0 { seed() } else { 0 },
@@ -217,6 +271,26 @@ pub fn causal_attention(
     view(q)?
         .apply_op3(&view(k)?, &view(v)?, op)?
         .transpose(1, 2)
+}
+
+/// Causal attention as two matrix products around the [`attn_softmax::AttnSoftmax`] op (softmax of the scaled,
+/// causally masked scores with dropout `p_drop` from `seed`, the CPU attention op's mask): the form CUDA trains
+/// with, on any device. `q`, `k`, `v`: `(batch, heads, seq, head_dim)`.
+fn composed_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    p_drop: f32,
+    seed: u64,
+) -> Result<Tensor> {
+    let head_dim = q.dim(3)?;
+    let scores = q.contiguous()?.matmul(&k.contiguous()?.t()?)?;
+    let probs = scores.apply_op1(attn_softmax::AttnSoftmax {
+        scale: 1.0 / (head_dim as f64).sqrt(),
+        p_drop,
+        seed,
+    })?;
+    probs.matmul(&v.contiguous()?)
 }
 
 /// Causal self-attention with rotary embeddings from a fused QKV projection: `qkv` `(batch, seq, 3·d)` holds the
@@ -232,6 +306,18 @@ pub fn rotary_attention(
     dropout: f32,
     train: bool,
 ) -> Result<Tensor> {
+    if cuda_fused(&[qkv, cos, sin]) && qkv.rank() == 3 {
+        // the heads split as in the slow twin, then the CUDA rotary and attention
+        return slow::split_heads_and_attend(qkv, n_heads, |q, k, v| {
+            causal_attention(
+                &rotary(q, cos, sin)?,
+                &rotary(k, cos, sin)?,
+                v,
+                dropout,
+                train,
+            )
+        });
+    }
     if !fused(&[qkv, cos, sin]) || qkv.rank() != 3 || !(0.0..1.0).contains(&dropout) {
         return slow::rotary_attention(qkv, n_heads, cos, sin, dropout, train);
     }
@@ -247,6 +333,13 @@ pub fn rotary_attention(
 
 /// Mean cross-entropy in nats of `logits` `(rows, vocab)` against integer `targets` `(rows,)` (u32).
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if cuda_fused(&[logits]) && logits.rank() == 2 && targets.device().same_device(logits.device())
+    {
+        let targets = targets.flatten_all()?.to_dtype(candle_core::DType::U32)?;
+        return logits
+            .contiguous()?
+            .apply_op2(&targets.contiguous()?, softmax_xent::CrossEntropy);
+    }
     if !fused(&[logits]) || !targets.device().is_cpu() || logits.rank() != 2 {
         return slow::cross_entropy(logits, targets);
     }
@@ -261,6 +354,11 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 /// one graph node that keeps the probabilities for the backward instead of a logits tensor and its gradient.
 pub fn linear_cross_entropy(xs: &Tensor, weight: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let weight = &follow_dtype(weight, xs)?;
+    if cuda_fused(&[xs, weight]) && weight.rank() == 2 {
+        // cuBLAS for the logits, then the CUDA cross-entropy (half-precision logits read as they are)
+        let logits = slow::linear(xs, weight, None)?;
+        return cross_entropy(&logits.reshape(((), weight.dim(0)?))?, targets);
+    }
     if !fused(&[xs, weight]) || !targets.device().is_cpu() || xs.rank() == 0 || weight.rank() != 2 {
         return slow::linear_cross_entropy(xs, weight, targets);
     }
@@ -281,7 +379,7 @@ pub fn dropout(xs: &Tensor, p: f32, train: bool) -> Result<Tensor> {
     if !train || p == 0.0 {
         return Ok(xs.clone());
     }
-    if !fused(&[xs]) || !(0.0..1.0).contains(&p) {
+    if !(fused(&[xs]) || cuda_fused(&[xs])) || !(0.0..1.0).contains(&p) {
         return slow::dropout(xs, p, train);
     }
     xs.contiguous()?
@@ -291,7 +389,8 @@ pub fn dropout(xs: &Tensor, p: f32, train: bool) -> Result<Tensor> {
 /// `residual + dropout(xs, p, train)`, the residual connection of a pre-norm block, as one graph node on the CPU
 /// (the same mask as [`dropout`] would draw from the same seed).
 pub fn residual_dropout(residual: &Tensor, xs: &Tensor, p: f32, train: bool) -> Result<Tensor> {
-    if !train || p == 0.0 || !fused(&[residual, xs]) || !(0.0..1.0).contains(&p) {
+    let ok = fused(&[residual, xs]) || cuda_fused(&[residual, xs]);
+    if !train || p == 0.0 || !ok || !(0.0..1.0).contains(&p) {
         return residual + dropout(xs, p, train)?;
     }
     let op = dropout::ResidualDropout(dropout::Dropout { p, seed: seed() });
@@ -316,6 +415,19 @@ pub fn causal_attention_seeded(
         seed,
     };
     q.apply_op3(k, v, op)?.transpose(1, 2)
+}
+
+/// [`causal_attention`] in its CUDA form ([`composed_attention`]: matmuls around the softmax op) on any device,
+/// with a given dropout seed, for tests that compare it with the fused CPU op (same masks).
+#[doc(hidden)]
+pub fn causal_attention_composed_seeded(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    dropout: f32,
+    seed: u64,
+) -> Result<Tensor> {
+    composed_attention(q, k, v, dropout, seed)
 }
 
 /// [`dropout`] with a given seed (for gradient checks). CPU `f32`/`f64` only.

@@ -109,6 +109,30 @@ impl CustomOp3 for Rotary {
         }
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (_, _, t, hd) = l1.shape().dims4()?;
+        if hd % 2 != 0 || l2.shape().dims() != [t, hd / 2] || l3.shape().dims() != [t, hd / 2] {
+            candle_core::bail!(
+                "{}: head dim {hd} must be even and cos/sin of shape ({t}, {}), got {:?} and {:?}",
+                self.name(),
+                hd / 2,
+                l2.shape(),
+                l3.shape()
+            )
+        }
+        let y = super::cuda::rotary((s1, l1), (s2, l2), (s3, l3), self.inverse)?;
+        Ok((y, l1.shape().clone()))
+    }
+
     fn bwd(
         &self,
         _x: &Tensor,

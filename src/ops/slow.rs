@@ -54,6 +54,24 @@ pub fn rotary_attention(
     dropout: f32,
     train: bool,
 ) -> Result<Tensor> {
+    split_heads_and_attend(qkv, n_heads, |q, k, v| {
+        causal_attention(
+            &rotary(q, cos, sin)?,
+            &rotary(k, cos, sin)?,
+            v,
+            dropout,
+            train,
+        )
+    })
+}
+
+/// Splits `qkv` `(batch, seq, 3·d)` into contiguous queries, keys and values `(batch, heads, seq, head_dim)`,
+/// runs `attend(q, k, v)` (rotation and attention) and puts the heads back side by side `(batch, seq, d)`.
+pub(super) fn split_heads_and_attend(
+    qkv: &Tensor,
+    n_heads: usize,
+    attend: impl FnOnce(&Tensor, &Tensor, &Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
     let (b, t, w) = qkv.dims3()?;
     if n_heads == 0 || w % (3 * n_heads) != 0 {
         candle_core::bail!(
@@ -64,12 +82,10 @@ pub fn rotary_attention(
     let qkv = qkv
         .reshape((b, t, 3, n_heads, hd))?
         .permute((2, 0, 3, 1, 4))?;
-    let q = rotary(&qkv.get(0)?.contiguous()?, cos, sin)?;
-    let k = rotary(&qkv.get(1)?.contiguous()?, cos, sin)?;
+    let q = qkv.get(0)?.contiguous()?;
+    let k = qkv.get(1)?.contiguous()?;
     let v = qkv.get(2)?.contiguous()?;
-    causal_attention(&q, &k, &v, dropout, train)?
-        .transpose(1, 2)?
-        .reshape((b, t, d))
+    attend(&q, &k, &v)?.transpose(1, 2)?.reshape((b, t, d))
 }
 
 /// See [`super::linear_cross_entropy`].

@@ -148,6 +148,27 @@ impl CustomOp2 for CrossEntropy {
         }
     }
 
+    /// On CUDA: logits f32, f16 or bf16, targets u32 on the same device; the loss is an f32 scalar (NaN where a
+    /// target is out of range: the kernels do not read targets back to the host).
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (rows, _) = l1.shape().dims2()?;
+        if l2.shape().dims() != [rows] || s2.dtype() != candle_core::DType::U32 {
+            candle_core::bail!(
+                "cross_entropy: expected u32 targets of shape ({rows},), got {:?} {:?}",
+                s2.dtype(),
+                l2.shape()
+            )
+        }
+        Ok((super::cuda::cross_entropy((s1, l1), (s2, l2))?, ().into()))
+    }
+
     fn bwd(
         &self,
         logits: &Tensor,
@@ -155,6 +176,12 @@ impl CustomOp2 for CrossEntropy {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        if logits.device().is_cuda() {
+            // the scalar gradient stays on the device: no synchronisation
+            let g = grad.to_dtype(candle_core::DType::F32)?;
+            let dx = logits.apply_op3_no_bwd(targets, &g, &CrossEntropyBwdDevice)?;
+            return Ok((Some(dx), None));
+        }
         let g = grad.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         let dx = logits.apply_op2_no_bwd(targets, &CrossEntropyBwd { g })?;
         Ok((Some(dx), None))
@@ -190,5 +217,44 @@ impl CustomOp2 for CrossEntropyBwd {
             }
             _ => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), s1.dtype()),
         }
+    }
+}
+
+/// Backward of [`CrossEntropy`] on CUDA: inputs `(logits, targets, grad)` with the scalar f32 `grad` on the
+/// device.
+struct CrossEntropyBwdDevice;
+
+impl candle_core::CustomOp3 for CrossEntropyBwdDevice {
+    fn name(&self) -> &'static str {
+        "fused-cross-entropy-bwd-device"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!(
+            "{}: CUDA only (the CPU backward reads the gradient on the host)",
+            self.name()
+        )
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let dx = super::cuda::cross_entropy_bwd((s1, l1), (s2, l2), (s3, l3))?;
+        Ok((dx, l1.shape().clone()))
     }
 }
