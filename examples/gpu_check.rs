@@ -11,7 +11,11 @@
 //!    (AdaptiveFastFood, BlockHadamardMlp, FrozenRandomMlp, RotaryGptBlock of each kind) forward and every
 //!    gradient against the same layer, same seed, on the CPU, in f32 and bf16, and each block in mixed precision
 //!    (f32 parameters, bf16 branches).
-//! 2. Timings with CUDA events on candle's stream: the transform against a device-to-device copy of the same
+//! 2. The CUDA kernels of the training ops (`cuda/ops.cu`, switched on with `ops::set_cuda_fused_ops`): LayerNorm,
+//!    GELU, dropout and residual dropout (same masks as the CPU), rotary, causal attention with dropout, rotary
+//!    attention, cross-entropy and the linear cross-entropy head, forward and every gradient against the fused CPU
+//!    ops, in f32, bf16 and f16; then every layer check again with these kernels on.
+//! 3. Timings with CUDA events on candle's stream: the transform against a device-to-device copy of the same
 //!    bytes (64 MiB) for every n and dtype; against a cuBLAS bf16 matmul by the dense Hadamard matrix
 //!    (n = 4096, 16384 rows); latency of one row of 4096.
 //!
@@ -21,7 +25,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Module, ModuleT, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};
 use candle_structured::fwht::{cuda_kernels, hadamard_matrix, set_cuda_kernels, CudaKernels};
-use candle_structured::hadamard_transform;
+use candle_structured::{hadamard_transform, ops};
 use clap::Parser;
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::CudaStream;
@@ -45,6 +49,9 @@ struct Args {
     /// Only the checks of the opt-in variants, no timings (for compute-sanitizer, which slows kernels down).
     #[arg(long)]
     only_variants: bool,
+    /// Only the checks of the training ops' CUDA kernels (for compute-sanitizer).
+    #[arg(long)]
+    only_ops: bool,
     /// Skip the timings.
     #[arg(long)]
     no_timing: bool,
@@ -451,6 +458,178 @@ fn layer_checks(gpu: &Device, c: &mut Checker) -> Result<()> {
     Ok(())
 }
 
+/// One training op on the GPU (CUDA kernels on) against the fused CPU op in f32 on the same inputs (rounded to
+/// `dtype` first): the forward and the gradient of every floating-point input. `make` gives the inputs on the
+/// CPU in f32 (integer ones too), `f` the op; it is called with the dropout seed stream reset, so that both
+/// devices draw the same masks.
+fn compare_op(
+    label: &str,
+    gpu: &Device,
+    c: &mut Checker,
+    dtype: DType,
+    inputs: &[Tensor],
+    f: &dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>,
+) -> Result<()> {
+    let mut results = Vec::new();
+    for (dev, dt) in [(&Device::Cpu, DType::F32), (gpu, dtype)] {
+        let vars: Vec<Option<Var>> = inputs
+            .iter()
+            .map(|t| -> Result<Option<Var>> {
+                if !t.dtype().is_float() {
+                    return Ok(None);
+                }
+                // the same values on both devices: rounded to `dtype`, computed in `dt`
+                let v = t.to_dtype(dtype)?.to_dtype(dt)?.to_device(dev)?;
+                Ok(Some(Var::from_tensor(&v)?))
+            })
+            .collect::<Result<_>>()?;
+        let ts: Vec<Tensor> = inputs
+            .iter()
+            .zip(&vars)
+            .map(|(t, v)| match v {
+                Some(v) => Ok(v.as_tensor().clone()),
+                None => t.to_device(dev),
+            })
+            .collect::<candle_core::Result<_>>()?;
+        ops::set_dropout_seed(2026);
+        let y = f(&ts)?;
+        let w = randn(&mut StdRng::seed_from_u64(5), y.dims(), DType::F32)?
+            .to_dtype(y.dtype())?
+            .to_device(dev)?;
+        let grads = (y.to_dtype(DType::F32)? * w.to_dtype(DType::F32)?)?
+            .sum_all()?
+            .backward()?;
+        let gs: Vec<Option<Tensor>> = vars
+            .iter()
+            .map(|v| v.as_ref().and_then(|v| grads.get(v.as_tensor()).cloned()))
+            .collect();
+        results.push((y, gs));
+    }
+    let (yc, gc) = &results[0];
+    let (yg, gg) = &results[1];
+    // bf16 and f16 inputs are exact in f32; their results differ from the CPU's f32 by the roundings inside
+    let (tf, tg) = match dtype {
+        DType::F32 => (1e-5, 1e-4),
+        DType::F16 => (2e-3, 4e-3),
+        _ => (1e-2, 3e-2),
+    };
+    let ef = rel_err(yg, yc)?;
+    c.record(&format!("op {label} {} forward", name(dtype)), ef, tf);
+    let mut worst = 0f64;
+    for (i, (a, b)) in gg.iter().zip(gc).enumerate() {
+        match (a, b) {
+            (Some(a), Some(b)) => {
+                let e = rel_err(a, b)?;
+                worst = worst.max(e);
+                c.record(&format!("op {label} {} grad {i}", name(dtype)), e, tg);
+            }
+            (None, None) => {}
+            _ => c
+                .failures
+                .push(format!("op {label}: gradient {i} on one device only")),
+        }
+    }
+    println!(
+        "check  op {label:<30} {:5} forward {ef:.1e}, gradients worst {worst:.1e}",
+        name(dtype)
+    );
+    Ok(())
+}
+
+/// The CUDA kernels of the training ops against the fused CPU ops (see [`compare_op`]).
+fn op_checks(gpu: &Device, c: &mut Checker) -> Result<()> {
+    let before = ops::cuda_fused_ops();
+    ops::set_cuda_fused_ops(true);
+    let r = (|| -> Result<()> {
+        let mut rng = StdRng::seed_from_u64(31);
+        let f32s = |rng: &mut StdRng, shape: &[usize]| randn(rng, shape, DType::F32);
+        let (b, h, t, hd, vocab) = (2, 4, 100, 32, 1000);
+        let ln = [
+            f32s(&mut rng, &[64, 768])?,
+            f32s(&mut rng, &[768])?,
+            f32s(&mut rng, &[768])?,
+        ];
+        let x = f32s(&mut rng, &[64, 3072])?;
+        let res = f32s(&mut rng, &[64, 3072])?;
+        let qkv4: Vec<Tensor> = (0..3)
+            .map(|_| f32s(&mut rng, &[b, h, t, hd]))
+            .collect::<Result<_>>()?;
+        let qkv = f32s(&mut rng, &[b, t, 3 * h * hd])?;
+        let angles: Vec<f32> = (0..t * hd / 2)
+            .map(|k| (k / (hd / 2)) as f32 * 0.9f32.powi((k % (hd / 2)) as i32))
+            .collect();
+        let ang = Tensor::from_vec(angles, (t, hd / 2), &Device::Cpu)?;
+        let (cos, sin) = (ang.cos()?, ang.sin()?);
+        let logits = f32s(&mut rng, &[64, vocab])?;
+        let feats = f32s(&mut rng, &[64, 128])?;
+        let head = (f32s(&mut rng, &[vocab, 128])? * 0.1)?;
+        let targets = Tensor::from_vec(
+            (0..64u32)
+                .map(|i| (i * 7919 + 3) % vocab as u32)
+                .collect::<Vec<u32>>(),
+            64,
+            &Device::Cpu,
+        )?;
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            compare_op("layer_norm", gpu, c, dtype, &ln, &|x| {
+                ops::layer_norm(&x[0], Some(&x[1]), Some(&x[2]), 1e-5)
+            })?;
+            compare_op("gelu", gpu, c, dtype, std::slice::from_ref(&x), &|x| {
+                ops::gelu(&x[0])
+            })?;
+            compare_op(
+                "dropout 0.1",
+                gpu,
+                c,
+                dtype,
+                std::slice::from_ref(&x),
+                &|x| ops::dropout(&x[0], 0.1, true),
+            )?;
+            compare_op(
+                "residual_dropout 0.1",
+                gpu,
+                c,
+                dtype,
+                &[res.clone(), x.clone()],
+                &|x| ops::residual_dropout(&x[0], &x[1], 0.1, true),
+            )?;
+            let rot = [qkv4[0].clone(), cos.clone(), sin.clone()];
+            compare_op("rotary", gpu, c, dtype, &rot, &|x| {
+                ops::rotary(&x[0], &x[1], &x[2])
+            })?;
+            for p in [0.0, 0.1] {
+                compare_op(
+                    &format!("causal_attention {p}"),
+                    gpu,
+                    c,
+                    dtype,
+                    &qkv4,
+                    &|x| ops::causal_attention(&x[0], &x[1], &x[2], p, true),
+                )?;
+            }
+            let ra = [qkv.clone(), cos.clone(), sin.clone()];
+            compare_op("rotary_attention 0.1", gpu, c, dtype, &ra, &|x| {
+                ops::rotary_attention(&x[0], h, &x[1], &x[2], 0.1, true)
+            })?;
+            compare_op(
+                "cross_entropy",
+                gpu,
+                c,
+                dtype,
+                &[logits.clone(), targets.clone()],
+                &|x| ops::cross_entropy(&x[0], &x[1]),
+            )?;
+            let lx = [feats.clone(), head.clone(), targets.clone()];
+            compare_op("linear_cross_entropy", gpu, c, dtype, &lx, &|x| {
+                ops::linear_cross_entropy(&x[0], &x[1], &x[2])
+            })?;
+        }
+        Ok(())
+    })();
+    ops::set_cuda_fused_ops(before);
+    r
+}
+
 /// Runs `f` with the CUDA kernel variants `k`, then restores the previous choice.
 fn with_kernels<R>(k: CudaKernels, f: impl FnOnce() -> Result<R>) -> Result<R> {
     let before = cuda_kernels();
@@ -816,23 +995,36 @@ fn main() -> Result<()> {
         failures: Vec::new(),
         count: 0,
     };
-    if args.only_variants {
-        variant_checks(&gpu, &args, &mut c)?;
+    if args.only_variants || args.only_ops {
+        if args.only_variants {
+            variant_checks(&gpu, &args, &mut c)?;
+        }
+        if args.only_ops {
+            op_checks(&gpu, &mut c)?;
+        }
         println!(
-            "variant checks: {} comparisons, {} failures",
+            "selected checks: {} comparisons, {} failures",
             c.count,
             c.failures.len()
         );
         return if c.failures.is_empty() {
             Ok(())
         } else {
-            bail!("{} variant checks failed", c.failures.len())
+            bail!("{} checks failed", c.failures.len())
         };
     }
     if !args.no_checks {
         checks(&gpu, args.quick, &mut c)?;
         x_dim_check(&gpu)?;
         layer_checks(&gpu, &mut c)?;
+        op_checks(&gpu, &mut c)?;
+        // every layer again, its ops on the CUDA kernels
+        let before = ops::cuda_fused_ops();
+        ops::set_cuda_fused_ops(true);
+        println!("layer checks with the CUDA op kernels:");
+        let r = layer_checks(&gpu, &mut c);
+        ops::set_cuda_fused_ops(before);
+        r?;
         variant_checks(&gpu, &args, &mut c)?;
         println!(
             "checks incl. layers: {} comparisons, {} failures",

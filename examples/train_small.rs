@@ -216,6 +216,16 @@ fn main() -> Result<()> {
     if !args.release_gpu_memory && candle_structured::gpu::keep_freed_memory(&device)? {
         eprintln!("GPU memory pool: freed memory is kept for the next step (--release-gpu-memory to disable)");
     }
+    if device.is_cuda() {
+        eprintln!(
+            "training ops on the GPU: {}",
+            if candle_structured::ops::cuda_fused_ops() {
+                "the crate's CUDA kernels (cuda/ops.cu)"
+            } else {
+                "candle's own ops (CANDLE_STRUCTURED_CUDA_OPS=1 for the crate's CUDA kernels)"
+            }
+        );
+    }
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
     let compute = match args.precision.as_str() {
