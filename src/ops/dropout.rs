@@ -42,6 +42,19 @@ impl Dropout {
 /// unchanged and to `x` through the same mask.
 pub(crate) struct ResidualDropout(pub Dropout);
 
+impl ResidualDropout {
+    fn check_shapes(&self, residual: &Layout, x: &Layout) -> Result<()> {
+        if residual.shape() != x.shape() {
+            candle_core::bail!(
+                "fused-residual-dropout: residual {:?} and branch {:?} differ",
+                residual.shape(),
+                x.shape()
+            )
+        }
+        Ok(())
+    }
+}
+
 impl CustomOp2 for ResidualDropout {
     fn name(&self) -> &'static str {
         "fused-residual-dropout"
@@ -54,14 +67,7 @@ impl CustomOp2 for ResidualDropout {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        if l1.shape() != l2.shape() {
-            candle_core::bail!(
-                "{}: residual {:?} and branch {:?} differ",
-                self.name(),
-                l1.shape(),
-                l2.shape()
-            )
-        }
+        self.check_shapes(l1, l2)?;
         fn go<T: Real>(
             op: &ResidualDropout,
             (s1, l1): (&CpuStorage, &Layout),
@@ -86,14 +92,7 @@ impl CustomOp2 for ResidualDropout {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        if l1.shape() != l2.shape() {
-            candle_core::bail!(
-                "{}: residual {:?} and branch {:?} differ",
-                self.name(),
-                l1.shape(),
-                l2.shape()
-            )
-        }
+        self.check_shapes(l1, l2)?;
         let y = super::cuda::dropout((s2, l2), Some((s1, l1)), self.0.p, self.0.seed)?;
         Ok((y, l1.shape().clone()))
     }
