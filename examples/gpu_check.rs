@@ -507,11 +507,16 @@ fn compare_op(
     }
     let (yc, gc) = &results[0];
     let (yg, gg) = &results[1];
-    // bf16 and f16 inputs are exact in f32; their results differ from the CPU's f32 by the roundings inside
-    let (tf, tg) = match dtype {
-        DType::F32 => (1e-5, 1e-4),
-        DType::F16 => (2e-3, 4e-3),
-        _ => (1e-2, 3e-2),
+    // bf16 and f16 inputs are exact in f32; their results differ from the CPU's f32 by the roundings inside:
+    // one or two for the element-wise ops, more where half-precision matmuls (attention, the LM head) round
+    // their products and the probabilities between them
+    let with_matmul = label.contains("attention") || label.starts_with("linear");
+    let (tf, tg) = match (dtype, with_matmul) {
+        (DType::F32, _) => (1e-5, 1e-4),
+        (DType::F16, false) => (2e-3, 4e-3),
+        (DType::F16, true) => (4e-3, 1e-2),
+        (_, false) => (1e-2, 3e-2),
+        (_, true) => (3e-2, 8e-2),
     };
     let ef = rel_err(yg, yc)?;
     c.record(&format!("op {label} {} forward", name(dtype)), ef, tf);
