@@ -459,14 +459,16 @@ fn layer_checks(gpu: &Device, c: &mut Checker) -> Result<()> {
 }
 
 /// One training op on the GPU (CUDA kernels on) against the fused CPU op in f32 on the same inputs (rounded to
-/// `dtype` first): the forward and the gradient of every floating-point input. `make` gives the inputs on the
-/// CPU in f32 (integer ones too), `f` the op; it is called with the dropout seed stream reset, so that both
-/// devices draw the same masks.
+/// `dtype` first): the forward and the gradient of every floating-point input. `inputs` are on the CPU, in f32
+/// (integer ones as they are), `f` is the op, called with the dropout seed stream reset so that both devices
+/// draw the same masks; `matmul`: the op multiplies matrices inside (half-precision tolerances are looser).
+#[allow(clippy::too_many_arguments)]
 fn compare_op(
     label: &str,
     gpu: &Device,
     c: &mut Checker,
     dtype: DType,
+    matmul: bool,
     inputs: &[Tensor],
     f: &dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>,
 ) -> Result<()> {
@@ -510,8 +512,7 @@ fn compare_op(
     // bf16 and f16 inputs are exact in f32; their results differ from the CPU's f32 by the roundings inside:
     // one or two for the element-wise ops, more where half-precision matmuls (attention, the LM head) round
     // their products and the probabilities between them
-    let with_matmul = label.contains("attention") || label.starts_with("linear");
-    let (tf, tg) = match (dtype, with_matmul) {
+    let (tf, tg) = match (dtype, matmul) {
         (DType::F32, _) => (1e-5, 1e-4),
         (DType::F16, false) => (2e-3, 4e-3),
         (DType::F16, true) => (4e-3, 1e-2),
@@ -543,9 +544,7 @@ fn compare_op(
 
 /// The CUDA kernels of the training ops against the fused CPU ops (see [`compare_op`]).
 fn op_checks(gpu: &Device, c: &mut Checker) -> Result<()> {
-    let before = ops::cuda_fused_ops();
-    ops::set_cuda_fused_ops(true);
-    let r = (|| -> Result<()> {
+    with_cuda_ops(|| {
         let mut rng = StdRng::seed_from_u64(31);
         let f32s = |rng: &mut StdRng, shape: &[usize]| randn(rng, shape, DType::F32);
         let (b, h, t, hd, vocab) = (2, 4, 100, 32, 1000);
@@ -576,17 +575,24 @@ fn op_checks(gpu: &Device, c: &mut Checker) -> Result<()> {
             &Device::Cpu,
         )?;
         for dtype in [DType::F32, DType::BF16, DType::F16] {
-            compare_op("layer_norm", gpu, c, dtype, &ln, &|x| {
+            compare_op("layer_norm", gpu, c, dtype, false, &ln, &|x| {
                 ops::layer_norm(&x[0], Some(&x[1]), Some(&x[2]), 1e-5)
             })?;
-            compare_op("gelu", gpu, c, dtype, std::slice::from_ref(&x), &|x| {
-                ops::gelu(&x[0])
-            })?;
+            compare_op(
+                "gelu",
+                gpu,
+                c,
+                dtype,
+                false,
+                std::slice::from_ref(&x),
+                &|x| ops::gelu(&x[0]),
+            )?;
             compare_op(
                 "dropout 0.1",
                 gpu,
                 c,
                 dtype,
+                false,
                 std::slice::from_ref(&x),
                 &|x| ops::dropout(&x[0], 0.1, true),
             )?;
@@ -595,11 +601,12 @@ fn op_checks(gpu: &Device, c: &mut Checker) -> Result<()> {
                 gpu,
                 c,
                 dtype,
+                false,
                 &[res.clone(), x.clone()],
                 &|x| ops::residual_dropout(&x[0], &x[1], 0.1, true),
             )?;
             let rot = [qkv4[0].clone(), cos.clone(), sin.clone()];
-            compare_op("rotary", gpu, c, dtype, &rot, &|x| {
+            compare_op("rotary", gpu, c, dtype, false, &rot, &|x| {
                 ops::rotary(&x[0], &x[1], &x[2])
             })?;
             for p in [0.0, 0.1] {
@@ -608,12 +615,13 @@ fn op_checks(gpu: &Device, c: &mut Checker) -> Result<()> {
                     gpu,
                     c,
                     dtype,
+                    true,
                     &qkv4,
                     &|x| ops::causal_attention(&x[0], &x[1], &x[2], p, true),
                 )?;
             }
             let ra = [qkv.clone(), cos.clone(), sin.clone()];
-            compare_op("rotary_attention 0.1", gpu, c, dtype, &ra, &|x| {
+            compare_op("rotary_attention 0.1", gpu, c, dtype, true, &ra, &|x| {
                 ops::rotary_attention(&x[0], h, &x[1], &x[2], 0.1, true)
             })?;
             compare_op(
@@ -621,16 +629,24 @@ fn op_checks(gpu: &Device, c: &mut Checker) -> Result<()> {
                 gpu,
                 c,
                 dtype,
+                false,
                 &[logits.clone(), targets.clone()],
                 &|x| ops::cross_entropy(&x[0], &x[1]),
             )?;
             let lx = [feats.clone(), head.clone(), targets.clone()];
-            compare_op("linear_cross_entropy", gpu, c, dtype, &lx, &|x| {
+            compare_op("linear_cross_entropy", gpu, c, dtype, true, &lx, &|x| {
                 ops::linear_cross_entropy(&x[0], &x[1], &x[2])
             })?;
         }
         Ok(())
-    })();
+    })
+}
+
+/// Runs `f` with the training ops on their CUDA kernels, then restores the previous choice.
+fn with_cuda_ops<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
+    let before = ops::cuda_fused_ops();
+    ops::set_cuda_fused_ops(true);
+    let r = f();
     ops::set_cuda_fused_ops(before);
     r
 }
@@ -1024,12 +1040,8 @@ fn main() -> Result<()> {
         layer_checks(&gpu, &mut c)?;
         op_checks(&gpu, &mut c)?;
         // every layer again, its ops on the CUDA kernels
-        let before = ops::cuda_fused_ops();
-        ops::set_cuda_fused_ops(true);
         println!("layer checks with the CUDA op kernels:");
-        let r = layer_checks(&gpu, &mut c);
-        ops::set_cuda_fused_ops(before);
-        r?;
+        with_cuda_ops(|| layer_checks(&gpu, &mut c))?;
         variant_checks(&gpu, &args, &mut c)?;
         println!(
             "checks incl. layers: {} comparisons, {} failures",

@@ -1,6 +1,49 @@
 //! Run-time settings of the GPU that training wants (no-ops on the CPU and in builds without the `cuda` feature).
 
 use candle_core::{Device, Result};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A process-wide setting of the opt-in CUDA code: the value code last [`set`](Self::set), else the one the
+/// environment variable `var` gives through `parse` (read once, at the first [`get`](Self::get); an unset
+/// variable parses as `""`).
+pub(crate) struct EnvSetting {
+    cell: AtomicU32,
+    var: &'static str,
+    parse: fn(&str) -> u32,
+}
+
+impl EnvSetting {
+    const UNSET: u32 = u32::MAX - 1;
+
+    pub(crate) const fn new(var: &'static str, parse: fn(&str) -> u32) -> Self {
+        Self {
+            cell: AtomicU32::new(Self::UNSET),
+            var,
+            parse,
+        }
+    }
+
+    /// An on/off switch: `1`, `true` or `yes` in the environment is on (1), anything else off (0).
+    pub(crate) const fn flag(var: &'static str) -> Self {
+        Self::new(var, |s| u32::from(matches!(s, "1" | "true" | "yes")))
+    }
+
+    pub(crate) fn set(&self, v: u32) {
+        self.cell.store(v, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> u32 {
+        let v = self.cell.load(Ordering::Relaxed);
+        if v != Self::UNSET {
+            return v;
+        }
+        let from_env = (self.parse)(std::env::var(self.var).unwrap_or_default().trim());
+        let _ =
+            self.cell
+                .compare_exchange(Self::UNSET, from_env, Ordering::Relaxed, Ordering::Relaxed);
+        self.cell.load(Ordering::Relaxed)
+    }
+}
 
 /// Makes the CUDA driver keep the memory that candle frees in the device's default memory pool, instead of handing
 /// it back to the system at every synchronisation. Returns whether anything was changed (false on the CPU).

@@ -23,6 +23,7 @@ use super::cuda_geometry::{
     TRANSPOSED_LOG2,
 };
 use crate::error::Error;
+use crate::gpu::EnvSetting;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::{CudaDType, CudaDevice, CudaStorage};
 use candle_core::{DType, Layout, Result};
@@ -32,7 +33,6 @@ use cudarc::driver::{
     PushKernelArg,
 };
 use half::{bf16, f16};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fwht.ptx"));
 const MODULE: &str = "candle_structured_fwht";
@@ -71,41 +71,24 @@ pub struct CudaKernels {
     pub persistent_from: Option<u32>,
 }
 
-static TRANSPOSED: AtomicU32 = AtomicU32::new(UNSET);
-static PERSISTENT_FROM: AtomicU32 = AtomicU32::new(UNSET);
-const UNSET: u32 = u32::MAX - 1;
+static TRANSPOSED: EnvSetting = EnvSetting::flag("CANDLE_STRUCTURED_FWHT_TRANSPOSED");
+static PERSISTENT_FROM: EnvSetting =
+    EnvSetting::new("CANDLE_STRUCTURED_FWHT_PERSISTENT_FROM", |s| {
+        s.parse::<u32>().map_or(NEVER, |k| k.max(13))
+    });
 const NEVER: u32 = u32::MAX;
 
 /// Chooses the CUDA kernel variants for every later transform (process-wide).
 pub fn set_cuda_kernels(k: CudaKernels) {
-    TRANSPOSED.store(k.transposed as u32, Ordering::Relaxed);
-    PERSISTENT_FROM.store(
-        k.persistent_from.map_or(NEVER, |k| k.max(13)),
-        Ordering::Relaxed,
-    );
+    TRANSPOSED.set(k.transposed as u32);
+    PERSISTENT_FROM.set(k.persistent_from.map_or(NEVER, |k| k.max(13)));
 }
 
 /// The current choice of [`set_cuda_kernels`], after the environment variables where nothing was set.
 pub fn cuda_kernels() -> CudaKernels {
-    fn get(cell: &AtomicU32, var: &str, parse: fn(&str) -> u32) -> u32 {
-        let v = cell.load(Ordering::Relaxed);
-        if v != UNSET {
-            return v;
-        }
-        let from_env = std::env::var(var).map_or(NEVER, |s| parse(s.trim()));
-        let _ = cell.compare_exchange(UNSET, from_env, Ordering::Relaxed, Ordering::Relaxed);
-        cell.load(Ordering::Relaxed)
-    }
-    let transposed = get(&TRANSPOSED, "CANDLE_STRUCTURED_FWHT_TRANSPOSED", |s| {
-        u32::from(matches!(s, "1" | "true" | "yes"))
-    });
-    let from = get(
-        &PERSISTENT_FROM,
-        "CANDLE_STRUCTURED_FWHT_PERSISTENT_FROM",
-        |s| s.parse::<u32>().map_or(NEVER, |k| k.max(13)),
-    );
+    let from = PERSISTENT_FROM.get();
     CudaKernels {
-        transposed: transposed == 1,
+        transposed: TRANSPOSED.get() == 1,
         persistent_from: (from != NEVER).then_some(from),
     }
 }

@@ -8,7 +8,7 @@
 //! `q·kᵀ` and `P·v`, this op between them (one kernel each way instead of candle's mask, softmax and dropout
 //! ops and their backwards). The CPU body is the reference the CUDA kernels are compared with.
 
-use super::kernels::{dropout_row, expect_contiguous, out, row_key, Real};
+use super::kernels::{dropout_row, expect_contiguous, expect_same_shape, out, row_key, Real};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -164,9 +164,7 @@ impl CustomOp2 for AttnSoftmaxBwd {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let t = check_square(l1, self.name())?;
-        if l1.shape() != l2.shape() {
-            candle_core::bail!("{}: shape mismatch", self.name())
-        }
+        expect_same_shape(l1, l2, self.name())?;
         match s1 {
             CpuStorage::F32(_) => {
                 let s = expect_contiguous::<f32>(s1, l1, self.name())?;
@@ -191,9 +189,7 @@ impl CustomOp2 for AttnSoftmaxBwd {
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         check_square(l1, self.name())?;
-        if l1.shape() != l2.shape() {
-            candle_core::bail!("{}: shape mismatch", self.name())
-        }
+        expect_same_shape(l1, l2, self.name())?;
         let a = self.0;
         let o = super::cuda::attn_softmax_bwd((s1, l1), (s2, l2), a.scale, a.p_drop, a.seed)?;
         Ok((o, l1.shape().clone()))

@@ -1,6 +1,8 @@
 //! Fused exact GELU, `x · Φ(x)`, with a one-pass backward `g · (Φ(x) + x · φ(x))`.
 
-use super::kernels::{erf_and_gauss_f32, expect_contiguous, multiversion, out, Real, PAR_GRAIN};
+use super::kernels::{
+    erf_and_gauss_f32, expect_contiguous, expect_same_shape, multiversion, out, Real, PAR_GRAIN,
+};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -109,9 +111,7 @@ impl CustomOp2 for GeluBwd {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        if l1.shape() != l2.shape() {
-            candle_core::bail!("{}: shape mismatch", self.name())
-        }
+        expect_same_shape(l1, l2, self.name())?;
         match s1 {
             CpuStorage::F32(_) => {
                 let x = expect_contiguous::<f32>(s1, l1, self.name())?;
@@ -135,9 +135,7 @@ impl CustomOp2 for GeluBwd {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        if l1.shape() != l2.shape() {
-            candle_core::bail!("{}: shape mismatch", self.name())
-        }
+        expect_same_shape(l1, l2, self.name())?;
         Ok((
             super::cuda::gelu_bwd((s1, l1), (s2, l2))?,
             l1.shape().clone(),

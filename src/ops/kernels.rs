@@ -1,7 +1,7 @@
 //! Shared machinery of the fused CPU ops: the float trait the kernels are generic over, vectorisable `exp`/`erf`,
 //! run-time selection of AVX-512 / AVX2 code paths, and helpers to read candle's CPU storage.
 
-use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, DType, Device, Layout, Result, Shape, Tensor};
 
 /// The float types the fused kernels run on: `f32` (the fast path) and `f64` (accurate, used by the tests'
 /// finite differences). Other dtypes go to the slow twins.
@@ -223,8 +223,13 @@ pub(crate) use multiversion;
 
 /// Whether `t` can take the fused CPU path: on the CPU, and `f32` or `f64`.
 pub(crate) fn fused_ok(ts: &[&Tensor]) -> bool {
+    all_on(ts, Device::is_cpu, &[DType::F32, DType::F64])
+}
+
+/// Whether the tensors are all on a device that `on` accepts and all of one dtype among `dtypes`.
+pub(crate) fn all_on(ts: &[&Tensor], on: fn(&Device) -> bool, dtypes: &[DType]) -> bool {
     ts.iter()
-        .all(|t| t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64))
+        .all(|t| on(t.device()) && dtypes.contains(&t.dtype()))
         && ts.windows(2).all(|w| w[0].dtype() == w[1].dtype())
 }
 
@@ -299,6 +304,18 @@ impl View4 {
     pub fn row(&self, i0: usize, i1: usize, i2: usize) -> usize {
         self.offset + i0 * self.strides[0] + i1 * self.strides[1] + i2 * self.strides[2]
     }
+}
+
+/// An error naming the op unless the two inputs have one shape.
+pub(crate) fn expect_same_shape(l1: &Layout, l2: &Layout, op: &str) -> Result<()> {
+    if l1.shape() != l2.shape() {
+        candle_core::bail!(
+            "{op}: shape mismatch, {:?} and {:?}",
+            l1.shape(),
+            l2.shape()
+        )
+    }
+    Ok(())
 }
 
 /// Builds a candle output: storage plus shape.

@@ -163,6 +163,15 @@ impl CustomOp3 for LayerNorm {
     }
 }
 
+/// `(rows, d)` of the backward's inputs `x` `(rows, d)`, `w` `(d,)`, `grad_y` `(rows, d)`.
+fn bwd_dims(l1: &Layout, l2: &Layout, l3: &Layout, op: &str) -> Result<(usize, usize)> {
+    let (rows, d) = l1.shape().dims2()?;
+    if l3.shape() != l1.shape() || l2.shape().dims() != [d] {
+        candle_core::bail!("{op}: shape mismatch")
+    }
+    Ok((rows, d))
+}
+
 /// Backward of [`LayerNorm`]: inputs `(x, w, grad_y)`, output `(rows + 2, d)` packing `dx`, then `dw`, then `db`.
 struct LayerNormBwd {
     eps: f64,
@@ -206,10 +215,7 @@ impl CustomOp3 for LayerNormBwd {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (rows, d) = l1.shape().dims2()?;
-        if l3.shape() != l1.shape() || l2.shape().dims() != [d] {
-            candle_core::bail!("{}: shape mismatch", self.name())
-        }
+        let (rows, d) = bwd_dims(l1, l2, l3, self.name())?;
         match s1 {
             CpuStorage::F32(_) => {
                 let x = expect_contiguous::<f32>(s1, l1, self.name())?;
@@ -237,10 +243,7 @@ impl CustomOp3 for LayerNormBwd {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let (rows, d) = l1.shape().dims2()?;
-        if l3.shape() != l1.shape() || l2.shape().dims() != [d] {
-            candle_core::bail!("{}: shape mismatch", self.name())
-        }
+        let (rows, d) = bwd_dims(l1, l2, l3, self.name())?;
         let packed = super::cuda::layer_norm_bwd((s1, l1), (s2, l2), (s3, l3), self.eps)?;
         Ok((packed, (rows + 2, d).into()))
     }

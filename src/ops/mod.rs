@@ -46,45 +46,28 @@ fn fused(ts: &[&Tensor]) -> bool {
     !forced_slow() && fused_ok(ts)
 }
 
-const UNSET: u8 = 2;
-static CUDA_OPS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(UNSET);
+static CUDA_OPS: crate::gpu::EnvSetting =
+    crate::gpu::EnvSetting::flag("CANDLE_STRUCTURED_CUDA_OPS");
 
 /// Turns the CUDA kernels of the ops on or off for every later call (process-wide); see the module docs.
 pub fn set_cuda_fused_ops(on: bool) {
-    CUDA_OPS.store(on as u8, std::sync::atomic::Ordering::Relaxed);
+    CUDA_OPS.set(on as u32);
 }
 
 /// Whether the ops run their CUDA kernels on CUDA tensors: the last [`set_cuda_fused_ops`], else the
 /// environment variable `CANDLE_STRUCTURED_CUDA_OPS` (`1`, `true` or `yes`), else off. Always `false` without
 /// the `cuda` feature.
 pub fn cuda_fused_ops() -> bool {
-    use std::sync::atomic::Ordering;
-    if !cfg!(feature = "cuda") {
-        return false;
-    }
-    let v = CUDA_OPS.load(Ordering::Relaxed);
-    if v != UNSET {
-        return v == 1;
-    }
-    let env = std::env::var("CANDLE_STRUCTURED_CUDA_OPS")
-        .is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes"));
-    let _ = CUDA_OPS.compare_exchange(UNSET, env as u8, Ordering::Relaxed, Ordering::Relaxed);
-    CUDA_OPS.load(Ordering::Relaxed) == 1
+    cfg!(feature = "cuda") && CUDA_OPS.get() == 1
 }
 
 /// Whether these tensors take the CUDA kernels: on CUDA, `f32`/`f16`/`bf16`, one dtype, the kernels switched on
 /// ([`cuda_fused_ops`]) and not forced slow.
 fn cuda_fused(ts: &[&Tensor]) -> bool {
+    use candle_core::{DType, Device};
     cuda_fused_ops()
         && !forced_slow()
-        && ts.iter().all(|t| {
-            t.device().is_cuda()
-                && matches!(
-                    t.dtype(),
-                    candle_core::DType::F32 | candle_core::DType::F16 | candle_core::DType::BF16
-                )
-        })
-        && ts.windows(2).all(|w| w[0].dtype() == w[1].dtype())
+        && kernels::all_on(ts, Device::is_cuda, &[DType::F32, DType::F16, DType::BF16])
 }
 
 use crate::layers::init::splitmix64;

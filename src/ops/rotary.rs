@@ -63,6 +63,24 @@ impl Rotary {
     }
 }
 
+impl Rotary {
+    /// An even head dimension `hd`, and `cos`, `sin` of shape `(t, hd / 2)`.
+    fn check_tables(&self, t: usize, hd: usize, cos: &Layout, sin: &Layout) -> Result<()> {
+        if !hd.is_multiple_of(2)
+            || cos.shape().dims() != [t, hd / 2]
+            || sin.shape().dims() != [t, hd / 2]
+        {
+            candle_core::bail!(
+                "fused-rotary: head dim {hd} must be even and cos/sin of shape ({t}, {}), got {:?} and {:?}",
+                hd / 2,
+                cos.shape(),
+                sin.shape()
+            )
+        }
+        Ok(())
+    }
+}
+
 impl CustomOp3 for Rotary {
     fn name(&self) -> &'static str {
         "fused-rotary"
@@ -85,15 +103,7 @@ impl CustomOp3 for Rotary {
             ))
         })?;
         let [_, _, t, hd] = v.dims;
-        if hd % 2 != 0 || l2.shape().dims() != [t, hd / 2] || l3.shape().dims() != [t, hd / 2] {
-            candle_core::bail!(
-                "{}: head dim {hd} must be even and cos/sin of shape ({t}, {}), got {:?} and {:?}",
-                self.name(),
-                hd / 2,
-                l2.shape(),
-                l3.shape()
-            )
-        }
+        self.check_tables(t, hd, l2, l3)?;
         match s1 {
             CpuStorage::F32(x) => {
                 let c = expect_contiguous::<f32>(s2, l2, self.name())?;
@@ -120,15 +130,7 @@ impl CustomOp3 for Rotary {
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let (_, _, t, hd) = l1.shape().dims4()?;
-        if hd % 2 != 0 || l2.shape().dims() != [t, hd / 2] || l3.shape().dims() != [t, hd / 2] {
-            candle_core::bail!(
-                "{}: head dim {hd} must be even and cos/sin of shape ({t}, {}), got {:?} and {:?}",
-                self.name(),
-                hd / 2,
-                l2.shape(),
-                l3.shape()
-            )
-        }
+        self.check_tables(t, hd, l2, l3)?;
         let y = super::cuda::rotary((s1, l1), (s2, l2), (s3, l3), self.inverse)?;
         Ok((y, l1.shape().clone()))
     }
