@@ -88,3 +88,23 @@ pub fn keep_freed_memory(device: &Device) -> Result<bool> {
         _ => Ok(false),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::EnvSetting;
+
+    #[test]
+    fn env_setting_takes_the_set_value_over_the_environment() {
+        // a variable no environment sets: the flag parses "" as off
+        static S: EnvSetting = EnvSetting::flag("CANDLE_STRUCTURED_TEST_SETTING_NEVER_SET");
+        assert_eq!(S.get(), 0);
+        S.set(1);
+        assert_eq!(S.get(), 1);
+        static N: EnvSetting = EnvSetting::new("CANDLE_STRUCTURED_TEST_SETTING_NEVER_SET", |s| {
+            s.parse().unwrap_or(7)
+        });
+        assert_eq!(N.get(), 7);
+        N.set(3);
+        assert_eq!(N.get(), 3);
+    }
+}

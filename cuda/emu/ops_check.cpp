@@ -75,11 +75,10 @@ uint32_t ref_row_key(uint64_t seed, uint64_t row) {
     const uint32_t a = ref_lowbias32((uint32_t)row ^ (uint32_t)seed);
     return ref_lowbias32(a ^ ((uint32_t)(row >> 32) * 0x9e3779b9u) ^ (uint32_t)(seed >> 32));
 }
-double ref_keep(uint64_t seed, uint64_t row, uint32_t j, double p) {
-    const uint32_t threshold = (uint32_t)std::fmin(p * 4294967296.0, 4294967295.0);
-    return ref_lowbias32(ref_row_key(seed, row) + j * 0x9e3779b9u) >= threshold ? 1.0 / (1.0 - p) : 0.0;
-}
 uint32_t threshold_of(double p) { return (uint32_t)std::fmin(p * 4294967296.0, 4294967295.0); }
+double ref_keep(uint64_t seed, uint64_t row, uint32_t j, double p) {
+    return ref_lowbias32(ref_row_key(seed, row) + j * 0x9e3779b9u) >= threshold_of(p) ? 1.0 / (1.0 - p) : 0.0;
+}
 
 // A launch shape: blocks, threads, dynamic shared memory.
 struct Shape {
