@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything that waits for a GPU, in one call of the device tool (carry [".gpu"], built as in
-# docs/gpu-notes.md): the setup of gpu_run.sh, then gpu_check (every check, the opt-in kernel variants last,
-# then the training ops' kernels, then the copy-ratio table with the variants' columns), then the Small model's
+# docs/gpu-notes.md): the setup of gpu_run.sh, then gpu_check (the default kernels' checks and timings, then the
+# opt-in section: the training ops' kernels, the transform's variants and their copy ratios), then the Small model's
 # training with the training ops' CUDA kernels on (CANDLE_STRUCTURED_CUDA_OPS=1) in f32 / tf32 / bf16 with the
 # per-phase split. Each step has its own time limit and log under $OUT, so a step that fails or hangs leaves
 # the others' results. More steps, for a second call (one call may run 10 minutes):
