@@ -880,7 +880,7 @@ impl Bench {
         })
     }
 
-    /// The copy-ratio table over `dtypes` and n = 2^`log_min` … 2^`log_max`: the default kernels, and with
+    /// The copy-ratio rows for bf16, f16, f32 and n = 2^`log_min` … 2^`log_max`: the default kernels, and with
     /// `variants` the opt-in ones beside them where they apply.
     fn ratios(
         &mut self,

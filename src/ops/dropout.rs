@@ -1,7 +1,7 @@
 //! Fused inverted dropout whose mask is a counter-based hash of `(seed, element index)`: nothing is stored for the
 //! backward, which applies the same mask to the incoming gradient.
 
-use super::kernels::{dropout_row, expect_contiguous, out, row_key, Real};
+use super::kernels::{dropout_row, expect_contiguous, expect_same_shape, out, row_key, Real};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -42,19 +42,6 @@ impl Dropout {
 /// unchanged and to `x` through the same mask.
 pub(crate) struct ResidualDropout(pub Dropout);
 
-impl ResidualDropout {
-    fn check_shapes(&self, residual: &Layout, x: &Layout) -> Result<()> {
-        if residual.shape() != x.shape() {
-            candle_core::bail!(
-                "fused-residual-dropout: residual {:?} and branch {:?} differ",
-                residual.shape(),
-                x.shape()
-            )
-        }
-        Ok(())
-    }
-}
-
 impl CustomOp2 for ResidualDropout {
     fn name(&self) -> &'static str {
         "fused-residual-dropout"
@@ -67,7 +54,7 @@ impl CustomOp2 for ResidualDropout {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        self.check_shapes(l1, l2)?;
+        expect_same_shape(l1, l2, self.name())?;
         fn go<T: Real>(
             op: &ResidualDropout,
             (s1, l1): (&CpuStorage, &Layout),
@@ -92,7 +79,7 @@ impl CustomOp2 for ResidualDropout {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        self.check_shapes(l1, l2)?;
+        expect_same_shape(l1, l2, self.name())?;
         let y = super::cuda::dropout((s2, l2), Some((s1, l1)), self.0.p, self.0.seed)?;
         Ok((y, l1.shape().clone()))
     }

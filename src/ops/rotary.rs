@@ -61,9 +61,7 @@ impl Rotary {
         });
         y
     }
-}
 
-impl Rotary {
     /// An even head dimension `hd`, and `cos`, `sin` of shape `(t, hd / 2)`.
     fn check_tables(&self, t: usize, hd: usize, cos: &Layout, sin: &Layout) -> Result<()> {
         if !hd.is_multiple_of(2)
