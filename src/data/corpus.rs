@@ -66,13 +66,15 @@ fn list_files(source: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// A folder's `README*` / `LICENSE*` files describe the corpus; they are not corpus text.
+/// A folder's `README*`, `LICENSE*` and `COPYRIGHT*` files describe the corpus; they are not corpus text.
 fn is_readme(path: &Path) -> bool {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().to_ascii_lowercase())
         .unwrap_or_default();
-    name.starts_with("readme") || name.starts_with("license") || name.starts_with("licence")
+    ["readme", "license", "licence", "copying", "copyright"]
+        .iter()
+        .any(|p| name.starts_with(p))
 }
 
 /// A fingerprint of a source: its canonical path and every file's relative path, size and modification time.

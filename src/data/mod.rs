@@ -30,11 +30,11 @@ use crate::Error;
 use candle_core::Result;
 use std::path::{Path, PathBuf};
 
-/// The default corpus: the French Debian documentation shipped in the repository (`data/fr-debian`).
+/// The default corpus: the French Debian documentation shipped in the repository (`data/fr-debian-large`).
 pub fn default_corpus_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("data")
-        .join("fr-debian")
+        .join("fr-debian-large")
 }
 
 /// Options of [`Corpus::prepare`].
