@@ -638,6 +638,26 @@ fn paper_train(lr: f64, decay_tokens: u64) -> TrainSpec {
     }
 }
 
+/// The CPU twins' recipe for a budget of `tokens`: batch 16 × 256, linear warmup over the first 5 % of the
+/// budget, cosine decay to 10 % of the peak at the end of the budget (AdamW β 0.9/0.95, clipping at 1.0, no
+/// weight decay, as the paper). The peak learning rate is set per size.
+fn cpu_train(tokens: u64) -> TrainSpec {
+    TrainSpec {
+        batch_size: 16,
+        seq_len: 256,
+        lr: 2e-3,
+        min_lr_fraction: 0.1,
+        warmup_tokens: tokens / 20,
+        decay_tokens: tokens,
+        max_tokens: tokens,
+        weight_decay: 0.0,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        grad_clip: 1.0,
+    }
+}
+
 fn alternating(trainable: usize, frozen: usize, kind: BlockKind, hidden: usize) -> Vec<LayerSpec> {
     (0..trainable + frozen)
         .map(|i| {
@@ -786,10 +806,8 @@ pub fn presets() -> Vec<Preset> {
             .collect();
         let mut model = GptConfig::dense(4096, 256, d, d / 32, 0);
         model.layers = layers;
-        let mut train = paper_train(p.lr, p.decay);
-        train.batch_size = 16;
-        train.seq_len = 256;
-        let train = train.with_budget(p.cpu_tokens);
+        model.dropout = 0.0;
+        let train = cpu_train(p.cpu_tokens);
         out.push(Preset {
             name: format!("{}-cpu", p.name),
             description: format!(

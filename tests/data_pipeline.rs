@@ -72,7 +72,10 @@ fn single_file_gz_folder_and_tokens_roundtrip() {
     let mut s1 = BatchSampler::new(7);
     let (x1, y1) = s1.next_batch(&c.train, 3, 8, &Device::Cpu).unwrap();
     let (x2, _) = s1.next_batch(&c.train, 3, 8, &Device::Cpu).unwrap();
-    let mut s2 = BatchSampler { seed: 7, drawn: 3 };
+    let mut s2 = BatchSampler {
+        drawn: 3,
+        ..BatchSampler::new(7)
+    };
     let (x2b, _) = s2.next_batch(&c.train, 3, 8, &Device::Cpu).unwrap();
     assert_eq!(x2.to_vec2::<u32>().unwrap(), x2b.to_vec2::<u32>().unwrap());
     let xv = x1.to_vec2::<u32>().unwrap();
@@ -137,4 +140,35 @@ fn bad_inputs_get_clear_errors() {
     let err = TokenFile::open(&f, 300).unwrap_err().to_string();
     assert!(err.contains("not a whole number"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One pass of the epoch order visits every disjoint window exactly once, in an order that depends on the seed and
+/// changes from pass to pass; checkpoints written before the order existed read as the random order.
+#[test]
+fn epoch_order_is_a_permutation_per_pass() {
+    use candle_structured::data::WindowOrder;
+    for (len, seq) in [(1_000_001usize, 256usize), (257, 256), (5_000, 7), (1 << 16, 64)] {
+        let n = (len - 1) / seq;
+        let s = BatchSampler::new(3);
+        for pass in 0..2u64 {
+            let mut starts: Vec<usize> = (0..n as u64)
+                .map(|i| s.offset(pass * n as u64 + i, len, seq))
+                .collect();
+            assert!(starts.iter().all(|&o| o % seq == 0 && o + seq < len));
+            let first: Vec<usize> = starts.iter().take(8).copied().collect();
+            starts.sort_unstable();
+            starts.dedup();
+            assert_eq!(starts.len(), n, "len {len} seq {seq} pass {pass}");
+            if n > 100 {
+                let other: Vec<usize> = (0..8).map(|i| BatchSampler::new(4).offset(i, len, seq)).collect();
+                assert_ne!(first, other, "the seed changes the order");
+                let next: Vec<usize> = (0..8).map(|i| s.offset(n as u64 + i, len, seq)).collect();
+                let this: Vec<usize> = (0..8).map(|i| s.offset(i, len, seq)).collect();
+                assert_ne!(this, next, "each pass has its own order");
+            }
+        }
+    }
+    let old: BatchSampler = serde_json::from_str(r#"{"seed":5,"drawn":12}"#).unwrap();
+    assert_eq!(old.order, WindowOrder::Random);
+    assert_eq!(BatchSampler::new(5).order, WindowOrder::Epochs);
 }

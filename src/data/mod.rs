@@ -10,7 +10,7 @@
 //!    training split only, saved as `tokenizer.json`; or a ready `tokenizer.json` given by the user.
 //! 3. [`tokenize_to_file`]: each split encoded once into a flat little-endian `u16` file (`u32` when the vocabulary
 //!    exceeds 65,536), read back through a memory map by [`TokenFile`].
-//! 4. [`BatchSampler`]: training windows at pseudo-random offsets from a counter-based generator, so the whole
+//! 4. [`BatchSampler`]: disjoint training windows in a seeded permutation per pass over the split, so the whole
 //!    sampler state is `(seed, windows drawn)`: resuming a run is exact. [`eval_windows`] gives the fixed
 //!    validation / test subset.
 //!
@@ -21,7 +21,7 @@ mod sampler;
 mod tokenize;
 
 pub use corpus::{prepare_text, read_text, source_fingerprint, TextSplits};
-pub use sampler::{eval_windows, splitmix64, windows_to_tensors, BatchSampler};
+pub use sampler::{eval_windows, splitmix64, windows_to_tensors, BatchSampler, WindowOrder};
 pub use tokenize::{
     load_tokenizer, token_byte_lengths, tokenize_to_file, train_tokenizer, TokenFile, EOT_TOKEN,
 };

@@ -7,27 +7,60 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::layers::init::splitmix64;
 
-/// Draws training windows of `seq_len + 1` tokens at pseudo-random offsets. Window `k` starts at
-/// `mix(seed, k) mod (len − seq_len)`, a pure function of the seed and the window counter, so the sampler's whole
-/// state is `(seed, drawn)` and a resumed run draws exactly the windows the uninterrupted run would have.
+/// How a [`BatchSampler`] places its windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowOrder {
+    /// Window `k` starts at `mix(seed, k) mod (len − seq_len)`: independent draws with replacement, so windows
+    /// overlap and some text is seen twice long before the budget reaches the split's size. Checkpoints written
+    /// before [`WindowOrder::Epochs`] existed carry no order and resume with this one.
+    #[default]
+    Random,
+    /// The split is cut into `⌊(len − 1) / seq_len⌋` disjoint windows at multiples of `seq_len`, visited in a
+    /// seeded pseudo-random permutation; after the last one the next pass starts with a new permutation. A run
+    /// whose budget is at most the split's length sees no token twice.
+    Epochs,
+}
+
+/// Draws training windows of `seq_len + 1` tokens. The start of window `k` is a pure function of the seed, the
+/// order and the window counter, so the sampler's whole state is `(seed, drawn, order)` and a resumed run draws
+/// exactly the windows the uninterrupted run would have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchSampler {
     /// Seed of the window sequence.
     pub seed: u64,
     /// Windows drawn so far (the data position).
     pub drawn: u64,
+    /// Where the windows lie (absent in old checkpoints: [`WindowOrder::Random`]).
+    #[serde(default)]
+    pub order: WindowOrder,
 }
 
 impl BatchSampler {
-    /// A sampler at the start of the sequence of `seed`.
+    /// A sampler at the start of the sequence of `seed`, visiting disjoint windows in passes
+    /// ([`WindowOrder::Epochs`]).
     pub fn new(seed: u64) -> Self {
-        Self { seed, drawn: 0 }
+        Self {
+            seed,
+            drawn: 0,
+            order: WindowOrder::Epochs,
+        }
     }
 
-    /// Start of window `k` in a stream of `len` tokens.
+    /// Start of window `k` in a stream of `len ≥ seq_len + 1` tokens.
     pub fn offset(&self, k: u64, len: usize, seq_len: usize) -> usize {
-        let span = (len - seq_len) as u64;
-        (splitmix64(self.seed ^ splitmix64(k)) % span) as usize
+        match self.order {
+            WindowOrder::Random => {
+                let span = (len - seq_len) as u64;
+                (splitmix64(self.seed ^ splitmix64(k)) % span) as usize
+            }
+            WindowOrder::Epochs => {
+                let n = ((len - 1) / seq_len) as u64;
+                let (pass, i) = (k / n, k % n);
+                let key = splitmix64(self.seed ^ splitmix64(pass ^ 0x5eed_0f_e90c4));
+                permute(i, n, key) as usize * seq_len
+            }
+        }
     }
 
     /// The next `batch` windows as `(inputs, targets)`, both `(batch, seq_len)` u32 tensors on `device`; targets
@@ -57,6 +90,27 @@ impl BatchSampler {
             self.drawn += 1;
         }
         windows_to_tensors(&buf, batch, seq_len, device)
+    }
+}
+
+/// A bijection of `0..n` keyed by `key`: a four-round Feistel network on the smallest even power of two that
+/// holds `n`, applied again while the result falls outside `0..n` (cycle walking, which keeps it a bijection of
+/// `0..n`; fewer than four tries on average).
+fn permute(i: u64, n: u64, key: u64) -> u64 {
+    debug_assert!(i < n);
+    let bits = (64 - (n - 1).max(1).leading_zeros()).div_ceil(2).max(1);
+    let mask = (1u64 << bits) - 1;
+    let mut x = i;
+    loop {
+        let (mut l, mut r) = (x >> bits, x & mask);
+        for round in 0..4u64 {
+            let f = splitmix64(r ^ key.rotate_left(16 * round as u32) ^ round) & mask;
+            (l, r) = (r, l ^ f);
+        }
+        x = (l << bits) | r;
+        if x < n {
+            return x;
+        }
     }
 }
 
