@@ -819,6 +819,33 @@ pub fn presets() -> Vec<Preset> {
             train,
         });
     }
+    // Sizes that only the CPU study has: a smaller baseline, and second sizes of the structured models.
+    let cpu_only = [
+        ("tiny-cpu", "CPU-only baseline, 2 dense layers", 128, dense(2)),
+        (
+            "fastfood-6x160-cpu",
+            "CPU-only, 6 layers, every linear map AdaptiveFastFood",
+            160,
+            vec![ff; 6],
+        ),
+        (
+            "blockdiag-6x160-cpu",
+            "CPU-only, 6 layers, MLP = BlockHadamardMlp (4 blocks)",
+            160,
+            vec![bd; 6],
+        ),
+    ];
+    for (name, what, d, layers) in cpu_only {
+        let mut model = GptConfig::dense(4096, 256, d, d / 32, 0);
+        model.layers = layers;
+        model.dropout = 0.0;
+        out.push(Preset {
+            name: name.into(),
+            description: format!("{what} (d_model {d}, {} heads, context 256, vocab 4096)", d / 32),
+            model,
+            train: cpu_train(CPU_TOKENS),
+        });
+    }
     out
 }
 

@@ -16,10 +16,12 @@
 //!
 //! [`Corpus::prepare`] runs the whole pipeline.
 
+mod compress;
 mod corpus;
 mod sampler;
 mod tokenize;
 
+pub use compress::gzip_bits_per_byte;
 pub use corpus::{prepare_text, read_text, source_fingerprint, TextSplits};
 pub use sampler::{eval_windows, splitmix64, windows_to_tensors, BatchSampler, WindowOrder};
 pub use tokenize::{

@@ -21,6 +21,7 @@
 mod checkpoint;
 mod optim;
 mod schedule;
+pub mod sweep;
 
 pub use checkpoint::{
     checkpoint_bytes, config_differences, load_checkpoint, previous_path, save_checkpoint,
