@@ -19,7 +19,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
-use candle_structured::data::{default_corpus_dir, Corpus, CorpusOptions};
+use candle_structured::data::{default_corpus_dir, gzip_bits_per_byte, Corpus, CorpusOptions};
 use candle_structured::model::{gpt, preset, presets_table};
 use candle_structured::params::CountParams;
 use candle_structured::train::{load_checkpoint, train, TrainOptions, CHECKPOINT_FILE};
@@ -83,9 +83,9 @@ struct Args {
     /// Validation windows in the fixed subset.
     #[arg(long, default_value_t = 64)]
     eval_windows: usize,
-    /// Test windows evaluated at the end.
-    #[arg(long, default_value_t = 128)]
-    test_windows: usize,
+    /// Test windows evaluated at the end (default: the whole test split).
+    #[arg(long)]
+    test_windows: Option<usize>,
     /// Checkpoint every N steps (0: only at the end and on Ctrl-C).
     #[arg(long, default_value_t = 100)]
     checkpoint_every: u64,
@@ -277,7 +277,7 @@ fn main() -> Result<()> {
     opts.micro_batch = args.micro_batch;
     opts.eval_every = args.eval_every;
     opts.eval_windows = args.eval_windows;
-    opts.test_windows = args.test_windows;
+    opts.test_windows = args.test_windows.unwrap_or(usize::MAX);
     opts.checkpoint_every = args.checkpoint_every;
     opts.seed = args.seed;
     opts.resume = args.resume;
@@ -312,6 +312,19 @@ fn main() -> Result<()> {
                 "test:       {:.4} nats/token, {:.4} bits/byte ({} tokens)",
                 t.loss, t.bits_per_byte, t.tokens
             );
+            // The yardstick: a model that compresses unseen text worse than gzip has learned little.
+            let text = std::fs::read(corpus.cache_dir.join("text").join("test.txt"));
+            if let Some(gz) = text.ok().and_then(|b| gzip_bits_per_byte(&b)) {
+                println!(
+                    "            gzip -9 on the same text: {gz:.4} bits/byte; the model: {:.4} ({})",
+                    t.bits_per_byte,
+                    if t.bits_per_byte < gz {
+                        format!("{:.0} % smaller", 100.0 * (1.0 - t.bits_per_byte / gz))
+                    } else {
+                        "worse than gzip: the model has not learned much yet".into()
+                    }
+                );
+            }
         }
     }
     println!(

@@ -821,7 +821,12 @@ pub fn presets() -> Vec<Preset> {
     }
     // Sizes that only the CPU study has: a smaller baseline, and second sizes of the structured models.
     let cpu_only = [
-        ("tiny-cpu", "CPU-only baseline, 2 dense layers", 128, dense(2)),
+        (
+            "tiny-cpu",
+            "CPU-only baseline, 2 dense layers",
+            128,
+            dense(2),
+        ),
         (
             "fastfood-6x160-cpu",
             "CPU-only, 6 layers, every linear map AdaptiveFastFood",
@@ -841,7 +846,10 @@ pub fn presets() -> Vec<Preset> {
         model.dropout = 0.0;
         out.push(Preset {
             name: name.into(),
-            description: format!("{what} (d_model {d}, {} heads, context 256, vocab 4096)", d / 32),
+            description: format!(
+                "{what} (d_model {d}, {} heads, context 256, vocab 4096)",
+                d / 32
+            ),
             model,
             train: cpu_train(CPU_TOKENS),
         });
