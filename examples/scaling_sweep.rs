@@ -36,7 +36,7 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(about = "Train the runs of a scaling-law study on the CPU")]
 struct Args {
-    /// The miniature: 6 tiny runs of 120 steps of 8 x 128 tokens, root runs/quick, nothing committed.
+    /// The miniature: 6 tiny runs of 120 steps of 4 x 128 tokens, root runs/quick, nothing committed.
     #[arg(long)]
     quick: bool,
     /// Root folder of the run folders (default: runs/sweep, or runs/quick with --quick).
@@ -48,14 +48,17 @@ struct Args {
     /// Only the runs whose name contains one of these (comma-separated).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Validation loss every N steps.
-    #[arg(long, default_value_t = 32)]
-    eval_every: u64,
+    /// Validation loss every N steps (default: 128, 10 with --quick).
+    #[arg(long)]
+    eval_every: Option<u64>,
+    /// A log line every N steps (and at each evaluation), with the mean training loss since the previous one.
+    #[arg(long, default_value_t = 16)]
+    log_every: u64,
     /// Validation windows per evaluation (the final evaluation uses the same windows).
     #[arg(long, default_value_t = 64)]
     eval_windows: usize,
     /// Checkpoint every N steps.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 256)]
     checkpoint_every: u64,
     /// Training text (default: the embedded French Debian corpus).
     #[arg(long)]
@@ -105,7 +108,7 @@ fn main() -> Result<()> {
     for r in &runs {
         let mut p = preset(&r.preset)?;
         if q {
-            p.train.batch_size = 8;
+            p.train.batch_size = 4;
             p.train.seq_len = 128;
         }
         let spec = p.train.with_budget(r.tokens);
@@ -172,7 +175,8 @@ fn main() -> Result<()> {
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
         let model = gpt(&cfg, vb)?;
         let mut opts = TrainOptions::new(&dir);
-        opts.eval_every = args.eval_every;
+        opts.eval_every = args.eval_every.unwrap_or(if q { 10 } else { 128 });
+        opts.log_every = args.log_every;
         opts.eval_windows = args.eval_windows;
         opts.test_windows = usize::MAX;
         opts.checkpoint_every = args.checkpoint_every;

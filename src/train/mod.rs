@@ -65,6 +65,10 @@ pub struct TrainOptions {
     pub test_windows: usize,
     /// Checkpoint every this many steps (0: only at the end and on stop).
     pub checkpoint_every: u64,
+    /// Write a step line to the log every this many steps (and at every evaluation); its `train_loss` is the mean
+    /// over the steps since the previous line. 1 (the default) logs every step; long runs use more to keep their
+    /// logs small.
+    pub log_every: u64,
     /// Seed of the batch sampler.
     pub seed: u64,
     /// Continue from the run folder's checkpoint.
@@ -95,6 +99,7 @@ impl TrainOptions {
             eval_windows: 64,
             test_windows: 256,
             checkpoint_every: 100,
+            log_every: 1,
             seed: 0,
             resume: false,
             overwrite: false,
@@ -632,6 +637,7 @@ pub fn train(
     let mut train_tokens = 0u64;
     let mut interrupted = false;
     let mut last_val: Option<EvalResult> = None;
+    let mut last_logged = step;
     while step < total_steps {
         if step >= stop_at || stop.load(Ordering::SeqCst) {
             interrupted = true;
@@ -695,6 +701,12 @@ pub fn train(
         train_time += dt;
         train_tokens += spec.tokens_per_step();
         losses.push(loss);
+        let since = step.saturating_sub(last_logged).max(1) as usize;
+        let mean_loss = losses[losses.len().saturating_sub(since)..]
+            .iter()
+            .map(|&l| l as f64)
+            .sum::<f64>()
+            / since.min(losses.len()).max(1) as f64;
         let flops = training_flops(n, tokens);
         let mut line = json!({
             "step": step,
@@ -703,13 +715,15 @@ pub fn train(
             "pf_days": pf_days(flops),
             "n_trainable_non_embedding": n,
             "n_frozen": counts.non_embedding.frozen,
-            "train_loss": loss,
+            "train_loss": mean_loss,
             "lr": lr,
             "grad_norm": json_f64(grad_norm),
             "tokens_per_s": spec.tokens_per_step() as f64 / dt,
             "elapsed_s": elapsed_before + t_start.elapsed().as_secs_f64(),
         });
-        if opts.eval_every > 0 && step.is_multiple_of(opts.eval_every) && step < total_steps {
+        let evaluate_now =
+            opts.eval_every > 0 && step.is_multiple_of(opts.eval_every) && step < total_steps;
+        if evaluate_now {
             let r = evaluate(
                 model,
                 &corpus.valid,
@@ -723,7 +737,10 @@ pub fn train(
             line["val_bpb"] = json_f64(r.bits_per_byte);
             last_val = Some(r);
         }
-        log.write(&line)?;
+        if evaluate_now || step.is_multiple_of(opts.log_every.max(1)) || step == total_steps {
+            log.write(&line)?;
+            last_logged = step;
+        }
         let mut msg = format!(
             "loss {loss:.3}, lr {lr:.2e}, {:.0} tok/s",
             train_tokens as f64 / train_time
