@@ -127,6 +127,7 @@ fn table_fits_params_law_predicts_and_compares_at_equal_n() {
         assert_eq!(pr.fitted_on.len(), 15);
         let truth = (alpha_n * (log_nc - pr.n_trainable.ln())).exp();
         assert!(pr.from_params.contains(truth), "{pr:?} vs {truth}");
+        assert!(pr.from_compute.is_none()); // no frontier in a table
     }
     // Doped rows on the baselines' law: indistinguishable at equal trainable N; no curve, no equal-compute test.
     let comps: Vec<_> = a.comparisons().collect();

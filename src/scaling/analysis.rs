@@ -400,8 +400,14 @@ pub fn analyze(runs: &[Run], opts: &ReportOptions) -> candle_core::Result<Analys
     };
     let chinchilla =
         (opts.chinchilla && !baselines.is_empty()).then(|| chinchilla_result(&baselines, opts));
-    let predictions =
+    let mut predictions =
         (opts.holdout > 0 && !baselines.is_empty()).then(|| predict_held_out(&final_runs, opts));
+    if table {
+        // Single points make no frontier: no `L(C)` prediction.
+        for p in predictions.iter_mut().flatten().flatten() {
+            p.from_compute = None;
+        }
+    }
     Ok(Analysis {
         runs: runs.to_vec(),
         table,

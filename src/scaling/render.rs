@@ -514,6 +514,13 @@ fn agreement_equal_compute(w: &mut String, a: &Analysis) {
         .filter(|(_, c)| c.equal_compute_verdict == Verdict::Better)
         .map(|(r, _)| format!("{} (cost {})", r.family, cost_label(r)))
         .collect();
+    if a.comparisons().next().is_none() {
+        let _ = writeln!(
+            w,
+            "- No doped or structured family here: the paper's verdicts are not tested."
+        );
+        return;
+    }
     let comparable = a
         .comparisons()
         .any(|(_, c)| c.equal_compute_verdict != Verdict::NotComparable);
