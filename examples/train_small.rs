@@ -1,7 +1,7 @@
 //! Trains a GPT of the paper's family on French text.
 //!
 //! ```bash
-//! cargo run --release --example train_small                      # xxsmall-cpu on the embedded corpus, < 10 min
+//! cargo run --release --example train_small                      # d64x2-cpu on the embedded corpus, < 10 min
 //! cargo run --release --example train_small -- --list-presets
 //! cargo run --release --example train_small -- --preset doped-small-cpu --steps 200
 //! cargo run --release --example train_small -- --resume          # continue an interrupted run
@@ -32,7 +32,7 @@ use std::sync::Arc;
 #[command(about = "Train a GPT of Chatelain et al. (2021) on French text")]
 struct Args {
     /// Preset (see --list-presets).
-    #[arg(long, default_value = "xxsmall-cpu")]
+    #[arg(long, default_value = "d64x2-cpu")]
     preset: String,
     /// Print every preset with its parameter counts and exit.
     #[arg(long)]
@@ -78,7 +78,7 @@ struct Args {
     #[arg(long)]
     dropout: Option<f32>,
     /// Validation loss every N steps (0: only at the end).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 256)]
     eval_every: u64,
     /// Validation windows in the fixed subset.
     #[arg(long, default_value_t = 64)]
@@ -294,7 +294,7 @@ fn main() -> Result<()> {
             report.steps,
             spec.total_steps(),
             report.tokens,
-            if args.preset != "xxsmall-cpu" {
+            if args.preset != "d64x2-cpu" {
                 format!(" --preset {}", args.preset)
             } else {
                 String::new()
