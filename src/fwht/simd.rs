@@ -484,11 +484,13 @@ unsafe fn in_cache<V: Vector>(route: Route<V::E>, k: u32, plan: Plan, scale: Opt
 }
 
 /// Tuning of one kernel: the widest radix (log2 of the registers held at once), the widest radix at strides of
-/// 4 KiB or more, the L1 block and the L2 block (log2 of elements).
+/// 4 KiB or more, the widest radix of the passes that span L2 blocks, the L1 block and the L2 block (log2 of
+/// elements).
 #[derive(Clone, Copy)]
 struct Plan {
     rmax: u32,
     far_rmax: u32,
+    top_rmax: u32,
     l1_log: u32,
     l2_log: u32,
 }
@@ -645,14 +647,12 @@ unsafe fn by_blocks<V: Vector>(
         },
         _ => Route::at(dst),
     };
-    passes::<V>(
-        across,
-        n >> V::LOG,
-        block >> V::LOG,
-        k - l2_log,
-        plan,
-        scale,
-    );
+    let top = Plan {
+        rmax: plan.top_rmax,
+        far_rmax: plan.top_rmax,
+        ..plan
+    };
+    passes::<V>(across, n >> V::LOG, block >> V::LOG, k - l2_log, top, scale);
 }
 
 /// `2^k` elements (`k > plan.l1_log`) that fit in L2, along `route`: L1-sized blocks transformed one by one (each
@@ -683,39 +683,44 @@ unsafe fn in_l2<V: Vector>(route: Route<V::E>, k: u32, plan: Plan, scale: Option
 }
 
 // At strides of 4 KiB or more the vectors of one pass share a set of the L1 (8-way on AMD Zen 4, where holding 16
-// of them was up to 3× slower than 8). Where 512-bit operations run at full width (Intel), a pass holds up to 32
-// (each one loads and stores one whole cache line, so nothing is lost when a line leaves the L1 in between), which
-// turns the last 4–5 stages of rows longer than L2 into one sweep through L3 or memory instead of two.
+// of them was up to 3× slower than 8), so such passes hold at most 8. The exception, where 512-bit operations run
+// at full width (Intel): the passes that span L2 blocks hold up to 32 vectors (each loads and stores one whole cache
+// line, so nothing is lost when a line leaves the L1 in between), which turns the last 4–5 stages of rows longer
+// than L2 into one sweep through L3 or memory instead of two. Within L2 the same wide passes were slower.
 const AVX2_F32: Plan = Plan {
     rmax: 3,
     far_rmax: 3,
+    top_rmax: 3,
     l1_log: 12,
     l2_log: 18,
 };
 const AVX2_F64: Plan = Plan {
     rmax: 3,
     far_rmax: 3,
+    top_rmax: 3,
     l1_log: 11,
     l2_log: 17,
 };
 const AVX512_SPLIT_F32: Plan = Plan {
     rmax: 4,
     far_rmax: 3,
+    top_rmax: 3,
     l1_log: 12,
     l2_log: 18,
 };
 const AVX512_SPLIT_F64: Plan = Plan {
     rmax: 4,
     far_rmax: 3,
+    top_rmax: 3,
     l1_log: 11,
     l2_log: 17,
 };
 const AVX512_F32: Plan = Plan {
-    far_rmax: 5,
+    top_rmax: 5,
     ..AVX512_SPLIT_F32
 };
 const AVX512_F64: Plan = Plan {
-    far_rmax: 5,
+    top_rmax: 5,
     ..AVX512_SPLIT_F64
 };
 
