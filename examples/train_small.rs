@@ -19,7 +19,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
-use candle_structured::data::{default_corpus_dir, Corpus, CorpusOptions};
+use candle_structured::data::{Corpus, CorpusOptions};
 use candle_structured::model::{gpt, preset, presets_table};
 use candle_structured::params::CountParams;
 use candle_structured::train::{load_checkpoint, train, TrainOptions, CHECKPOINT_FILE};
@@ -41,7 +41,7 @@ struct Args {
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Training text: a UTF-8 file, a folder of them, or a folder with train/valid/test files (.gz accepted).
-    /// Default: the embedded French Debian corpus.
+    /// Default: the French Debian corpus of the repository checkout (data/fr-debian-large).
     #[arg(long)]
     data: Option<PathBuf>,
     /// A ready tokenizer.json (default: train a byte-level BPE of the preset's vocabulary on the training split).
@@ -177,7 +177,7 @@ fn main() -> Result<()> {
     }
 
     // Data: decompress, train the tokenizer, tokenize (all cached).
-    let data = args.data.clone().unwrap_or_else(default_corpus_dir);
+    let data = common::corpus_dir(args.data.as_deref())?;
     let mut copts = CorpusOptions::new(&data, cfg.vocab_size);
     copts.cache_root = args.cache.clone();
     copts.tokenizer = args.tokenizer.clone();

@@ -41,11 +41,11 @@
 //! ```
 
 use crate::error::Error;
-use crate::layers::init::splitmix64;
 use crate::layers::{
     frozen_random_mlp, rotary_gpt_block, BlockConfig, BlockKind, FrozenRandomMlp, RotaryGptBlock,
 };
 use crate::params::{CountParams, ParamCount, ParamCounts};
+use crate::rng::splitmix64;
 use candle_core::{DType, Device, IndexOp, Module, ModuleT, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
@@ -162,7 +162,7 @@ impl GptConfig {
 
     /// Seed of layer `i`, derived from [`GptConfig::seed`].
     pub fn layer_seed(&self, i: usize) -> u64 {
-        crate::layers::derive_seed(self.seed, &format!("h.{i}"))
+        crate::rng::derive_seed(self.seed, &format!("h.{i}"))
     }
 
     /// Number of layers in the stack.
@@ -239,7 +239,7 @@ impl GptConfig {
     /// Training compute per token, `6·N` FLOPs with `N` the trainable non-embedding parameters (Kaplan et al.
     /// 2020): the forward pass costs `2N` and the backward `4N`.
     pub fn flops_per_token(&self) -> f64 {
-        6.0 * self.param_counts().non_embedding.trainable as f64
+        crate::flops::training_flops(self.param_counts().non_embedding.trainable, 1)
     }
 }
 

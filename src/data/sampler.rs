@@ -5,7 +5,7 @@ use crate::Error;
 use candle_core::{Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-pub use crate::layers::init::splitmix64;
+use crate::rng::splitmix64;
 
 /// Draws training windows of `seq_len + 1` tokens at pseudo-random offsets. Window `k` starts at
 /// `mix(seed, k) mod (len − seq_len)`, a pure function of the seed and the window counter, so the sampler's whole

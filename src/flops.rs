@@ -1,4 +1,5 @@
-//! Compute accounting: how many floating-point operations a training run costs.
+//! Compute accounting, in one place: how many floating-point operations a training run costs. The model's
+//! [`crate::model::GptConfig::flops_per_token`], the training loop's logs and the scaling fits all count with it.
 //!
 //! Kaplan et al. (2020) count `C ≈ 6·N·B·S` FLOPs for training a decoder with `N` trainable non-embedding parameters
 //! on `B·S` tokens (batch `B`, `S` steps, or `B` tokens per step): 2 FLOPs per parameter per token in the forward
@@ -8,7 +9,7 @@
 //! projection (e.g. optical hardware) costs nothing: factor 0.
 //!
 //! ```
-//! use candle_structured::scaling::cost::{CostModel, FrozenCost, PF_DAY};
+//! use candle_structured::flops::{CostModel, FrozenCost, PF_DAY};
 //! let cost = CostModel::new(FrozenCost::TwoThirds);
 //! // 1M trainable + 3M frozen parameters on 10M tokens:
 //! let c = cost.flops(1e6, 3e6, 1e7);
@@ -126,4 +127,16 @@ pub fn flops_to_pf_days(flops: f64) -> f64 {
 /// PF-days → FLOPs.
 pub fn pf_days_to_flops(pf_days: f64) -> f64 {
     pf_days * PF_DAY
+}
+
+/// Training compute `C = 6 · N · tokens` in FLOPs, with `N` the trainable non-embedding parameters (Kaplan et al.
+/// 2020). Frozen parameters are deliberately left out: callers record them separately so that a cost factor can be
+/// applied later ([`CostModel`]).
+pub fn training_flops(n_trainable_non_embedding: usize, tokens: u64) -> f64 {
+    TRAINABLE_FLOPS_PER_TOKEN * n_trainable_non_embedding as f64 * tokens as f64
+}
+
+/// `flops` in PF-days (the same as [`flops_to_pf_days`]).
+pub fn pf_days(flops: f64) -> f64 {
+    flops_to_pf_days(flops)
 }
