@@ -333,7 +333,7 @@ fn main() -> Result<()> {
         }
     );
     if !device.is_cpu() {
-        let per_token = mfu_flops_per_token(&cfg, &counts, spec.seq_len);
+        let per_token = cfg.mfu_flops_per_token(&counts, spec.seq_len);
         let achieved = report.tokens_per_s * per_token;
         println!(
             "model FLOPs utilisation: {:.2} % of {:.0} TFLOP/s ({:.1} TFLOP/s at {:.3} GFLOP per token; {})",
@@ -351,25 +351,4 @@ fn main() -> Result<()> {
         run_dir.display()
     );
     Ok(())
-}
-
-/// Model FLOPs per training token for the utilisation figure (the convention of PaLM and nanoGPT): 6 per trainable
-/// non-embedding parameter and per weight of the language-model head (forward 2, backward 4), 4 per frozen
-/// parameter (forward, and the backward to the layer's input), and `12·d·T` per attention layer for the scores
-/// and their product with the values (`T` the sequence length).
-fn mfu_flops_per_token(
-    cfg: &candle_structured::model::GptConfig,
-    counts: &candle_structured::ParamCounts,
-    seq_len: usize,
-) -> f64 {
-    let blocks = cfg
-        .layers
-        .iter()
-        .filter(|l| matches!(l, candle_structured::model::LayerSpec::Block(_)))
-        .count();
-    let d = cfg.d_model as f64;
-    6.0 * counts.non_embedding.trainable as f64
-        + 6.0 * (cfg.vocab_size as f64) * d
-        + 4.0 * counts.non_embedding.frozen as f64
-        + 12.0 * blocks as f64 * d * seq_len as f64
 }

@@ -140,3 +140,34 @@ pub fn training_flops(n_trainable_non_embedding: usize, tokens: u64) -> f64 {
 pub fn pf_days(flops: f64) -> f64 {
     flops_to_pf_days(flops)
 }
+
+/// Model FLOPs per training token for the utilisation figure (MFU; the convention of PaLM and nanoGPT):
+/// [`TRAINABLE_FLOPS_PER_TOKEN`] per trainable non-embedding parameter and per weight of the language-model head
+/// (`head_weights`, vocabulary × width), 4 per frozen parameter ([`FrozenCost::TwoThirds`]: forward, and the
+/// backward to the layer's input), and 12 per unit of `attention` = Σ over attention layers of `d·T` (the scores
+/// and their product with the values, forward and backward, `T` the sequence length).
+pub fn mfu_flops_per_token(
+    n_trainable_non_embedding: usize,
+    n_frozen: usize,
+    head_weights: usize,
+    attention: usize,
+) -> f64 {
+    TRAINABLE_FLOPS_PER_TOKEN * (n_trainable_non_embedding + head_weights) as f64
+        + FrozenCost::TwoThirds.flops_per_token() * n_frozen as f64
+        + 12.0 * attention as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_counts_against_hand_computations() {
+        // 1000 trainable, 300 frozen, a 50 × 8 head, 2 attention layers of d = 8 over T = 16.
+        let mfu = mfu_flops_per_token(1000, 300, 50 * 8, 2 * 8 * 16);
+        assert_eq!(mfu, 6.0 * 1000.0 + 6.0 * 400.0 + 4.0 * 300.0 + 12.0 * 256.0);
+        assert_eq!(training_flops(1000, 10), 60_000.0);
+        assert_eq!(pf_days(PF_DAY), 1.0);
+        assert_eq!(pf_days_to_flops(2.0), 2.0 * PF_DAY);
+    }
+}

@@ -241,6 +241,23 @@ impl GptConfig {
     pub fn flops_per_token(&self) -> f64 {
         crate::flops::training_flops(self.param_counts().non_embedding.trainable, 1)
     }
+
+    /// Model FLOPs per training token for the utilisation figure (MFU; the convention of PaLM and nanoGPT), given
+    /// the model's `counts` ([`GptConfig::param_counts`]) and the sequence length: see
+    /// [`crate::flops::mfu_flops_per_token`].
+    pub fn mfu_flops_per_token(&self, counts: &ParamCounts, seq_len: usize) -> f64 {
+        let attention_layers = self
+            .layers
+            .iter()
+            .filter(|l| matches!(l, LayerSpec::Block(_)))
+            .count();
+        crate::flops::mfu_flops_per_token(
+            counts.non_embedding.trainable,
+            counts.non_embedding.frozen,
+            self.vocab_size * self.d_model,
+            attention_layers * self.d_model * seq_len,
+        )
+    }
 }
 
 /// One of the layers of a [`Gpt`].

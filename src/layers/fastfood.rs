@@ -171,6 +171,7 @@ const PERM: &str = "perm";
 
 /// For loaders that read variables by name (the training checkpoint): the name a FastFood variable had in
 /// checkpoints written before the diagonals were renamed, if it changed.
+#[cfg(feature = "train")]
 pub(crate) fn former_name(name: &str) -> Option<String> {
     ["diag_b", "diag_g", "diag_s"].iter().find_map(|new| {
         let stem = name.strip_suffix(new)?;
@@ -180,6 +181,7 @@ pub(crate) fn former_name(name: &str) -> Option<String> {
 
 /// Whether `name` is a FastFood permutation table, which checkpoints written before it was stored lack (the layer
 /// then keeps the permutations drawn from its seed).
+#[cfg(feature = "train")]
 pub(crate) fn is_permutation_table(name: &str) -> bool {
     name == PERM || name.ends_with(".perm")
 }

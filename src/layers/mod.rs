@@ -24,6 +24,7 @@ mod rotary_block;
 
 pub use block_hadamard::{block_hadamard_mlp, BlockHadamardMlp};
 pub use fastfood::{adaptive_fastfood, adaptive_fastfood_no_bias, AdaptiveFastFood};
+#[cfg(feature = "train")]
 pub(crate) use fastfood::{former_name, is_permutation_table};
 pub use frozen_mlp::{frozen_random_mlp, FrozenRandomMlp};
 pub use linear::{projection, seeded_linear, LinearKind, Projection};
