@@ -1,7 +1,8 @@
-//! Build script. With the `cuda` feature on, compiles `cuda/fwht.cu` (the Walsh–Hadamard transform) and
-//! `cuda/ops.cu` (the training ops) to PTX with nvcc (as candle builds its own kernels); the PTX is embedded in
-//! the library and loaded by the driver at first use. Without the feature it
-//! does nothing, so the default build needs no CUDA toolkit.
+//! Build script. With the `cuda` feature on, compiles `cuda/fwht.cu` (the Walsh–Hadamard transform's kernels that
+//! have run on a GPU) to PTX with nvcc (as candle builds its own kernels); with `cuda-untested` also the kernels
+//! not yet run on a GPU: the transform's transposed and persistent variants (`FWHT_UNTESTED_VARIANTS`) and
+//! `cuda/ops.cu` (the training ops). The PTX is embedded in the library and loaded by the driver at first use.
+//! Without the feature it does nothing, so the default build needs no CUDA toolkit.
 //!
 //! Environment: `NVCC` (the compiler; else `$CUDA_ROOT/bin/nvcc`, `$CUDA_HOME/bin/nvcc`, `$CUDA_PATH/bin/nvcc` or
 //! `nvcc` on the PATH) and `CUDA_COMPUTE_CAP` (e.g. `90`; else asked of `nvidia-smi`; else 80, whose PTX the
@@ -32,9 +33,19 @@ fn main() {
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR is set by cargo"));
     let nvcc = find_nvcc();
     let cap = compute_cap();
-    for name in ["fwht", "ops"] {
+    let untested = env::var_os("CARGO_FEATURE_CUDA_UNTESTED").is_some();
+    let files: &[&str] = if untested {
+        &["fwht", "ops"]
+    } else {
+        &["fwht"]
+    };
+    for name in files {
         let src = format!("cuda/{name}.cu");
-        let status = Command::new(&nvcc)
+        let mut cmd = Command::new(&nvcc);
+        if untested {
+            cmd.arg("-DFWHT_UNTESTED_VARIANTS");
+        }
+        let status = cmd
             .args(["--ptx", "-O3", "-std=c++17", "-diag-suppress", "177"])
             .arg(format!("-arch=sm_{cap}"))
             .arg(&src)

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --features cuda --example gpu_check            # checks + timings
+//! cargo run --release --features cuda-untested --example gpu_check   # and the opt-in kernels (section 2)
 //! cargo run --release --features cuda --example gpu_check -- --quick # checks, fewer sizes, short timings
 //! ```
 //!
@@ -1126,6 +1127,10 @@ fn main() -> Result<()> {
     //    printed; an error here is reported as a failure of this section.
     let mut opt_in = Checker::default();
     let section = (|| -> Result<()> {
+        if !cfg!(feature = "cuda-untested") {
+            println!("\nthe opt-in kernels are not built: rebuild with `--features cuda-untested` to check them");
+            return Ok(());
+        }
         if !args.no_checks {
             op_checks(&gpu, &mut opt_in)?;
             println!("layer checks with the CUDA op kernels:");

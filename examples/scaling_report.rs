@@ -84,7 +84,7 @@ fn demo_runs() -> Vec<Run> {
         let _ = i;
         for k in 1..=30 {
             let tokens = 4e4 * k as f64;
-            let c_eff = 6.0 * n * tokens;
+            let c_eff = candle_structured::flops::CostModel::default().flops(n, 0.0, tokens);
             // Each model saturates: loss = law(C) + capacity term.
             let loss = (1e14f64 / c_eff).powf(0.05) * 3.0 + 2.0 * (1e5 / n).powf(0.3) + noise();
             r.points.push(RunPoint {

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
-use candle_structured::data::{default_corpus_dir, Corpus, CorpusOptions};
+use candle_structured::data::{Corpus, CorpusOptions};
 use candle_structured::model::{gpt, preset};
 use candle_structured::train::sweep::{default_sweep, quick_sweep};
 use candle_structured::train::{train, TrainOptions, CHECKPOINT_FILE, LOG_FILE};
@@ -60,7 +60,7 @@ struct Args {
     /// Checkpoint every N steps.
     #[arg(long, default_value_t = 256)]
     checkpoint_every: u64,
-    /// Training text (default: the embedded French Debian corpus).
+    /// Training text (default: the French Debian corpus of the repository checkout, data/fr-debian-large).
     #[arg(long)]
     data: Option<PathBuf>,
     /// Cache of prepared text, tokenizer and token files.
@@ -153,7 +153,7 @@ fn main() -> Result<()> {
         })?;
     }
 
-    let data = args.data.clone().unwrap_or_else(default_corpus_dir);
+    let data = common::corpus_dir(args.data.as_deref())?;
     let mut corpus: Option<(usize, Corpus)> = None;
     let t0 = std::time::Instant::now();
     for (r, p, spec) in &plan {

@@ -19,7 +19,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
-use candle_structured::data::{default_corpus_dir, gzip_bits_per_byte, Corpus, CorpusOptions};
+use candle_structured::data::{gzip_bits_per_byte, Corpus, CorpusOptions};
 use candle_structured::model::{gpt, preset, presets_table};
 use candle_structured::params::CountParams;
 use candle_structured::train::{load_checkpoint, train, TrainOptions, CHECKPOINT_FILE};
@@ -41,7 +41,7 @@ struct Args {
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Training text: a UTF-8 file, a folder of them, or a folder with train/valid/test files (.gz accepted).
-    /// Default: the embedded French Debian corpus.
+    /// Default: the French Debian corpus of the repository checkout (data/fr-debian-large).
     #[arg(long)]
     data: Option<PathBuf>,
     /// A ready tokenizer.json (default: train a byte-level BPE of the preset's vocabulary on the training split).
@@ -177,7 +177,7 @@ fn main() -> Result<()> {
     }
 
     // Data: decompress, train the tokenizer, tokenize (all cached).
-    let data = args.data.clone().unwrap_or_else(default_corpus_dir);
+    let data = common::corpus_dir(args.data.as_deref())?;
     let mut copts = CorpusOptions::new(&data, cfg.vocab_size);
     copts.cache_root = args.cache.clone();
     copts.tokenizer = args.tokenizer.clone();
@@ -346,7 +346,7 @@ fn main() -> Result<()> {
         }
     );
     if !device.is_cpu() {
-        let per_token = mfu_flops_per_token(&cfg, &counts, spec.seq_len);
+        let per_token = cfg.mfu_flops_per_token(&counts, spec.seq_len);
         let achieved = report.tokens_per_s * per_token;
         println!(
             "model FLOPs utilisation: {:.2} % of {:.0} TFLOP/s ({:.1} TFLOP/s at {:.3} GFLOP per token; {})",
@@ -364,25 +364,4 @@ fn main() -> Result<()> {
         run_dir.display()
     );
     Ok(())
-}
-
-/// Model FLOPs per training token for the utilisation figure (the convention of PaLM and nanoGPT): 6 per trainable
-/// non-embedding parameter and per weight of the language-model head (forward 2, backward 4), 4 per frozen
-/// parameter (forward, and the backward to the layer's input), and `12·d·T` per attention layer for the scores
-/// and their product with the values (`T` the sequence length).
-fn mfu_flops_per_token(
-    cfg: &candle_structured::model::GptConfig,
-    counts: &candle_structured::ParamCounts,
-    seq_len: usize,
-) -> f64 {
-    let blocks = cfg
-        .layers
-        .iter()
-        .filter(|l| matches!(l, candle_structured::model::LayerSpec::Block(_)))
-        .count();
-    let d = cfg.d_model as f64;
-    6.0 * counts.non_embedding.trainable as f64
-        + 6.0 * (cfg.vocab_size as f64) * d
-        + 4.0 * counts.non_embedding.frozen as f64
-        + 12.0 * blocks as f64 * d * seq_len as f64
 }

@@ -39,6 +39,17 @@ pub enum Error {
     /// A layer or model was configured with inconsistent sizes.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// An input whose dtype the layer's parameters do not take (`candle_nn::Linear` refuses these too). f32
+    /// parameters also take bf16 and f16 inputs (mixed precision: they are cast to the input's dtype).
+    #[error(
+        "{layer}: the input is {input:?}, the parameters {param:?} (convert the input, or build the layer in \
+         {input:?}; f32 parameters also take bf16 and f16 inputs)"
+    )]
+    DTypeMismatch {
+        layer: &'static str,
+        input: DType,
+        param: DType,
+    },
 
     // ---- data, checkpoints, training -------------------------------------------------------------------------------
     /// Reading or preparing a corpus failed.

@@ -41,11 +41,11 @@
 //! ```
 
 use crate::error::Error;
-use crate::layers::init::splitmix64;
 use crate::layers::{
     frozen_random_mlp, rotary_gpt_block, BlockConfig, BlockKind, FrozenRandomMlp, RotaryGptBlock,
 };
 use crate::params::{CountParams, ParamCount, ParamCounts};
+use crate::rng::splitmix64;
 use candle_core::{DType, Device, IndexOp, Module, ModuleT, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
@@ -162,7 +162,7 @@ impl GptConfig {
 
     /// Seed of layer `i`, derived from [`GptConfig::seed`].
     pub fn layer_seed(&self, i: usize) -> u64 {
-        crate::layers::derive_seed(self.seed, &format!("h.{i}"))
+        crate::rng::derive_seed(self.seed, &format!("h.{i}"))
     }
 
     /// Number of layers in the stack.
@@ -239,7 +239,24 @@ impl GptConfig {
     /// Training compute per token, `6·N` FLOPs with `N` the trainable non-embedding parameters (Kaplan et al.
     /// 2020): the forward pass costs `2N` and the backward `4N`.
     pub fn flops_per_token(&self) -> f64 {
-        6.0 * self.param_counts().non_embedding.trainable as f64
+        crate::flops::training_flops(self.param_counts().non_embedding.trainable, 1)
+    }
+
+    /// Model FLOPs per training token for the utilisation figure (MFU; the convention of PaLM and nanoGPT), given
+    /// the model's `counts` ([`GptConfig::param_counts`]) and the sequence length: see
+    /// [`crate::flops::mfu_flops_per_token`].
+    pub fn mfu_flops_per_token(&self, counts: &ParamCounts, seq_len: usize) -> f64 {
+        let attention_layers = self
+            .layers
+            .iter()
+            .filter(|l| matches!(l, LayerSpec::Block(_)))
+            .count();
+        crate::flops::mfu_flops_per_token(
+            counts.non_embedding.trainable,
+            counts.non_embedding.frozen,
+            self.vocab_size * self.d_model,
+            attention_layers * self.d_model * seq_len,
+        )
     }
 }
 

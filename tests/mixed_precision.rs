@@ -51,6 +51,7 @@ fn sorted_vars(vm: &VarMap) -> Vec<(String, Var)> {
         .lock()
         .unwrap()
         .iter()
+        .filter(|(_, v)| v.dtype().is_float()) // not FastFood's permutation tables
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));

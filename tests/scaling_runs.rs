@@ -1,6 +1,7 @@
 //! Reading learning curves: training-loop JSONL logs (tolerant of headers, resumed runs and truncated lines) and CSV.
+#![cfg(feature = "fit")]
 
-use candle_structured::scaling::cost::{CostModel, FrozenCost};
+use candle_structured::flops::{CostModel, FrozenCost};
 use candle_structured::scaling::runs::{
     parse_csv, parse_jsonl, read_csv, read_run_dir, read_runs_dir, to_csv, Family, LossKind,
 };

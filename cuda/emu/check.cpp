@@ -8,6 +8,7 @@
 //   cargo test --release --test cuda_emulated       # builds this file with the C++ compiler and runs it
 //   g++ -std=c++17 -O2 -o /tmp/check cuda/emu/check.cpp && /tmp/check [--quick]   # by hand
 #define FWHT_EMU
+#define FWHT_UNTESTED_VARIANTS  // the emulated checks cover the opt-in variants too
 #include "../fwht.cu"
 
 #include "kernel_geometry.h"

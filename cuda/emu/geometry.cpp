@@ -3,6 +3,7 @@
 // `cuda_geometry::tests::rust_geometry_matches_the_kernels`, which compares it with the launch geometry of
 // src/fwht/cuda_geometry.rs. A mismatch on a GPU would trap (block size) or read past the shared memory.
 #define FWHT_EMU
+#define FWHT_UNTESTED_VARIANTS  // the emulated checks cover the opt-in variants too
 #include "../fwht.cu"
 #include "kernel_geometry.h"
 

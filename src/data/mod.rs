@@ -2,7 +2,7 @@
 //!
 //! The pipeline, each stage cached on disk and written atomically (temporary file, then rename):
 //!
-//! 1. [`prepare_text`]: a source (the embedded `data/fr-debian`, any UTF-8 text file, or a folder of them; `.gz`
+//! 1. [`prepare_text`]: a source (any UTF-8 text file, or a folder of them, given by path; `.gz`
 //!    files are decompressed) becomes three plain UTF-8 files `train.txt`, `valid.txt`, `test.txt` in a cache
 //!    folder whose name carries a fingerprint of the source (paths, sizes, modification times), so an edited source
 //!    is prepared again.
@@ -23,7 +23,7 @@ mod tokenize;
 
 pub use compress::gzip_bits_per_byte;
 pub use corpus::{prepare_text, read_text, source_fingerprint, TextSplits};
-pub use sampler::{eval_windows, splitmix64, windows_to_tensors, BatchSampler, WindowOrder};
+pub use sampler::{eval_windows, windows_to_tensors, BatchSampler, WindowOrder};
 pub use tokenize::{
     load_tokenizer, token_byte_lengths, tokenize_to_file, train_tokenizer, TokenFile, EOT_TOKEN,
 };
@@ -31,13 +31,6 @@ pub use tokenize::{
 use crate::Error;
 use candle_core::Result;
 use std::path::{Path, PathBuf};
-
-/// The default corpus: the French Debian documentation shipped in the repository (`data/fr-debian-large`).
-pub fn default_corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("data")
-        .join("fr-debian-large")
-}
 
 /// Options of [`Corpus::prepare`].
 #[derive(Debug, Clone)]
@@ -188,23 +181,11 @@ impl Corpus {
     }
 }
 
-/// 64-bit FNV-1a hash (fingerprints and checksums; not cryptographic).
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    fnv1a_extend(0xcbf2_9ce4_8422_2325, bytes)
-}
-
-/// Continues an FNV-1a hash from `state`.
-pub fn fnv1a_extend(mut state: u64, bytes: &[u8]) -> u64 {
-    for &b in bytes {
-        state ^= b as u64;
-        state = state.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    state
-}
+pub(crate) use crate::rng::{fnv1a, fnv1a_extend};
 
 /// Writes `bytes` to `path` atomically: a temporary file beside it, flushed to disk, then renamed over `path`.
 /// A crash or error leaves either the old file or the new one, never a partial file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() {

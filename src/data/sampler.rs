@@ -5,7 +5,7 @@ use crate::Error;
 use candle_core::{Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-pub use crate::layers::init::splitmix64;
+use crate::rng::splitmix64;
 
 /// How a [`BatchSampler`] places its windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

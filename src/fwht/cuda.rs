@@ -57,7 +57,8 @@ fn env_mib(var: &str, default_mib: usize) -> usize {
 
 /// Opt-in CUDA kernel variants. Both pass the same checks as the default kernels (bit for bit against the CPU
 /// op, in emulation on the CPU: `tests/cuda_emulated.rs`) but have not been timed on a GPU yet, so the measured
-/// kernels stay the default; `gpu_check` checks and times each variant beside the default.
+/// kernels stay the default; `gpu_check` checks and times each variant beside the default. They are built only
+/// with the `cuda-untested` feature; without it the choice is ignored and the default kernels run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CudaKernels {
     /// One-pass rows of 2^10 … 2^15 (f32, f16, bf16) with the "transposed exchange" kernels
@@ -86,6 +87,10 @@ pub fn set_cuda_kernels(k: CudaKernels) {
 
 /// The current choice of [`set_cuda_kernels`], after the environment variables where nothing was set.
 pub fn cuda_kernels() -> CudaKernels {
+    if !cfg!(feature = "cuda-untested") {
+        // not built: see the `cuda-untested` feature
+        return CudaKernels::default();
+    }
     let from = PERSISTENT_FROM.get();
     CudaKernels {
         transposed: TRANSPOSED.get() == 1,

@@ -23,6 +23,7 @@ mod simd;
 
 pub use cpu::{fwht_inplace, fwht_rows_inplace, fwht_rows_inplace_with, FwhtFloat, Isa};
 #[cfg(feature = "cuda")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cuda")))]
 pub use cuda::{cuda_kernels, set_cuda_kernels, CudaKernels};
 pub use reference::{hadamard_matrix, hadamard_transform_ref};
 

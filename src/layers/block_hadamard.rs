@@ -101,6 +101,13 @@ impl BlockHadamardMlp {
             ))
             .into());
         }
+        if n_blocks.trailing_zeros() > crate::fwht::MAX_LOG2 {
+            return Err(Error::Config(format!(
+                "BlockHadamardMlp: n_blocks ({n_blocks}) above the largest transform, 2^{}",
+                crate::fwht::MAX_LOG2
+            ))
+            .into());
+        }
         let (m, db, hb) = (n_blocks, d_model / n_blocks, hidden / n_blocks);
         let mut rng = SeededRng::new(seed, "block_hadamard");
         let w1 = get_or_init(&vb, (m, db, hb), "w1", || {
@@ -171,6 +178,7 @@ impl Module for BlockHadamardMlp {
             ))
             .into());
         }
+        crate::ops::check_dtype("BlockHadamardMlp", xs, &self.w1)?;
         let rows: usize = lead.iter().product();
         let (m, db, hb) = (
             self.n_blocks,

@@ -1,12 +1,12 @@
 //! Adaptive FastFood: a linear layer whose `in × out` matrix is a product of diagonals, Hadamard transforms and a
 //! permutation.
 
-use super::init::{get_or_init, linear_bias, SeededRng};
+use super::init::{get_or_init, get_or_init_renamed, linear_bias, SeededRng};
 use super::permute::LastDimPermutation;
 use crate::error::Error;
 use crate::params::{CountParams, ParamCount, ParamCounts};
-use candle_core::{Result, Tensor, D};
-use candle_nn::{Module, VarBuilder};
+use candle_core::{DType, Result, Tensor, D};
+use candle_nn::{Init, Module, VarBuilder};
 
 /// Adaptive FastFood, a drop-in for a linear layer (Le et al. 2013, "Fastfood"; Yang et al. 2015, "Deep Fried
 /// Convnets", adaptive variant), the "Structured Adaptive FastFood" rows of Table 3 of Chatelain et al. (2021).
@@ -44,12 +44,19 @@ use candle_nn::{Module, VarBuilder};
 /// # Parameters
 ///
 /// Trainable: `3·n·k` diagonal entries plus `out_dim` biases. Frozen: none (the permutations are an index
-/// buffer, regenerated from the seed). Emulated: `in_dim·out_dim + out_dim` (the dense layer's weight and bias).
-/// For `in_dim = out_dim = 4096`: 16 384 trainable against 16 781 312.
+/// buffer). Emulated: `in_dim·out_dim + out_dim` (the dense layer's weight and bias). For
+/// `in_dim = out_dim = 4096`: 16 384 trainable against 16 781 312.
 ///
-/// The variables are `"b"`, `"g"`, `"s"` (each `(k, n)`) and `"bias"` (`(out_dim,)`) under the `VarBuilder`'s
-/// prefix. The permutations are not variables: a checkpoint restores them from the seed
-/// ([`AdaptiveFastFood::seed`]), or exactly with [`AdaptiveFastFood::with_permutations`].
+/// # Checkpoints
+///
+/// Under the `VarBuilder`'s prefix: the diagonals `"diag_b"`, `"diag_g"`, `"diag_s"` (each `(k, n)`, the
+/// layer's dtype), `"bias"` (`(out_dim,)`) and the permutations `"perm"` (`(k, n)`, u32; row `j` is `π_j`). The
+/// permutations are stored like candle's other non-float buffers: candle's optimizers skip u32 variables, and so
+/// does [`crate::params::CountParams`]. A checkpoint therefore restores the exact layer whatever seed the loading
+/// code passes; a stored `"perm"` that is not a permutation of `0..n` is refused. Checkpoints written before
+/// the permutations were stored (diagonals named `"b"`, `"g"`, `"s"`, no `"perm"`) still load: the diagonals under
+/// their old names, the permutations drawn from the seed, which must then be the seed the checkpoint was trained
+/// with.
 ///
 /// # Example
 ///
@@ -80,6 +87,8 @@ pub struct AdaptiveFastFood {
     bias: Option<Tensor>,
     /// Over the flattened `(k, n)`: position `j·n + i` holds `j·n + π_j(i)`.
     perm: LastDimPermutation,
+    /// The `"perm"` variable, `(k, n)` u32, when the `VarBuilder` holds one (see [`Self::check_table`]).
+    perm_table: Option<Tensor>,
 }
 
 /// An [`AdaptiveFastFood`] `in_dim → out_dim` with a bias; `seed` draws the permutations and the initial values.
@@ -108,6 +117,75 @@ fn draw_permutations(seed: u64, n: usize, k: usize) -> Vec<Vec<u32>> {
     (0..k).map(|_| rng.permutation(n)).collect()
 }
 
+/// The permutations a checkpoint stores under `"perm"`, checked; `None` when there are none to read: a fresh
+/// `VarMap` (it creates the variable filled with zeros, never a permutation when `n > 1`), `VarBuilder::zeros`, or
+/// a checkpoint written before the permutations were stored.
+fn stored_permutations(vb: &VarBuilder, k: usize, n: usize) -> Result<Option<Vec<Vec<u32>>>> {
+    let stored = vb.contains_tensor(PERM);
+    let t = match vb.get_with_hints_dtype((k, n), PERM, Init::Const(0.0), DType::U32) {
+        Ok(t) => t,
+        Err(_) if !stored => return Ok(None),
+        Err(e) => {
+            return Err(Error::Config(format!(
+                "AdaptiveFastFood: the stored permutations \"{PERM}\" do not fit a ({k}, {n}) table: {e}"
+            ))
+            .into())
+        }
+    };
+    let rows = t.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+    if n > 1 && rows.iter().all(|r| r.iter().all(|&v| v == 0)) {
+        return Ok(None);
+    }
+    Ok(Some(rows))
+}
+
+/// Registers `perms` as the `"perm"` variable: fills it when the backend created it (a fresh `VarMap`), checks it
+/// against what a checkpoint holds, and does nothing for a checkpoint written before the permutations were stored.
+/// Returns the table the backend holds, to check in the forward pass that it was not replaced since.
+fn register_permutations(vb: &VarBuilder, perms: &[Vec<u32>], n: usize) -> Result<Option<Tensor>> {
+    let k = perms.len();
+    let t = match vb.get_with_hints_dtype((k, n), PERM, Init::Const(0.0), DType::U32) {
+        Ok(t) => t,
+        Err(_) if !vb.contains_tensor(PERM) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let flat: Vec<u32> = perms.iter().flatten().copied().collect();
+    let held = t.to_dtype(DType::U32)?.flatten_all()?.to_vec1::<u32>()?;
+    if held == flat {
+        return Ok(Some(t));
+    }
+    if t.dtype() == DType::U32 && held.iter().all(|&v| v == 0) {
+        let src =
+            Tensor::from_vec(flat, (k, n), &candle_core::Device::Cpu)?.to_device(t.device())?;
+        t.slice_set(&src, 0, 0)?;
+        return Ok(Some(t));
+    }
+    Err(Error::Config(format!(
+        "AdaptiveFastFood: the VarBuilder holds other permutations (\"{PERM}\") than the ones given"
+    ))
+    .into())
+}
+
+/// Name of the stored permutation table.
+const PERM: &str = "perm";
+
+/// For loaders that read variables by name (the training checkpoint): the name a FastFood variable had in
+/// checkpoints written before the diagonals were renamed, if it changed.
+#[cfg(feature = "train")]
+pub(crate) fn former_name(name: &str) -> Option<String> {
+    ["diag_b", "diag_g", "diag_s"].iter().find_map(|new| {
+        let stem = name.strip_suffix(new)?;
+        (stem.is_empty() || stem.ends_with('.')).then(|| format!("{stem}{}", &new[5..]))
+    })
+}
+
+/// Whether `name` is a FastFood permutation table, which checkpoints written before it was stored lack (the layer
+/// then keeps the permutations drawn from its seed).
+#[cfg(feature = "train")]
+pub(crate) fn is_permutation_table(name: &str) -> bool {
+    name == PERM || name.ends_with(".perm")
+}
+
 impl AdaptiveFastFood {
     /// See [`adaptive_fastfood`] / [`adaptive_fastfood_no_bias`].
     pub fn new(
@@ -124,13 +202,22 @@ impl AdaptiveFastFood {
             .into());
         }
         let n = in_dim.next_power_of_two();
-        crate::fwht::check_len(n)?;
-        let perms = draw_permutations(seed, n, out_dim.div_ceil(n));
+        crate::fwht::check_len(n).map_err(|_| {
+            Error::Config(format!(
+                "AdaptiveFastFood: in_dim {in_dim} needs a transform of size {n}, above the largest, 2^{}",
+                crate::fwht::MAX_LOG2
+            ))
+        })?;
+        let k = out_dim.div_ceil(n);
+        let perms = match stored_permutations(&vb, k, n)? {
+            Some(perms) => perms,
+            None => draw_permutations(seed, n, k),
+        };
         Self::with_permutations(in_dim, out_dim, bias, seed, perms, vb)
     }
 
-    /// Like [`AdaptiveFastFood::new`], with the permutations given explicitly (e.g. read back from a checkpoint
-    /// written by another program) instead of drawn from `seed` (which still draws the initial diagonals).
+    /// Like [`AdaptiveFastFood::new`], with the permutations given explicitly instead of read from the
+    /// `VarBuilder` or drawn from `seed` (which still draws the initial diagonals).
     /// `perms` must hold `k = ⌈out_dim / n⌉` permutations of `0..n`, `n` the next power of two ≥ `in_dim`.
     pub fn with_permutations(
         in_dim: usize,
@@ -157,7 +244,7 @@ impl AdaptiveFastFood {
                     .all(|&v| (v as usize) < n && !std::mem::replace(&mut seen[v as usize], true));
             if !ok {
                 return Err(Error::Config(format!(
-                    "AdaptiveFastFood: permutation {j} is not a permutation of 0..{n}"
+                    "AdaptiveFastFood: permutation {j} (row {j} of \"{PERM}\") is not a permutation of 0..{n}"
                 ))
                 .into());
             }
@@ -169,6 +256,7 @@ impl AdaptiveFastFood {
             );
         }
         let perm = LastDimPermutation::new(global, vb.device())?;
+        let perm_table = register_permutations(&vb, &perms, n)?;
 
         // Initial values from the seed: B ∈ {±1}, G ~ N(0,1), S = χ_n / ‖G_j‖.
         let mut rng = SeededRng::new(seed, "fastfood.init");
@@ -183,9 +271,9 @@ impl AdaptiveFastFood {
                 .sqrt();
             s0.extend((0..n).map(|_| rng.chi(n) / norm));
         }
-        let b = get_or_init(&vb, (k, n), "b", || b0)?;
-        let g = get_or_init(&vb, (k, n), "g", || g0)?;
-        let s = get_or_init(&vb, (k, n), "s", || s0)?;
+        let b = get_or_init_renamed(&vb, (k, n), "diag_b", "b", || b0)?;
+        let g = get_or_init_renamed(&vb, (k, n), "diag_g", "g", || g0)?;
+        let s = get_or_init_renamed(&vb, (k, n), "diag_s", "s", || s0)?;
         let bias = if bias {
             let b0 = linear_bias(&mut rng, out_dim, in_dim);
             Some(get_or_init(&vb, out_dim, "bias", || b0)?)
@@ -204,6 +292,7 @@ impl AdaptiveFastFood {
             s,
             bias,
             perm,
+            perm_table,
         })
     }
 
@@ -264,6 +353,45 @@ impl AdaptiveFastFood {
     }
 }
 
+impl AdaptiveFastFood {
+    /// Refuses to run when the `"perm"` variable no longer holds the permutations the layer was built with: a
+    /// `VarMap::load` after the build brings a checkpoint's diagonals but cannot rebuild the permutations, so a
+    /// checkpoint with other permutations must be loaded through a `VarBuilder` over the file (or the layer built
+    /// again after the load). Checked on the CPU, where the table is read in place; on other devices the check
+    /// would cost a device-to-host copy per call and is left out.
+    fn check_table(&self) -> Result<()> {
+        let Some(t) = &self.perm_table else {
+            return Ok(());
+        };
+        if !t.device().is_cpu() || t.dtype() != DType::U32 {
+            return Ok(());
+        }
+        let (storage, layout) = t.storage_and_layout();
+        let (candle_core::Storage::Cpu(candle_core::CpuStorage::U32(v)), Some((a, b))) =
+            (&*storage, layout.contiguous_offsets())
+        else {
+            return Ok(());
+        };
+        let n = self.n as u32;
+        let same = v[a..b]
+            .iter()
+            .zip(self.perm.as_slice())
+            .enumerate()
+            .all(|(i, (&stored, &global))| stored + (i as u32 / n) * n == global);
+        if same {
+            Ok(())
+        } else {
+            Err(Error::Config(
+                "AdaptiveFastFood: the \"perm\" variable changed after the layer was built (a VarMap::load of a \
+                 checkpoint with other permutations?); build the layer from a VarBuilder over the checkpoint, or \
+                 again after the load"
+                    .into(),
+            )
+            .into())
+        }
+    }
+}
+
 impl Module for AdaptiveFastFood {
     /// `(…, in_dim) → (…, out_dim)`, any leading dimensions.
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
@@ -278,6 +406,8 @@ impl Module for AdaptiveFastFood {
             ))
             .into());
         }
+        crate::ops::check_dtype("AdaptiveFastFood", xs, &self.b)?;
+        self.check_table()?;
         let (n, k) = (self.n, self.k);
         let fused = crate::ops::fastfood(
             xs,

@@ -175,6 +175,7 @@ impl Module for FrozenRandomMlp {
             ))
             .into());
         }
+        crate::ops::check_dtype("FrozenRandomMlp", xs, &self.w1)?;
         let rows: usize = lead.iter().product();
         let x = xs.reshape((rows, self.d_model))?;
         let h = crate::ops::layer_norm(

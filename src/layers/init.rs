@@ -1,141 +1,16 @@
-//! Seeded, value-stable random initialisation shared by the layers.
+//! Seeded initialisation shared by the layers, drawn from [`crate::rng::SeededRng`] (value-stable: a seed names
+//! the same numbers on every machine and every future build).
 //!
-//! Everything here is drawn from a ChaCha8 stream (`rand_chacha`, whose output is value-stable across versions)
-//! through samplers written out in this file (Box–Muller normals, Marsaglia–Tsang gamma, Fisher–Yates shuffles,
-//! Lemire's unbiased bounded integers), so a seed names the same numbers on every machine and every future build:
-//! a checkpoint may store a seed instead of the tensors it generates.
-//!
-//! `get_or_init` is how a layer registers a trainable tensor whose initial value it computes itself: candle's
-//! [`candle_nn::Init`] cannot express `B ∈ {±1}` or `S = χ_n / ‖G‖`, so the variable is requested with a NaN
-//! sentinel and, when the backend created it (a fresh [`candle_nn::VarMap`] entry), overwritten in place with the
-//! seeded values. Backends that hold data (safetensors, a `HashMap`, an already-initialised `VarMap` entry,
-//! [`VarBuilder::zeros`]) return their own values, which are kept (a stored tensor that is entirely NaN, e.g. from a
-//! diverged run, is indistinguishable from a fresh one and would be re-initialised).
+//! `get_or_init` is how a layer registers a trainable tensor whose initial value it computes itself (candle's
+//! [`candle_nn::Init`] cannot express `B ∈ {±1}` or `S = χ_n / ‖G‖`). A tensor the backend holds (safetensors, a
+//! `HashMap`, an existing `VarMap` entry, [`VarBuilder::zeros`]) is returned as it is, whatever its values (an
+//! all-NaN tensor from a diverged run stays NaN). A tensor the backend does not hold is requested with a zero hint,
+//! which a fresh [`candle_nn::VarMap`] creates, and the new variable is then filled in place with the seeded
+//! values; backends that hold data refuse a missing tensor, as they do for `candle_nn::linear`.
 
+pub(crate) use crate::rng::SeededRng;
 use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
-use rand::{RngCore, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-
-/// Derives an independent seed for a named sub-stream (`"perm"`, `"init"`, `"attn.c_attn"`, …) of `seed`.
-///
-/// FNV-1a over the name, mixed with the seed by SplitMix64: stable, cheap, and different names give unrelated
-/// streams.
-pub fn derive_seed(seed: u64, name: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    splitmix64(seed ^ splitmix64(h))
-}
-
-/// SplitMix64 finaliser: a bijective 64-bit mix, the one hash every seeded stream of the crate derives from.
-pub fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// A seeded random stream with the few samplers the layers need.
-pub(crate) struct SeededRng {
-    rng: ChaCha8Rng,
-    spare_normal: Option<f64>,
-}
-
-impl SeededRng {
-    /// The stream named `name` of `seed` (see [`derive_seed`]).
-    pub(crate) fn new(seed: u64, name: &str) -> Self {
-        Self {
-            rng: ChaCha8Rng::seed_from_u64(derive_seed(seed, name)),
-            spare_normal: None,
-        }
-    }
-
-    /// Uniform on [0, 1) with 53 random bits.
-    pub(crate) fn uniform(&mut self) -> f64 {
-        (self.rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// Uniform on [lo, hi).
-    pub(crate) fn uniform_in(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * self.uniform()
-    }
-
-    /// Standard normal (Box–Muller, both values used).
-    pub(crate) fn normal(&mut self) -> f64 {
-        if let Some(z) = self.spare_normal.take() {
-            return z;
-        }
-        // u1 in (0, 1] so that ln(u1) is finite.
-        let u1 = 1.0 - self.uniform();
-        let u2 = self.uniform();
-        let r = (-2.0 * u1.ln()).sqrt();
-        let (s, c) = (std::f64::consts::TAU * u2).sin_cos();
-        self.spare_normal = Some(r * s);
-        r * c
-    }
-
-    /// ±1 with probability ½ each.
-    pub(crate) fn sign(&mut self) -> f64 {
-        if self.rng.next_u64() >> 63 == 0 {
-            1.0
-        } else {
-            -1.0
-        }
-    }
-
-    /// Uniform integer in `0..bound` (Lemire's multiply-and-reject, unbiased). `bound` must be positive.
-    pub(crate) fn below(&mut self, bound: u64) -> u64 {
-        debug_assert!(bound > 0);
-        let threshold = bound.wrapping_neg() % bound;
-        loop {
-            let m = u128::from(self.rng.next_u64()) * u128::from(bound);
-            if (m as u64) >= threshold {
-                return (m >> 64) as u64;
-            }
-        }
-    }
-
-    /// A uniformly random permutation of `0..n` (Fisher–Yates).
-    pub(crate) fn permutation(&mut self, n: usize) -> Vec<u32> {
-        let mut p: Vec<u32> = (0..n as u32).collect();
-        for i in (1..n).rev() {
-            let j = self.below(i as u64 + 1) as usize;
-            p.swap(i, j);
-        }
-        p
-    }
-
-    /// Gamma(shape, 1) by Marsaglia–Tsang (with the `U^{1/a}` boost for shape < 1).
-    pub(crate) fn gamma(&mut self, shape: f64) -> f64 {
-        if shape < 1.0 {
-            let g = self.gamma(shape + 1.0);
-            let u = 1.0 - self.uniform();
-            return g * u.powf(1.0 / shape);
-        }
-        let d = shape - 1.0 / 3.0;
-        let c = 1.0 / (9.0 * d).sqrt();
-        loop {
-            let x = self.normal();
-            let v = 1.0 + c * x;
-            if v <= 0.0 {
-                continue;
-            }
-            let v = v * v * v;
-            let u = 1.0 - self.uniform();
-            if u < 1.0 - 0.0331 * x.powi(4) || u.ln() < 0.5 * x * x + d * (1.0 - v + v.ln()) {
-                return d * v;
-            }
-        }
-    }
-
-    /// χ with `dof` degrees of freedom: the length of a standard Gaussian vector of dimension `dof`.
-    pub(crate) fn chi(&mut self, dof: usize) -> f64 {
-        (2.0 * self.gamma(dof as f64 / 2.0)).sqrt()
-    }
-}
 
 /// Kaiming-normal weights as `candle_nn::linear` draws them: N(0, 2 / fan_in).
 pub(crate) fn kaiming_normal(rng: &mut SeededRng, len: usize, fan_in: usize) -> Vec<f64> {
@@ -161,8 +36,9 @@ pub(crate) fn tensor_from(
         .to_device(device)
 }
 
-/// Fetches `name` from `vb` with `shape`; when the backend had to create it (a fresh `VarMap` variable), fills it in
-/// place with `init()` (f64 values, row-major) instead of candle's initialisers. See the module documentation.
+/// Fetches `name` from `vb` with `shape`; when the backend does not hold it (a fresh `VarMap`), creates it and
+/// fills it in place with `init()` (f64 values, row-major) instead of candle's initialisers. See the module
+/// documentation.
 pub(crate) fn get_or_init(
     vb: &VarBuilder,
     shape: impl Into<Shape>,
@@ -170,55 +46,27 @@ pub(crate) fn get_or_init(
     init: impl FnOnce() -> Vec<f64>,
 ) -> Result<Tensor> {
     let shape: Shape = shape.into();
-    let t = vb.get_with_hints(shape.clone(), name, Init::Const(f64::NAN))?;
-    if t.elem_count() > 0 && t.rank() > 0 && all_nan(&t)? {
-        let values = init();
-        let src = tensor_from(values, shape, t.dtype(), t.device())?;
+    if vb.contains_tensor(name) {
+        return vb.get(shape, name);
+    }
+    let t = vb.get_with_hints(shape.clone(), name, Init::Const(0.0))?;
+    if t.elem_count() > 0 && t.rank() > 0 {
+        let src = tensor_from(init(), shape, t.dtype(), t.device())?;
         t.slice_set(&src, 0, 0)?;
     }
     Ok(t)
 }
 
-fn all_nan(t: &Tensor) -> Result<bool> {
-    // NaN is the only value that differs from itself.
-    let differing = t
-        .ne(t)?
-        .to_dtype(DType::F32)?
-        .sum_all()?
-        .to_scalar::<f32>()?;
-    Ok(differing as usize == t.elem_count())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn samplers_have_the_right_moments() {
-        let mut rng = SeededRng::new(7, "test");
-        let n = 200_000;
-        let xs: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
-        let mean = xs.iter().sum::<f64>() / n as f64;
-        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
-        assert!(
-            mean.abs() < 0.01 && (var - 1.0).abs() < 0.01,
-            "{mean} {var}"
-        );
-        // E[χ_k²] = k.
-        for k in [1usize, 2, 7, 256] {
-            let m = (0..20_000).map(|_| rng.chi(k).powi(2)).sum::<f64>() / 20_000.0;
-            assert!((m / k as f64 - 1.0).abs() < 0.05, "chi {k}: {m}");
-        }
-        let mut p = rng.permutation(1000);
-        p.sort_unstable();
-        assert!(p.iter().enumerate().all(|(i, &v)| i as u32 == v));
-        assert!((0..10_000).all(|_| rng.below(3) < 3));
+/// [`get_or_init`] under `name`, reading a checkpoint that stores the tensor under its former name `old` instead.
+pub(crate) fn get_or_init_renamed(
+    vb: &VarBuilder,
+    shape: impl Into<Shape>,
+    name: &str,
+    old: &str,
+    init: impl FnOnce() -> Vec<f64>,
+) -> Result<Tensor> {
+    if !vb.contains_tensor(name) && vb.contains_tensor(old) {
+        return vb.get(shape, old);
     }
-
-    #[test]
-    fn derived_seeds_differ() {
-        assert_ne!(derive_seed(1, "a"), derive_seed(1, "b"));
-        assert_ne!(derive_seed(1, "a"), derive_seed(2, "a"));
-        assert_eq!(derive_seed(3, "perm"), derive_seed(3, "perm"));
-    }
+    get_or_init(vb, shape, name, init)
 }

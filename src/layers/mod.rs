@@ -17,15 +17,16 @@
 mod block_hadamard;
 mod fastfood;
 mod frozen_mlp;
-pub mod init;
+pub(crate) mod init;
 mod linear;
 mod permute;
 mod rotary_block;
 
 pub use block_hadamard::{block_hadamard_mlp, BlockHadamardMlp};
 pub use fastfood::{adaptive_fastfood, adaptive_fastfood_no_bias, AdaptiveFastFood};
+#[cfg(feature = "train")]
+pub(crate) use fastfood::{former_name, is_permutation_table};
 pub use frozen_mlp::{frozen_random_mlp, FrozenRandomMlp};
-pub use init::derive_seed;
 pub use linear::{projection, seeded_linear, LinearKind, Projection};
 pub use rotary_block::{
     rotary_gpt_block, rotary_tables, BlockConfig, BlockKind, BlockMlp, RotaryGptBlock,

@@ -85,6 +85,16 @@ fn gather<T: Copy + Send + Sync>(src: &[T], perm: &[u32]) -> Vec<T> {
     out
 }
 
+/// The gather's body, generic over the element type; candle's `Map1` dispatches it on the storage's dtype.
+impl candle_core::cpu_backend::Map1 for Gather {
+    fn f<T: candle_core::WithDType>(&self, vs: &[T], layout: &Layout) -> Result<Vec<T>> {
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            candle_core::bail!("permutation: the input must be contiguous")
+        };
+        Ok(gather(&vs[a..b], &self.perm))
+    }
+}
+
 impl CustomOp1 for Gather {
     fn name(&self) -> &'static str {
         "last-dim-permutation"
@@ -96,28 +106,7 @@ impl CustomOp1 for Gather {
         if m == 0 || !count.is_multiple_of(m) {
             candle_core::bail!("permutation of length {m} applied to a tensor of {count} elements")
         }
-        macro_rules! go {
-            ($v:expr, $variant:ident) => {{
-                let Some((a, b)) = layout.contiguous_offsets() else {
-                    candle_core::bail!("permutation: the input must be contiguous")
-                };
-                let out = gather(&$v[a..b], &self.perm);
-                CpuStorage::$variant(out)
-            }};
-        }
-        let out = match storage {
-            CpuStorage::F32(v) => go!(v, F32),
-            CpuStorage::F64(v) => go!(v, F64),
-            CpuStorage::F16(v) => go!(v, F16),
-            CpuStorage::BF16(v) => go!(v, BF16),
-            CpuStorage::U32(v) => go!(v, U32),
-            CpuStorage::U8(v) => go!(v, U8),
-            CpuStorage::I64(v) => go!(v, I64),
-            other => candle_core::bail!(
-                "permutation: unsupported dtype {:?}",
-                candle_core::backend::BackendStorage::dtype(other)
-            ),
-        };
+        let out = candle_core::cpu_backend::Map1::map(self, storage, layout)?;
         Ok((out, layout.shape().clone()))
     }
 

@@ -1,10 +1,10 @@
 //! The pre-LayerNorm GPT block with rotary attention and pluggable linear layers.
 
 use super::block_hadamard::{block_hadamard_mlp, BlockHadamardMlp};
-use super::init::derive_seed;
 use super::linear::{projection, LinearKind, Projection};
 use crate::error::Error;
 use crate::params::{CountParams, ParamCount, ParamCounts};
+use crate::rng::derive_seed;
 use candle_core::{DType, Device, Module, ModuleT, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use std::collections::HashMap;

@@ -12,7 +12,8 @@
 //! documented `(batch, heads, seq, head_dim)` shape, so merging the heads back (`transpose(1, 2)` + `reshape`) is
 //! free.
 
-use super::kernels::{dropout_row, multiversion, out, row_key, Real, View4};
+use super::kernels::{dropout_row, map_real, multiversion, out, row_key, Real, View4};
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -642,31 +643,18 @@ impl CustomOp3 for CausalAttention {
         check(&vq, &vk, &vv)?;
         let [b, h, t, hd] = vq.dims;
         let shape = (b, t, h, hd);
-        match (s1, s2, s3) {
-            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
-                let io = HeadIo {
-                    q,
-                    k,
-                    v,
-                    vq,
-                    vk,
-                    vv,
-                };
-                Ok(out(self.fwd(&io), shape))
-            }
-            (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(v)) => {
-                let io = HeadIo {
-                    q,
-                    k,
-                    v,
-                    vq,
-                    vk,
-                    vv,
-                };
-                Ok(out(self.fwd(&io), shape))
-            }
-            _ => candle_core::bail!("{}: unsupported dtypes", self.name()),
-        }
+        map_real!(self.name(), s1.dtype(), |T| {
+            let (q, k, v) = (T::slice(s1)?, T::slice(s2)?, T::slice(s3)?);
+            let io = HeadIo {
+                q,
+                k,
+                v,
+                vq,
+                vk,
+                vv,
+            };
+            Ok(out(self.fwd(&io), shape))
+        })
     }
 
     fn bwd(
@@ -746,30 +734,17 @@ impl CustomOp3 for AttentionBwdOp<'_> {
             candle_core::Storage::Cpu(s) => s,
             _ => candle_core::bail!("{}: gradient not on the CPU", self.name()),
         };
-        match (s1, s2, s3, gs) {
-            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v), CpuStorage::F32(g)) => {
-                let io = HeadIo {
-                    q,
-                    k,
-                    v,
-                    vq,
-                    vk,
-                    vv,
-                };
-                Ok(out(self.fwd.bwd_run(&io, g, vg), shape))
-            }
-            (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(v), CpuStorage::F64(g)) => {
-                let io = HeadIo {
-                    q,
-                    k,
-                    v,
-                    vq,
-                    vk,
-                    vv,
-                };
-                Ok(out(self.fwd.bwd_run(&io, g, vg), shape))
-            }
-            _ => candle_core::bail!("{}: unsupported dtypes", self.name()),
-        }
+        map_real!(self.name(), s1.dtype(), |T| {
+            let (q, k, v, g) = (T::slice(s1)?, T::slice(s2)?, T::slice(s3)?, T::slice(gs)?);
+            let io = HeadIo {
+                q,
+                k,
+                v,
+                vq,
+                vk,
+                vv,
+            };
+            Ok(out(self.fwd.bwd_run(&io, g, vg), shape))
+        })
     }
 }

@@ -8,7 +8,9 @@
 //! `q·kᵀ` and `P·v`, this op between them (one kernel each way instead of candle's mask, softmax and dropout
 //! ops and their backwards). The CPU body is the reference the CUDA kernels are compared with.
 
-use super::kernels::{dropout_row, expect_contiguous, expect_same_shape, out, row_key, Real};
+use super::kernels::{
+    dropout_row, expect_contiguous, expect_same_shape, map_real, out, row_key, Real,
+};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -115,20 +117,13 @@ impl CustomOp1 for AttnSoftmax {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let t = check_square(l, self.name())?;
-        match s {
-            CpuStorage::F32(_) => {
-                let x = expect_contiguous::<f32>(s, l, self.name())?;
-                Ok(out(self.fwd(x, t), l.shape().clone()))
-            }
-            CpuStorage::F64(_) => {
-                let x = expect_contiguous::<f64>(s, l, self.name())?;
-                Ok(out(self.fwd(x, t), l.shape().clone()))
-            }
-            _ => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), s.dtype()),
-        }
+        map_real!(self.name(), s.dtype(), |T| {
+            let x = expect_contiguous::<T>(s, l, self.name())?;
+            Ok(out(self.fwd(x, t), l.shape().clone()))
+        })
     }
 
-    #[cfg(feature = "cuda")]
+    #[cfg(feature = "cuda-untested")]
     fn cuda_fwd(
         &self,
         s: &candle_core::CudaStorage,
@@ -165,22 +160,14 @@ impl CustomOp2 for AttnSoftmaxBwd {
     ) -> Result<(CpuStorage, Shape)> {
         let t = check_square(l1, self.name())?;
         expect_same_shape(l1, l2, self.name())?;
-        match s1 {
-            CpuStorage::F32(_) => {
-                let s = expect_contiguous::<f32>(s1, l1, self.name())?;
-                let g = expect_contiguous::<f32>(s2, l2, self.name())?;
-                Ok(out(self.0.bwd(s, g, t), l1.shape().clone()))
-            }
-            CpuStorage::F64(_) => {
-                let s = expect_contiguous::<f64>(s1, l1, self.name())?;
-                let g = expect_contiguous::<f64>(s2, l2, self.name())?;
-                Ok(out(self.0.bwd(s, g, t), l1.shape().clone()))
-            }
-            _ => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), s1.dtype()),
-        }
+        map_real!(self.name(), s1.dtype(), |T| {
+            let s = expect_contiguous::<T>(s1, l1, self.name())?;
+            let g = expect_contiguous::<T>(s2, l2, self.name())?;
+            Ok(out(self.0.bwd(s, g, t), l1.shape().clone()))
+        })
     }
 
-    #[cfg(feature = "cuda")]
+    #[cfg(feature = "cuda-untested")]
     fn cuda_fwd(
         &self,
         s1: &candle_core::CudaStorage,

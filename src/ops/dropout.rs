@@ -1,7 +1,9 @@
 //! Fused inverted dropout whose mask is a counter-based hash of `(seed, element index)`: nothing is stored for the
 //! backward, which applies the same mask to the incoming gradient.
 
-use super::kernels::{dropout_row, expect_contiguous, expect_same_shape, out, row_key, Real};
+use super::kernels::{
+    dropout_row, expect_contiguous, expect_same_shape, map_real, out, row_key, Real,
+};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -64,14 +66,14 @@ impl CustomOp2 for ResidualDropout {
             let x = expect_contiguous::<T>(s2, l2, op.name())?;
             Ok(out(op.0.run(x, Some(r)), l1.shape().clone()))
         }
-        match s1 {
-            CpuStorage::F32(_) => go::<f32>(self, (s1, l1), (s2, l2)),
-            CpuStorage::F64(_) => go::<f64>(self, (s1, l1), (s2, l2)),
-            _ => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), s1.dtype()),
-        }
+        map_real!(self.name(), s1.dtype(), |T| go::<T>(
+            self,
+            (s1, l1),
+            (s2, l2)
+        ))
     }
 
-    #[cfg(feature = "cuda")]
+    #[cfg(feature = "cuda-untested")]
     fn cuda_fwd(
         &self,
         s1: &candle_core::CudaStorage,
@@ -107,20 +109,13 @@ impl CustomOp1 for Dropout {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        match s {
-            CpuStorage::F32(_) => {
-                let x = expect_contiguous::<f32>(s, l, self.name())?;
-                Ok(out(self.run(x, None), l.shape().clone()))
-            }
-            CpuStorage::F64(_) => {
-                let x = expect_contiguous::<f64>(s, l, self.name())?;
-                Ok(out(self.run(x, None), l.shape().clone()))
-            }
-            _ => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), s.dtype()),
-        }
+        map_real!(self.name(), s.dtype(), |T| {
+            let x = expect_contiguous::<T>(s, l, self.name())?;
+            Ok(out(self.run(x, None), l.shape().clone()))
+        })
     }
 
-    #[cfg(feature = "cuda")]
+    #[cfg(feature = "cuda-untested")]
     fn cuda_fwd(
         &self,
         s: &candle_core::CudaStorage,

@@ -7,8 +7,9 @@
 //! row instead of storing them. Parameter gradients are summed over fixed blocks of rows, then over blocks in
 //! order, so the result does not depend on the number of threads.
 
-use super::kernels::{expect_contiguous, CpuTensor, Real};
+use super::kernels::{expect_contiguous, map_real, CpuTensor, Real};
 use crate::fwht::{fwht_inplace, FwhtFloat};
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -185,9 +186,9 @@ impl FastFood {
                 (dd, db)
             })
             .collect();
-        let mut it = partial.into_iter();
-        let (mut dd, mut db) = it.next().unwrap_or_default();
-        for (pd, pb) in it {
+        let mut dd = vec![T::ZERO; 3 * k * n];
+        let mut db = vec![T::ZERO; if with_bias { out } else { 0 }];
+        for (pd, pb) in partial {
             for (a, &b) in dd.iter_mut().zip(&pd) {
                 *a += b;
             }
@@ -249,11 +250,13 @@ impl FastFood {
             ))
         }
         let g = grad.contiguous()?;
-        match x.dtype() {
-            candle_core::DType::F32 => go::<f32>(self, x, diag, bias.is_some(), &g),
-            candle_core::DType::F64 => go::<f64>(self, x, diag, bias.is_some(), &g),
-            d => candle_core::bail!("fused-fastfood-bwd: unsupported dtype {d:?}"),
-        }
+        map_real!("fused-fastfood-bwd", x.dtype(), |T| go::<T>(
+            self,
+            x,
+            diag,
+            bias.is_some(),
+            &g
+        ))
     }
 }
 
@@ -276,11 +279,11 @@ impl CustomOp3 for FastFoodBias {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        match s1 {
-            CpuStorage::F32(_) => self.0.run_fwd::<f32>((s1, l1), (s2, l2), Some((s3, l3))),
-            CpuStorage::F64(_) => self.0.run_fwd::<f64>((s1, l1), (s2, l2), Some((s3, l3))),
-            _ => candle_core::bail!("{}: unsupported dtype", self.name()),
-        }
+        map_real!(self.name(), s1.dtype(), |T| self.0.run_fwd::<T>(
+            (s1, l1),
+            (s2, l2),
+            Some((s3, l3))
+        ))
     }
 
     fn bwd(
@@ -308,11 +311,11 @@ impl CustomOp2 for FastFoodNoBias {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        match s1 {
-            CpuStorage::F32(_) => self.0.run_fwd::<f32>((s1, l1), (s2, l2), None),
-            CpuStorage::F64(_) => self.0.run_fwd::<f64>((s1, l1), (s2, l2), None),
-            _ => candle_core::bail!("{}: unsupported dtype", self.name()),
-        }
+        map_real!(self.name(), s1.dtype(), |T| self.0.run_fwd::<T>(
+            (s1, l1),
+            (s2, l2),
+            None
+        ))
     }
 
     fn bwd(

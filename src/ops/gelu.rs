@@ -1,7 +1,8 @@
 //! Fused exact GELU, `x · Φ(x)`, with a one-pass backward `g · (Φ(x) + x · φ(x))`.
 
 use super::kernels::{
-    erf_and_gauss_f32, expect_contiguous, expect_same_shape, multiversion, out, Real, PAR_GRAIN,
+    erf_and_gauss_f32, expect_contiguous, expect_same_shape, map_real, multiversion, out, Real,
+    PAR_GRAIN,
 };
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
@@ -44,6 +45,21 @@ fn gelu_bwd_f64(x: &[f64], g: &[f64], dx: &mut [f64]) {
     }
 }
 
+/// The per-type GELU kernels (f32 vectorised with a fast erf, f64 with libm's accuracy), so that the op's dtype
+/// dispatch is written once ([`super::kernels::map_real`]).
+trait GeluFloat: Real {
+    const FWD: fn(&[Self], &mut [Self]);
+    const BWD: fn(&[Self], &[Self], &mut [Self]);
+}
+impl GeluFloat for f32 {
+    const FWD: fn(&[f32], &mut [f32]) = gelu_fwd_f32;
+    const BWD: fn(&[f32], &[f32], &mut [f32]) = gelu_bwd_f32;
+}
+impl GeluFloat for f64 {
+    const FWD: fn(&[f64], &mut [f64]) = gelu_fwd_f64;
+    const BWD: fn(&[f64], &[f64], &mut [f64]) = gelu_bwd_f64;
+}
+
 fn map1<T: Real>(x: &[T], f: fn(&[T], &mut [T])) -> Vec<T> {
     let mut y = vec![T::ZERO; x.len()];
     y.par_chunks_mut(PAR_GRAIN)
@@ -69,20 +85,13 @@ impl CustomOp1 for Gelu {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        match s {
-            CpuStorage::F32(_) => {
-                let x = expect_contiguous::<f32>(s, l, self.name())?;
-                Ok(out(map1(x, gelu_fwd_f32), l.shape().clone()))
-            }
-            CpuStorage::F64(_) => {
-                let x = expect_contiguous::<f64>(s, l, self.name())?;
-                Ok(out(map1(x, gelu_fwd_f64), l.shape().clone()))
-            }
-            _ => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), s.dtype()),
-        }
+        map_real!(self.name(), s.dtype(), |T| {
+            let x = expect_contiguous::<T>(s, l, self.name())?;
+            Ok(out(map1(x, <T as GeluFloat>::FWD), l.shape().clone()))
+        })
     }
 
-    #[cfg(feature = "cuda")]
+    #[cfg(feature = "cuda-untested")]
     fn cuda_fwd(
         &self,
         s: &candle_core::CudaStorage,
@@ -112,22 +121,14 @@ impl CustomOp2 for GeluBwd {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         expect_same_shape(l1, l2, self.name())?;
-        match s1 {
-            CpuStorage::F32(_) => {
-                let x = expect_contiguous::<f32>(s1, l1, self.name())?;
-                let g = expect_contiguous::<f32>(s2, l2, self.name())?;
-                Ok(out(map2(x, g, gelu_bwd_f32), l1.shape().clone()))
-            }
-            CpuStorage::F64(_) => {
-                let x = expect_contiguous::<f64>(s1, l1, self.name())?;
-                let g = expect_contiguous::<f64>(s2, l2, self.name())?;
-                Ok(out(map2(x, g, gelu_bwd_f64), l1.shape().clone()))
-            }
-            _ => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), s1.dtype()),
-        }
+        map_real!(self.name(), s1.dtype(), |T| {
+            let x = expect_contiguous::<T>(s1, l1, self.name())?;
+            let g = expect_contiguous::<T>(s2, l2, self.name())?;
+            Ok(out(map2(x, g, <T as GeluFloat>::BWD), l1.shape().clone()))
+        })
     }
 
-    #[cfg(feature = "cuda")]
+    #[cfg(feature = "cuda-untested")]
     fn cuda_fwd(
         &self,
         s1: &candle_core::CudaStorage,

@@ -226,10 +226,34 @@ pub(crate) fn fused_ok(ts: &[&Tensor]) -> bool {
     all_on(ts, Device::is_cpu, &[DType::F32, DType::F64])
 }
 
-/// Whether the tensors are all on a device that `on` accepts and all of one dtype among `dtypes`.
+/// Runs `$body` with the type alias `$t` bound to the float type of `$dtype` (f32 or f64), and refuses other dtypes
+/// in the name of op `$name`: the one dtype dispatch of the fused CPU ops, written once as candle writes its
+/// `map_dtype`, so each op's body is generic over [`Real`] instead of repeated per dtype.
+macro_rules! map_real {
+    ($name:expr, $dtype:expr, |$t:ident| $body:expr) => {
+        match $dtype {
+            candle_core::DType::F32 => {
+                type $t = f32;
+                $body
+            }
+            candle_core::DType::F64 => {
+                type $t = f64;
+                $body
+            }
+            dtype => candle_core::bail!(
+                "{}: unsupported dtype {dtype:?} (the fused CPU ops take f32 and f64)",
+                $name
+            ),
+        }
+    };
+}
+pub(crate) use map_real;
+
+/// Whether the tensors are all on a device that `on` accepts, all of one dtype among `dtypes`, and none empty
+/// (empty tensors take the composed twins, which candle's ops handle, instead of the kernels' row loops).
 pub(crate) fn all_on(ts: &[&Tensor], on: fn(&Device) -> bool, dtypes: &[DType]) -> bool {
     ts.iter()
-        .all(|t| on(t.device()) && dtypes.contains(&t.dtype()))
+        .all(|t| on(t.device()) && dtypes.contains(&t.dtype()) && t.elem_count() > 0)
         && ts.windows(2).all(|w| w[0].dtype() == w[1].dtype())
 }
 

@@ -1,7 +1,7 @@
 //! Fused layer normalisation over the last dimension (one pass per row forward, one pass backward that recomputes
 //! the row statistics instead of storing them).
 
-use super::kernels::{expect_contiguous, multiversion, out, Real};
+use super::kernels::{expect_contiguous, map_real, multiversion, out, Real};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -112,24 +112,15 @@ impl CustomOp3 for LayerNorm {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (_, d) = dims(l1, l2, l3, self.name())?;
-        match s1 {
-            CpuStorage::F32(_) => {
-                let x = expect_contiguous::<f32>(s1, l1, self.name())?;
-                let w = expect_contiguous::<f32>(s2, l2, self.name())?;
-                let b = expect_contiguous::<f32>(s3, l3, self.name())?;
-                Ok(out(self.fwd(x, w, b, d), l1.shape().clone()))
-            }
-            CpuStorage::F64(_) => {
-                let x = expect_contiguous::<f64>(s1, l1, self.name())?;
-                let w = expect_contiguous::<f64>(s2, l2, self.name())?;
-                let b = expect_contiguous::<f64>(s3, l3, self.name())?;
-                Ok(out(self.fwd(x, w, b, d), l1.shape().clone()))
-            }
-            _ => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), s1.dtype()),
-        }
+        map_real!(self.name(), s1.dtype(), |T| {
+            let x = expect_contiguous::<T>(s1, l1, self.name())?;
+            let w = expect_contiguous::<T>(s2, l2, self.name())?;
+            let b = expect_contiguous::<T>(s3, l3, self.name())?;
+            Ok(out(self.fwd(x, w, b, d), l1.shape().clone()))
+        })
     }
 
-    #[cfg(feature = "cuda")]
+    #[cfg(feature = "cuda-untested")]
     fn cuda_fwd(
         &self,
         s1: &candle_core::CudaStorage,
@@ -216,24 +207,15 @@ impl CustomOp3 for LayerNormBwd {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (rows, d) = bwd_dims(l1, l2, l3, self.name())?;
-        match s1 {
-            CpuStorage::F32(_) => {
-                let x = expect_contiguous::<f32>(s1, l1, self.name())?;
-                let w = expect_contiguous::<f32>(s2, l2, self.name())?;
-                let g = expect_contiguous::<f32>(s3, l3, self.name())?;
-                Ok(out(self.run(x, w, g, rows, d), (rows + 2, d)))
-            }
-            CpuStorage::F64(_) => {
-                let x = expect_contiguous::<f64>(s1, l1, self.name())?;
-                let w = expect_contiguous::<f64>(s2, l2, self.name())?;
-                let g = expect_contiguous::<f64>(s3, l3, self.name())?;
-                Ok(out(self.run(x, w, g, rows, d), (rows + 2, d)))
-            }
-            _ => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), s1.dtype()),
-        }
+        map_real!(self.name(), s1.dtype(), |T| {
+            let x = expect_contiguous::<T>(s1, l1, self.name())?;
+            let w = expect_contiguous::<T>(s2, l2, self.name())?;
+            let g = expect_contiguous::<T>(s3, l3, self.name())?;
+            Ok(out(self.run(x, w, g, rows, d), (rows + 2, d)))
+        })
     }
 
-    #[cfg(feature = "cuda")]
+    #[cfg(feature = "cuda-untested")]
     fn cuda_fwd(
         &self,
         s1: &candle_core::CudaStorage,

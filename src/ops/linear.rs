@@ -7,7 +7,8 @@
 //! one pass over row blocks of `dy`, in parallel. The row blocks have a fixed size, so the result does not depend
 //! on the number of threads.
 
-use super::kernels::{expect_contiguous, multiversion, CpuTensor, Real};
+use super::kernels::{expect_contiguous, map_real, multiversion, CpuTensor, Real};
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -277,11 +278,7 @@ fn run_bwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>, grad: &Tensor) -> Result<
         return Ok((None, None, None));
     }
     let g = grad.contiguous()?;
-    match x.dtype() {
-        candle_core::DType::F32 => go::<f32>(x, w, need, &g),
-        candle_core::DType::F64 => go::<f64>(x, w, need, &g),
-        d => candle_core::bail!("fused-linear-bwd: unsupported dtype {d:?}"),
-    }
+    map_real!("fused-linear-bwd", x.dtype(), |T| go::<T>(x, w, need, &g))
 }
 
 /// `y = x·Wᵀ + b` (CustomOp3 on `x`, `W`, `b`).
@@ -301,11 +298,12 @@ impl CustomOp3 for LinearBias {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        match s1 {
-            CpuStorage::F32(_) => run_fwd::<f32>(self.name(), (s1, l1), (s2, l2), Some((s3, l3))),
-            CpuStorage::F64(_) => run_fwd::<f64>(self.name(), (s1, l1), (s2, l2), Some((s3, l3))),
-            _ => candle_core::bail!("{}: unsupported dtype", self.name()),
-        }
+        map_real!(self.name(), s1.dtype(), |T| run_fwd::<T>(
+            self.name(),
+            (s1, l1),
+            (s2, l2),
+            Some((s3, l3))
+        ))
     }
 
     fn bwd(
@@ -335,11 +333,12 @@ impl CustomOp2 for LinearNoBias {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        match s1 {
-            CpuStorage::F32(_) => run_fwd::<f32>(self.name(), (s1, l1), (s2, l2), None),
-            CpuStorage::F64(_) => run_fwd::<f64>(self.name(), (s1, l1), (s2, l2), None),
-            _ => candle_core::bail!("{}: unsupported dtype", self.name()),
-        }
+        map_real!(self.name(), s1.dtype(), |T| run_fwd::<T>(
+            self.name(),
+            (s1, l1),
+            (s2, l2),
+            None
+        ))
     }
 
     fn bwd(

@@ -6,9 +6,10 @@
 //! probabilities in place and keeps them; the backward subtracts the one-hot targets in place and runs the two
 //! matrix products of the head's backward on that buffer.
 
-use super::kernels::{expect_contiguous, multiversion, CpuTensor, Real};
+use super::kernels::{expect_contiguous, map_real, multiversion, CpuTensor, Real};
 use super::linear::{backward, dims, forward, Need};
 use super::softmax_xent::{max_and_sumexp, rows_per_task};
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -95,11 +96,12 @@ impl CustomOp2 for LinearCrossEntropy {
             *op.probs.lock().unwrap_or_else(|e| e.into_inner()) = Some(T::storage(p));
             Ok(T::storage(vec![loss]))
         }
-        let storage = match s1 {
-            CpuStorage::F32(_) => go::<f32>(self, (s1, l1), (s2, l2), d)?,
-            CpuStorage::F64(_) => go::<f64>(self, (s1, l1), (s2, l2), d)?,
-            _ => candle_core::bail!("{}: unsupported dtype", self.name()),
-        };
+        let storage = map_real!(self.name(), s1.dtype(), |T| go::<T>(
+            self,
+            (s1, l1),
+            (s2, l2),
+            d
+        )?);
         Ok((storage, Shape::from(())))
     }
 
@@ -154,10 +156,8 @@ impl CustomOp2 for LinearCrossEntropy {
                     .transpose()?,
             ))
         }
-        match h.dtype() {
-            candle_core::DType::F32 => go::<f32>(self, h, w, g, need),
-            candle_core::DType::F64 => go::<f64>(self, h, w, g, need),
-            dt => candle_core::bail!("fused-linear-cross-entropy-bwd: unsupported dtype {dt:?}"),
-        }
+        map_real!("fused-linear-cross-entropy-bwd", h.dtype(), |T| go::<T>(
+            self, h, w, g, need
+        ))
     }
 }

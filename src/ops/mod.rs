@@ -6,7 +6,7 @@
 //! against (forward values and gradients). Faster fused versions replace the bodies here without changing the
 //! signatures.
 //!
-//! On CUDA (feature `cuda`), LayerNorm, GELU, dropout, the rotary embedding, the causal attention softmax and the
+//! On CUDA (feature `cuda-untested`), LayerNorm, GELU, dropout, the rotary embedding, the causal attention softmax and the
 //! cross-entropy have CUDA kernels (`cuda/ops.cu`), used when [`set_cuda_fused_ops`] (or the environment variable
 //! `CANDLE_STRUCTURED_CUDA_OPS=1`) turns them on: attention is then cuBLAS for `q·kᵀ` and `P·v` around one
 //! softmax-and-dropout kernel each way. They are checked in emulation on the CPU (`tests/cuda_emulated.rs`) but
@@ -14,7 +14,7 @@
 
 mod attention;
 mod attn_softmax;
-#[cfg(feature = "cuda")]
+#[cfg(feature = "cuda-untested")]
 mod cuda;
 mod dropout;
 mod fastfood;
@@ -58,7 +58,7 @@ pub fn set_cuda_fused_ops(on: bool) {
 /// environment variable `CANDLE_STRUCTURED_CUDA_OPS` (`1`, `true` or `yes`), else off. Always `false` without
 /// the `cuda` feature.
 pub fn cuda_fused_ops() -> bool {
-    cfg!(feature = "cuda") && CUDA_OPS.get() == 1
+    cfg!(feature = "cuda-untested") && CUDA_OPS.get() == 1
 }
 
 /// Whether these tensors take the CUDA kernels: on CUDA, `f32`/`f16`/`bf16`, one dtype, the kernels switched on
@@ -70,7 +70,7 @@ fn cuda_fused(ts: &[&Tensor]) -> bool {
         && kernels::all_on(ts, Device::is_cuda, &[DType::F32, DType::F16, DType::BF16])
 }
 
-use crate::layers::init::splitmix64;
+use crate::rng::splitmix64;
 
 thread_local! {
     /// `(base, counter)` of this thread's dropout seed stream; `None` until [`set_dropout_seed`] is called.
@@ -99,7 +99,11 @@ fn seed() -> u64 {
 /// `param` in the dtype of `like`, or `param` itself when they match: the rule by which parameters kept in f32
 /// (the master weights of mixed-precision training) follow a bf16 or f16 activation. The cast is differentiable:
 /// the gradient flows back in the parameter's own dtype.
+///
+/// Any other pair is refused ([`crate::Error::DTypeMismatch`]), as `candle_nn::Linear` refuses a mismatch: an f64
+/// input to an f32 layer is an error, not a silent computation in f64.
 pub fn follow_dtype(param: &Tensor, like: &Tensor) -> Result<Tensor> {
+    check_dtype("layer", like, param)?;
     if param.dtype() == like.dtype() {
         Ok(param.clone())
     } else {
@@ -107,14 +111,34 @@ pub fn follow_dtype(param: &Tensor, like: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Refuses an input `xs` whose dtype parameters `param` do not take (see [`follow_dtype`]); `layer` names the
+/// layer in the message.
+pub(crate) fn check_dtype(layer: &'static str, xs: &Tensor, param: &Tensor) -> Result<()> {
+    use candle_core::DType::{BF16, F16, F32};
+    match (param.dtype(), xs.dtype()) {
+        (p, x) if p == x => Ok(()),
+        (F32, BF16 | F16) => Ok(()),
+        (param, input) => Err(crate::Error::DTypeMismatch {
+            layer,
+            input,
+            param,
+        }
+        .into()),
+    }
+}
+
 /// Layer normalisation over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`.
-/// `weight` and `bias` have shape `(d,)`; either may be absent (identity).
+/// `weight` and `bias` have shape `(d,)`; either may be absent (identity). They follow `xs`'s dtype as in
+/// [`linear`] ([`follow_dtype`]).
 pub fn layer_norm(
     xs: &Tensor,
     weight: Option<&Tensor>,
     bias: Option<&Tensor>,
     eps: f64,
 ) -> Result<Tensor> {
+    let weight = weight.map(|w| follow_dtype(w, xs)).transpose()?;
+    let bias = bias.map(|b| follow_dtype(b, xs)).transpose()?;
+    let (weight, bias) = (weight.as_ref(), bias.as_ref());
     let mut all = vec![xs];
     all.extend(weight);
     all.extend(bias);
@@ -231,6 +255,10 @@ pub fn causal_attention(
     dropout: f32,
     train: bool,
 ) -> Result<Tensor> {
+    if q.elem_count() == 0 && q.rank() == 4 {
+        // no query (an empty batch or sequence): the empty output, still connected to `v` for the backward
+        return v.narrow(2, 0, q.dim(2)?.min(v.dim(2)?))?.affine(0.0, 0.0);
+    }
     let p_drop = if train { dropout } else { 0.0 };
     if cuda_fused(&[q, k, v]) && q.rank() == 4 && (0.0..1.0).contains(&dropout) {
         let seed = if p_drop > 0.0 { seed() } else { 0 };
@@ -289,6 +317,11 @@ pub fn rotary_attention(
     dropout: f32,
     train: bool,
 ) -> Result<Tensor> {
+    if qkv.elem_count() == 0 && qkv.rank() == 3 {
+        // an empty batch or sequence: the empty `(batch, seq, d)`, still connected to `qkv` for the backward
+        let d = qkv.dim(2)? / 3;
+        return qkv.narrow(2, 0, d)?.affine(0.0, 0.0);
+    }
     if cuda_fused(&[qkv, cos, sin]) && qkv.rank() == 3 {
         // the heads split as in the slow twin, then the CUDA rotary and attention
         return slow::split_heads_and_attend(qkv, n_heads, |q, k, v| {

@@ -2,7 +2,7 @@
 //! query/key slices of a fused QKV projection), writes a contiguous result. The backward is the same rotation with
 //! `sin` negated (a rotation's transpose is its inverse).
 
-use super::kernels::{expect_contiguous, multiversion, out, Real, View4};
+use super::kernels::{expect_contiguous, map_real, multiversion, out, Real, View4};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -102,22 +102,15 @@ impl CustomOp3 for Rotary {
         })?;
         let [_, _, t, hd] = v.dims;
         self.check_tables(t, hd, l2, l3)?;
-        match s1 {
-            CpuStorage::F32(x) => {
-                let c = expect_contiguous::<f32>(s2, l2, self.name())?;
-                let s = expect_contiguous::<f32>(s3, l3, self.name())?;
-                Ok(out(self.run(x, v, c, s), l1.shape().clone()))
-            }
-            CpuStorage::F64(x) => {
-                let c = expect_contiguous::<f64>(s2, l2, self.name())?;
-                let s = expect_contiguous::<f64>(s3, l3, self.name())?;
-                Ok(out(self.run(x, v, c, s), l1.shape().clone()))
-            }
-            _ => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), s1.dtype()),
-        }
+        map_real!(self.name(), s1.dtype(), |T| {
+            let x = T::slice(s1)?;
+            let c = expect_contiguous::<T>(s2, l2, self.name())?;
+            let s = expect_contiguous::<T>(s3, l3, self.name())?;
+            Ok(out(self.run(x, v, c, s), l1.shape().clone()))
+        })
     }
 
-    #[cfg(feature = "cuda")]
+    #[cfg(feature = "cuda-untested")]
     fn cuda_fwd(
         &self,
         s1: &candle_core::CudaStorage,

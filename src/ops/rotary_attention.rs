@@ -10,8 +10,9 @@
 //! gradient.
 
 use super::attention::{CausalAttention, HeadIo};
-use super::kernels::{expect_contiguous, multiversion, CpuTensor, Real, View4};
+use super::kernels::{expect_contiguous, map_real, multiversion, CpuTensor, Real, View4};
 use super::rotary::{rotate, rotate_head};
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -216,11 +217,9 @@ impl CustomOp3 for RotaryAttention {
             Ok(T::storage(op.fwd(qkv, dm, cos, sin)))
         }
         let args = ((s1, l1), (s2, l2), (s3, l3));
-        let storage = match s1 {
-            CpuStorage::F32(_) => go::<f32>(self, dm, args.0, args.1, args.2)?,
-            CpuStorage::F64(_) => go::<f64>(self, dm, args.0, args.1, args.2)?,
-            _ => candle_core::bail!("{}: unsupported dtype", self.name()),
-        };
+        let storage = map_real!(self.name(), s1.dtype(), |T| go::<T>(
+            self, dm, args.0, args.1, args.2
+        )?);
         Ok((storage, shape.into()))
     }
 
@@ -252,19 +251,13 @@ impl CustomOp3 for RotaryAttention {
                 s.slice::<T>(name)?,
             ))
         }
-        let dqkv = match qkv.dtype() {
-            candle_core::DType::F32 => Tensor::from_vec(
-                go::<f32>(self, dm, qkv, cos, sin, &g)?,
+        let dqkv = map_real!("fused-rotary-attention-bwd", qkv.dtype(), |T| {
+            Tensor::from_vec(
+                go::<T>(self, dm, qkv, cos, sin, &g)?,
                 qkv.shape(),
                 qkv.device(),
-            )?,
-            candle_core::DType::F64 => Tensor::from_vec(
-                go::<f64>(self, dm, qkv, cos, sin, &g)?,
-                qkv.shape(),
-                qkv.device(),
-            )?,
-            d => candle_core::bail!("fused-rotary-attention-bwd: unsupported dtype {d:?}"),
-        };
+            )?
+        });
         Ok((Some(dqkv), None, None))
     }
 }

@@ -2,7 +2,7 @@
 //! keeps nothing; the backward recomputes the softmax and writes `g / rows · (softmax(x) - onehot(target))` in one
 //! pass, instead of materialising log-probabilities, their gradient and a scatter.
 
-use super::kernels::{expect_contiguous, multiversion, out, Real};
+use super::kernels::{expect_contiguous, map_real, multiversion, out, Real};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -135,22 +135,15 @@ impl CustomOp2 for CrossEntropy {
     ) -> Result<(CpuStorage, Shape)> {
         let (rows, vocab) = l1.shape().dims2()?;
         let t = targets(s2, l2, rows, vocab)?;
-        match s1 {
-            CpuStorage::F32(_) => {
-                let x = expect_contiguous::<f32>(s1, l1, self.name())?;
-                Ok(out(vec![fwd(x, &t, vocab)], ()))
-            }
-            CpuStorage::F64(_) => {
-                let x = expect_contiguous::<f64>(s1, l1, self.name())?;
-                Ok(out(vec![fwd(x, &t, vocab)], ()))
-            }
-            _ => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), s1.dtype()),
-        }
+        map_real!(self.name(), s1.dtype(), |T| {
+            let x = expect_contiguous::<T>(s1, l1, self.name())?;
+            Ok(out(vec![fwd(x, &t, vocab)], ()))
+        })
     }
 
     /// On CUDA: logits f32, f16 or bf16, targets u32 on the same device; the loss is an f32 scalar (NaN where a
     /// target is out of range: the kernels do not read targets back to the host).
-    #[cfg(feature = "cuda")]
+    #[cfg(feature = "cuda-untested")]
     fn cuda_fwd(
         &self,
         s1: &candle_core::CudaStorage,
@@ -206,17 +199,10 @@ impl CustomOp2 for CrossEntropyBwd {
     ) -> Result<(CpuStorage, Shape)> {
         let (rows, vocab) = l1.shape().dims2()?;
         let t = targets(s2, l2, rows, vocab)?;
-        match s1 {
-            CpuStorage::F32(_) => {
-                let x = expect_contiguous::<f32>(s1, l1, self.name())?;
-                Ok(out(bwd(x, &t, vocab, self.g), l1.shape().clone()))
-            }
-            CpuStorage::F64(_) => {
-                let x = expect_contiguous::<f64>(s1, l1, self.name())?;
-                Ok(out(bwd(x, &t, vocab, self.g), l1.shape().clone()))
-            }
-            _ => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), s1.dtype()),
-        }
+        map_real!(self.name(), s1.dtype(), |T| {
+            let x = expect_contiguous::<T>(s1, l1, self.name())?;
+            Ok(out(bwd(x, &t, vocab, self.g), l1.shape().clone()))
+        })
     }
 }
 
@@ -244,7 +230,7 @@ impl candle_core::CustomOp3 for CrossEntropyBwdDevice {
         )
     }
 
-    #[cfg(feature = "cuda")]
+    #[cfg(feature = "cuda-untested")]
     fn cuda_fwd(
         &self,
         s1: &candle_core::CudaStorage,

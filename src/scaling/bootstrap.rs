@@ -89,7 +89,7 @@ pub struct Bootstrap {
 }
 
 /// The `q`-quantile (linear interpolation) of a sorted slice.
-pub fn quantile_sorted(v: &[f64], q: f64) -> f64 {
+pub(crate) fn quantile_sorted(v: &[f64], q: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
@@ -125,7 +125,7 @@ impl Bootstrap {
 }
 
 /// One resample of `runs`: within each family, as many runs as it has, drawn with replacement.
-pub fn resample_runs(runs: &[Run], rng: &mut impl Rng) -> Vec<Run> {
+pub(crate) fn resample_runs(runs: &[Run], rng: &mut impl Rng) -> Vec<Run> {
     let mut fams: Vec<&super::runs::Family> = runs.iter().map(|r| &r.family).collect();
     fams.sort();
     fams.dedup();

@@ -18,7 +18,7 @@ use argmin::solver::quasinewton::LBFGS;
 use crate::error::Error;
 
 /// Chinchilla's Huber threshold on log-loss residuals.
-pub const CHINCHILLA_HUBER_DELTA: f64 = 1e-3;
+pub(crate) const CHINCHILLA_HUBER_DELTA: f64 = 1e-3;
 
 /// How residuals (in `ln L`) are penalised.
 #[derive(Debug, Clone, Copy, PartialEq)]

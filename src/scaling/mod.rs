@@ -4,7 +4,7 @@
 //! The pipeline, as `examples/scaling_report.rs` runs it:
 //!
 //! 1. [`runs`]: read learning curves (training-loop run folders or a CSV) into [`Run`]s.
-//! 2. [`cost`]: price them, `C = 6·N_trainable·tokens + 6·f·N_frozen·tokens` with a frozen-parameter factor
+//! 2. [`crate::flops`]: price them, `C = 6·N_trainable·tokens + 6·f·N_frozen·tokens` with a frozen-parameter factor
 //!    `f` = 2/3 (the paper) or 0 (free random projections) — [`Run::with_cost`].
 //! 3. [`frontier()`]: the lower envelope of the curves on a log-spaced compute grid.
 //! 4. [`fit`]: `L(C) = (C_c/C)^α` (least squares and Huber in log-log), `E + (C_c/C)^α`, `L(N) = (N_c/N)^α_N`,
@@ -36,12 +36,13 @@
 
 pub mod analysis;
 pub mod bootstrap;
-pub mod cost;
 #[cfg(feature = "plot")]
+#[cfg_attr(docsrs, doc(cfg(feature = "plot")))]
 pub mod figures;
 pub mod fit;
 pub mod frontier;
 #[cfg(feature = "plot")]
+#[cfg_attr(docsrs, doc(cfg(feature = "plot")))]
 pub mod plot;
 pub mod predict;
 pub mod render;
@@ -49,8 +50,10 @@ pub mod report;
 pub mod runs;
 pub mod study;
 
+/// The compute accounting lives in [`crate::flops`]; the fits read it under this name.
+pub(crate) use crate::flops as cost;
+
 pub use bootstrap::{bootstrap_runs, BootstrapOptions, Interval};
-pub use cost::{CostModel, FrozenCost, PF_DAY};
 pub use fit::{
     fit_chinchilla, fit_offset_power_law, fit_power_law, Chinchilla, Method, OffsetPowerLaw,
     PowerLaw,

@@ -378,7 +378,7 @@ fn draw_residuals<DB: DrawingBackend>(
 }
 
 /// The figure sizes in pixels.
-pub const FIGURE_SIZE: (u32, u32) = (900, 620);
+pub(crate) const FIGURE_SIZE: (u32, u32) = (900, 620);
 
 fn out_paths(stem: &Path) -> candle_core::Result<(PathBuf, PathBuf)> {
     if let Some(dir) = stem.parent().filter(|d| !d.as_os_str().is_empty()) {

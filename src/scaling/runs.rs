@@ -24,7 +24,7 @@
 //!   key the family is guessed from the run's name ([`Family::from_name`]).
 //! * **Compute**: when `N` and tokens are known, `C` is recomputed by [`Run::with_cost`] with the cost model of the
 //!   study (so one set of runs gives the paper's figures at frozen cost 2/3 and 0); otherwise the logged `flops` (or
-//!   `pf_days` × [`super::cost::PF_DAY`]) are used as they are.
+//!   `pf_days` × [`crate::flops::PF_DAY`]) are used as they are.
 //!
 //! # CSV
 //!
@@ -235,7 +235,7 @@ pub fn run_label(run: &Run) -> String {
 }
 
 /// 1234567 → "1.23M", 5300 → "5.3k".
-pub fn human(x: f64) -> String {
+pub(crate) fn human(x: f64) -> String {
     let (v, s) = if x.abs() >= 1e9 {
         (x / 1e9, "G")
     } else if x.abs() >= 1e6 {

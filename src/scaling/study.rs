@@ -142,7 +142,7 @@ pub fn compute_law(runs: &[Run], opts: &StudyOptions) -> candle_core::Result<Com
 }
 
 /// `(N, final loss)` of the runs that know their `N`.
-pub fn final_losses(runs: &[Run], final_points: usize) -> Vec<(f64, f64)> {
+pub(crate) fn final_losses(runs: &[Run], final_points: usize) -> Vec<(f64, f64)> {
     runs.iter()
         .filter_map(|r| Some((r.n_trainable?, r.final_loss(final_points)?)))
         .filter(|(n, l)| *n > 0.0 && *l > 0.0)

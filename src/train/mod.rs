@@ -28,7 +28,9 @@ pub use checkpoint::{
     Checkpoint, CheckpointMeta, CHECKPOINT_FORMAT,
 };
 pub use optim::{clip_grad_norm, global_grad_norm, AdamW, AdamWConfig};
-pub use schedule::{pf_days, training_flops, LrSchedule, PF_DAY};
+pub use schedule::LrSchedule;
+
+use crate::flops::{pf_days, training_flops};
 
 use crate::data::{eval_windows, BatchSampler, Corpus, TokenFile};
 use crate::error::Error;
@@ -394,7 +396,13 @@ pub fn restore_weights(
     let vars = named_vars(varmap);
     let mut values = Vec::with_capacity(vars.len());
     for (name, var) in &vars {
-        let Some(t) = ckpt.tensors.get(&format!("model/{name}")) else {
+        // Checkpoints from before FastFood's renamed diagonals and stored permutations still load.
+        let former = || crate::layers::former_name(name).map(|old| format!("model/{old}"));
+        let t = ckpt.tensors.get(&format!("model/{name}"));
+        let Some(t) = t.or_else(|| former().and_then(|k| ckpt.tensors.get(&k))) else {
+            if crate::layers::is_permutation_table(name) {
+                continue;
+            }
             return Err(
                 Error::Checkpoint(format!("{} has no weights for {name}", path.display())).into(),
             );
@@ -408,9 +416,9 @@ pub fn restore_weights(
             ))
             .into());
         }
-        values.push(t.to_device(var.device())?.to_dtype(var.dtype())?);
+        values.push((var, t.to_device(var.device())?.to_dtype(var.dtype())?));
     }
-    for ((_, var), t) in vars.iter().zip(values) {
+    for (var, t) in values {
         var.set(&t)?;
     }
     Ok(())

@@ -51,6 +51,8 @@ pub struct AdamW {
 impl AdamW {
     /// An optimizer over named variables (e.g. a `VarMap`'s, sorted by name), moments at zero.
     pub fn new(mut params: Vec<(String, Var)>, cfg: AdamWConfig) -> Result<Self> {
+        // Integer variables are buffers (FastFood's permutations), not parameters, as for candle's optimizers.
+        params.retain(|(_, v)| v.dtype().is_float());
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let m = params
             .iter()

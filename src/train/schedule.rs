@@ -1,4 +1,4 @@
-//! Learning-rate schedule and compute accounting.
+//! Learning-rate schedule (the compute accounting is [`crate::flops`]).
 
 use crate::model::TrainSpec;
 
@@ -45,19 +45,4 @@ impl LrSchedule {
             (tokens - self.warmup_tokens) as f64 / (self.decay_tokens - self.warmup_tokens) as f64;
         floor + (self.peak - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
     }
-}
-
-/// FLOPs in one PF-day: 10¹⁵ FLOP/s for 86,400 s.
-pub const PF_DAY: f64 = 1e15 * 86_400.0;
-
-/// Training compute `C = 6 · N · tokens` in FLOPs, with `N` the trainable non-embedding parameters (Kaplan et al.
-/// 2020). Frozen parameters are deliberately left out: callers record them separately so that a cost factor can be
-/// applied later.
-pub fn training_flops(n_trainable_non_embedding: usize, tokens: u64) -> f64 {
-    6.0 * n_trainable_non_embedding as f64 * tokens as f64
-}
-
-/// `flops` in PF-days.
-pub fn pf_days(flops: f64) -> f64 {
-    flops / PF_DAY
 }

@@ -1,4 +1,5 @@
-//! Compute accounting: how many floating-point operations a training run costs.
+//! Compute accounting, in one place: how many floating-point operations a training run costs. The model's
+//! [`crate::model::GptConfig::flops_per_token`], the training loop's logs and the scaling fits all count with it.
 //!
 //! Kaplan et al. (2020) count `C ≈ 6·N·B·S` FLOPs for training a decoder with `N` trainable non-embedding parameters
 //! on `B·S` tokens (batch `B`, `S` steps, or `B` tokens per step): 2 FLOPs per parameter per token in the forward
@@ -8,7 +9,7 @@
 //! projection (e.g. optical hardware) costs nothing: factor 0.
 //!
 //! ```
-//! use candle_structured::scaling::cost::{CostModel, FrozenCost, PF_DAY};
+//! use candle_structured::flops::{CostModel, FrozenCost, PF_DAY};
 //! let cost = CostModel::new(FrozenCost::TwoThirds);
 //! // 1M trainable + 3M frozen parameters on 10M tokens:
 //! let c = cost.flops(1e6, 3e6, 1e7);
@@ -126,4 +127,47 @@ pub fn flops_to_pf_days(flops: f64) -> f64 {
 /// PF-days → FLOPs.
 pub fn pf_days_to_flops(pf_days: f64) -> f64 {
     pf_days * PF_DAY
+}
+
+/// Training compute `C = 6 · N · tokens` in FLOPs, with `N` the trainable non-embedding parameters (Kaplan et al.
+/// 2020). Frozen parameters are deliberately left out: callers record them separately so that a cost factor can be
+/// applied later ([`CostModel`]).
+pub fn training_flops(n_trainable_non_embedding: usize, tokens: u64) -> f64 {
+    TRAINABLE_FLOPS_PER_TOKEN * n_trainable_non_embedding as f64 * tokens as f64
+}
+
+/// `flops` in PF-days (the same as [`flops_to_pf_days`]).
+pub fn pf_days(flops: f64) -> f64 {
+    flops_to_pf_days(flops)
+}
+
+/// Model FLOPs per training token for the utilisation figure (MFU; the convention of PaLM and nanoGPT):
+/// [`TRAINABLE_FLOPS_PER_TOKEN`] per trainable non-embedding parameter and per weight of the language-model head
+/// (`head_weights`, vocabulary × width), 4 per frozen parameter ([`FrozenCost::TwoThirds`]: forward, and the
+/// backward to the layer's input), and 12 per unit of `attention` = Σ over attention layers of `d·T` (the scores
+/// and their product with the values, forward and backward, `T` the sequence length).
+pub fn mfu_flops_per_token(
+    n_trainable_non_embedding: usize,
+    n_frozen: usize,
+    head_weights: usize,
+    attention: usize,
+) -> f64 {
+    TRAINABLE_FLOPS_PER_TOKEN * (n_trainable_non_embedding + head_weights) as f64
+        + FrozenCost::TwoThirds.flops_per_token() * n_frozen as f64
+        + 12.0 * attention as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_counts_against_hand_computations() {
+        // 1000 trainable, 300 frozen, a 50 × 8 head, 2 attention layers of d = 8 over T = 16.
+        let mfu = mfu_flops_per_token(1000, 300, 50 * 8, 2 * 8 * 16);
+        assert_eq!(mfu, 6.0 * 1000.0 + 6.0 * 400.0 + 4.0 * 300.0 + 12.0 * 256.0);
+        assert_eq!(training_flops(1000, 10), 60_000.0);
+        assert_eq!(pf_days(PF_DAY), 1.0);
+        assert_eq!(pf_days_to_flops(2.0), 2.0 * PF_DAY);
+    }
 }
