@@ -21,7 +21,6 @@ pub mod params;
 pub mod data;
 pub mod model;
 pub mod scaling;
-#[cfg(feature = "train")]
 pub mod train;
 
 pub use error::Error;

@@ -147,7 +147,12 @@ fn bad_inputs_get_clear_errors() {
 #[test]
 fn epoch_order_is_a_permutation_per_pass() {
     use candle_structured::data::WindowOrder;
-    for (len, seq) in [(1_000_001usize, 256usize), (257, 256), (5_000, 7), (1 << 16, 64)] {
+    for (len, seq) in [
+        (1_000_001usize, 256usize),
+        (257, 256),
+        (5_000, 7),
+        (1 << 16, 64),
+    ] {
         let n = (len - 1) / seq;
         let s = BatchSampler::new(3);
         for pass in 0..2u64 {
@@ -160,7 +165,9 @@ fn epoch_order_is_a_permutation_per_pass() {
             starts.dedup();
             assert_eq!(starts.len(), n, "len {len} seq {seq} pass {pass}");
             if n > 100 {
-                let other: Vec<usize> = (0..8).map(|i| BatchSampler::new(4).offset(i, len, seq)).collect();
+                let other: Vec<usize> = (0..8)
+                    .map(|i| BatchSampler::new(4).offset(i, len, seq))
+                    .collect();
                 assert_ne!(first, other, "the seed changes the order");
                 let next: Vec<usize> = (0..8).map(|i| s.offset(n as u64 + i, len, seq)).collect();
                 let this: Vec<usize> = (0..8).map(|i| s.offset(i, len, seq)).collect();
