@@ -18,13 +18,14 @@ mod common;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Result;
-use candle_core::DType;
+use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use candle_structured::data::{gzip_bits_per_byte, Corpus};
-use candle_structured::model::{gpt, presets_table};
+use candle_structured::model::{gpt, presets_table, GptConfig};
 use candle_structured::params::CountParams;
 use candle_structured::train::plan::{Cadence, Overrides, RunPlan};
-use candle_structured::train::train;
+use candle_structured::train::{plan_micro_batch, train, TrainReport};
+use candle_structured::ParamCounts;
 use clap::Parser;
 use std::path::PathBuf;
 
@@ -175,6 +176,8 @@ fn main() -> Result<()> {
     let t0 = std::time::Instant::now();
     let device = common::device(&args.device)?;
     let mut plan = args.plan()?;
+    // The batch against the micro-batch and the memory, before anything is prepared or printed.
+    plan_micro_batch(&plan.model, &plan.train, plan.options.micro_batch, &device)?;
     if let Some(meta) = &plan.resumed {
         eprintln!(
             "resuming {} at step {} ({} tokens); the plan comes from its checkpoint",
@@ -241,8 +244,25 @@ fn main() -> Result<()> {
             );
         }
     }
+    print_yardstick(&report, &corpus);
+    println!(
+        "{} steps, {} tokens, {:.0} training tokens/s, {:.1} s wall clock",
+        report.steps, report.tokens, report.tokens_per_s, wall
+    );
+    print_speed(&report, &device, &args, cfg, &counts, spec.seq_len);
+    println!("log:        {}", report.log.display());
+    println!("checkpoint: {}", report.checkpoint.display());
+    println!(
+        "sample:     cargo run --release --example generate -- --run-dir {} --prompt \"Le paquet\"",
+        plan.options.run_dir.display()
+    );
+    Ok(())
+}
+
+/// The test bits/byte beside gzip's on the same text: a model that compresses unseen text worse than gzip has learned
+/// little.
+fn print_yardstick(report: &TrainReport, corpus: &Corpus) {
     if let Some(t) = report.test {
-        // The yardstick: a model that compresses unseen text worse than gzip has learned little.
         let text = std::fs::read(corpus.cache_dir.join("text").join("test.txt"));
         if let Some(gz) = text.ok().and_then(|b| gzip_bits_per_byte(&b)) {
             println!(
@@ -256,10 +276,17 @@ fn main() -> Result<()> {
             );
         }
     }
-    println!(
-        "{} steps, {} tokens, {:.0} training tokens/s, {:.1} s wall clock",
-        report.steps, report.tokens, report.tokens_per_s, wall
-    );
+}
+
+/// Time per step and phase; on a GPU the model FLOPs utilisation.
+fn print_speed(
+    report: &TrainReport,
+    device: &Device,
+    args: &Args,
+    cfg: &GptConfig,
+    counts: &ParamCounts,
+    seq_len: usize,
+) {
     let p = report.phases;
     let per = |s: f64| 1e3 * s / report.losses.len().max(1) as f64;
     println!(
@@ -275,7 +302,7 @@ fn main() -> Result<()> {
         }
     );
     if !device.is_cpu() {
-        let per_token = mfu_flops_per_token(cfg, &counts, spec.seq_len);
+        let per_token = mfu_flops_per_token(cfg, counts, seq_len);
         let achieved = report.tokens_per_s * per_token;
         println!(
             "model FLOPs utilisation: {:.2} % of {:.0} TFLOP/s ({:.1} TFLOP/s at {:.3} GFLOP per token; {})",
@@ -286,24 +313,13 @@ fn main() -> Result<()> {
             args.precision
         );
     }
-    println!("log:        {}", report.log.display());
-    println!("checkpoint: {}", report.checkpoint.display());
-    println!(
-        "sample:     cargo run --release --example generate -- --run-dir {} --prompt \"Le paquet\"",
-        plan.options.run_dir.display()
-    );
-    Ok(())
 }
 
 /// Model FLOPs per training token for the utilisation figure (the convention of PaLM and nanoGPT): 6 per trainable
 /// non-embedding parameter and per weight of the language-model head (forward 2, backward 4), 4 per frozen
 /// parameter (forward, and the backward to the layer's input), and `12·d·T` per attention layer for the scores
 /// and their product with the values (`T` the sequence length).
-fn mfu_flops_per_token(
-    cfg: &candle_structured::model::GptConfig,
-    counts: &candle_structured::ParamCounts,
-    seq_len: usize,
-) -> f64 {
+fn mfu_flops_per_token(cfg: &GptConfig, counts: &ParamCounts, seq_len: usize) -> f64 {
     let blocks = cfg
         .layers
         .iter()

@@ -236,8 +236,14 @@ impl<'a> Trainer<'a> {
         }
         let loss = (loss_sum / accum as f64) as f32;
         if !loss.is_finite() {
+            let ckpt = self.dir.path().join(CHECKPOINT_FILE);
+            let kept = if ckpt.exists() {
+                format!("the last checkpoint is kept ({})", ckpt.display())
+            } else {
+                "no checkpoint was written".into()
+            };
             return Err(Error::Data(format!(
-                "the training loss became {loss} at step {} (learning rate {lr:.3e}); the last checkpoint is kept",
+                "the training loss became {loss} at step {} (learning rate {lr:.3e}); {kept}",
                 self.step + 1
             ))
             .into());
