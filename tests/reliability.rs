@@ -63,7 +63,7 @@ fn text(seed: u64) -> String {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         out.push_str(W[(s >> 33) as usize % W.len()]);
-        out.push(if (s >> 20) % 9 == 0 { '\n' } else { ' ' });
+        out.push(if (s >> 20).is_multiple_of(9) { '\n' } else { ' ' });
     }
     out
 }
