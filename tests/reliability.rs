@@ -63,7 +63,11 @@ fn text(seed: u64) -> String {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         out.push_str(W[(s >> 33) as usize % W.len()]);
-        out.push(if (s >> 20).is_multiple_of(9) { '\n' } else { ' ' });
+        out.push(if (s >> 20).is_multiple_of(9) {
+            '\n'
+        } else {
+            ' '
+        });
     }
     out
 }
@@ -319,6 +323,29 @@ fn a_second_trainer_on_a_busy_folder_is_refused_and_touches_nothing() {
         );
         refused += 1;
     }
+    // The plan refuses it too, before any work.
+    let cache = root.join("cache");
+    let err = RunPlan::resume(
+        run.clone(),
+        None,
+        &Overrides::default(),
+        cadence(),
+        cache.clone(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains(&pid), "{err}");
+    let err = RunPlan::fresh(
+        "xxsmall-cpu",
+        &Overrides::default(),
+        cadence(),
+        Some(run.clone()),
+        cache,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains(&pid), "{err}");
+    refused += 2;
     // Nothing moved aside, the child still owns and writes its folder.
     assert!(!root.join("busy.1").exists());
     assert_eq!(
@@ -328,7 +355,7 @@ fn a_second_trainer_on_a_busy_folder_is_refused_and_touches_nothing() {
     assert!(child.try_wait().unwrap().is_none());
     child.kill().unwrap();
     child.wait().unwrap();
-    eprintln!("second trainer on a busy folder: 2 tries, refused naming the PID: {refused}");
+    eprintln!("second trainer on a busy folder: 4 tries, refused naming the PID: {refused}");
     let _ = std::fs::remove_dir_all(&root);
 }
 

@@ -3,7 +3,7 @@
 //! checkpoint, and an override that conflicts with it is an error naming each differing field. Only the fields of
 //! [`Cadence`] and the budget (to extend a run) may change on resume.
 
-use super::{load_checkpoint, CheckpointMeta, TrainOptions, CHECKPOINT_FILE};
+use super::{load_checkpoint, CheckpointMeta, RunDir, TrainOptions, CHECKPOINT_FILE};
 use crate::data::{default_corpus_dir, CorpusOptions};
 use crate::error::Error;
 use crate::model::{preset, GptConfig, TrainSpec};
@@ -116,7 +116,7 @@ impl Cadence {
 impl RunPlan {
     /// A fresh run of `preset_name` with overrides `ov`, into `run_dir` (default `runs/<preset>`), corpus cache
     /// under `cache`. Errors on an unknown preset or a bad override (see [`Overrides::check`]), a sequence length
-    /// above the context, or a budget of less than one step.
+    /// above the context, or a run folder in use by another process.
     pub fn fresh(
         preset_name: &str,
         ov: &Overrides,
@@ -149,6 +149,7 @@ impl RunPlan {
         }
         let corpus = corpus_options(ov, model.vocab_size, cache);
         let run_dir = run_dir.unwrap_or_else(|| PathBuf::from("runs").join(&p.name));
+        RunDir::check_free(&run_dir)?;
         let mut options = options(run_dir, cadence);
         options.micro_batch = ov.micro_batch;
         options.preset = Some(p.name.clone());
@@ -175,6 +176,7 @@ impl RunPlan {
     ) -> Result<RunPlan> {
         ov.check()?;
         cadence.check()?;
+        RunDir::check_free(&run_dir)?;
         let path = run_dir.join(CHECKPOINT_FILE);
         let meta = load_checkpoint(&path, &Device::Cpu)?.meta;
         let diffs = conflicts(&meta, preset_name, ov);

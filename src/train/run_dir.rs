@@ -53,6 +53,20 @@ impl RunDir {
         Self::resume(path)
     }
 
+    /// Errors (naming the holder's PID) when a process holds the lock of `path`; creates nothing. For checking a
+    /// run folder before any work, the lock itself being taken by [`RunDir::fresh`] or [`RunDir::resume`].
+    pub fn check_free(path: &Path) -> Result<()> {
+        let lock_path = path.join(LOCK_FILE);
+        let Ok(mut file) = File::open(&lock_path) else {
+            return Ok(());
+        };
+        match file.try_lock() {
+            Ok(()) => Ok(()),
+            Err(TryLockError::WouldBlock) => Err(busy(path, &mut file)),
+            Err(TryLockError::Error(e)) => Err(Error::io(&lock_path, e).into()),
+        }
+    }
+
     /// The folder.
     pub fn path(&self) -> &Path {
         &self.path
@@ -91,6 +105,21 @@ fn remove_temp_files(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The error for a folder whose lock `file` another process holds, naming its PID.
+fn busy(dir: &Path, file: &mut File) -> candle_core::Error {
+    let mut pid = String::new();
+    let _ = file.read_to_string(&mut pid);
+    let pid = pid.trim();
+    Error::Config(format!(
+        "the run folder {} is in use by process {} (it holds {}); wait for it or stop it, or choose another \
+         run folder",
+        dir.display(),
+        if pid.is_empty() { "?" } else { pid },
+        dir.join(LOCK_FILE).display()
+    ))
+    .into()
+}
+
 /// Takes the folder's lock without waiting and writes this process's PID into it.
 fn lock(dir: &Path) -> Result<File> {
     let path = dir.join(LOCK_FILE);
@@ -103,19 +132,7 @@ fn lock(dir: &Path) -> Result<File> {
         .map_err(|e| Error::io(&path, e))?;
     match file.try_lock() {
         Ok(()) => {}
-        Err(TryLockError::WouldBlock) => {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            let pid = pid.trim();
-            return Err(Error::Config(format!(
-                "the run folder {} is in use by process {} (it holds {}); wait for it or stop it, or choose \
-                 another run folder",
-                dir.display(),
-                if pid.is_empty() { "?" } else { pid },
-                path.display()
-            ))
-            .into());
-        }
+        Err(TryLockError::WouldBlock) => return Err(busy(dir, &mut file)),
         Err(TryLockError::Error(e)) => return Err(Error::io(&path, e).into()),
     }
     let write = |f: &mut File| -> std::io::Result<()> {
