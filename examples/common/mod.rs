@@ -66,18 +66,18 @@ pub fn reexec_with_allocator_options() -> Result<()> {
     Ok(())
 }
 
-/// A flag raised by the first Ctrl-C (the loop then stops after its step and checkpoints; `what` says so); a
-/// second Ctrl-C quits at once.
+/// A flag raised by the first Ctrl-C or SIGTERM (`kill PID`; the loop then stops after its step and checkpoints,
+/// `what` says so); a second one quits at once.
 pub fn stop_on_ctrl_c(what: &'static str) -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
     use std::sync::atomic::{AtomicBool, Ordering};
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
-            eprintln!("\nsecond Ctrl-C: quitting without a checkpoint");
+            eprintln!("\nsecond stop request: quitting without a checkpoint");
             std::process::exit(130);
         }
-        eprintln!("\nCtrl-C: {what} (again to quit at once)");
+        eprintln!("\nstop requested (Ctrl-C or SIGTERM): {what} (again to quit at once)");
     })?;
     Ok(stop)
 }
