@@ -8,8 +8,8 @@
 //! cargo run --release --features cuda --example train_small -- --preset small --device cuda
 //! ```
 //!
-//! Ctrl-C (or `kill PID`) stops after the current step and writes a checkpoint (twice: quit at once); the line it prints
-//! resumes the same run. The run folder is locked while training: a second trainer there stops with an error.
+//! Ctrl-C (or `kill PID`) stops after the current step and writes a checkpoint (twice: quit at once); the line it
+//! prints resumes the same run. The run folder is locked while training: a second trainer there stops with an error.
 
 #[path = "common/mod.rs"]
 mod common;
