@@ -36,7 +36,7 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(about = "Train the runs of a scaling-law study on the CPU")]
 struct Args {
-    /// The miniature: 6 tiny runs of 120 steps of 8 x 128 tokens, root runs/quick, nothing committed.
+    /// The miniature: 6 tiny runs of 120 steps of 4 x 128 tokens, root runs/quick, nothing committed.
     #[arg(long)]
     quick: bool,
     /// Root folder of the run folders (default: runs/sweep, or runs/quick with --quick).
@@ -48,14 +48,17 @@ struct Args {
     /// Only the runs whose name contains one of these (comma-separated).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Validation loss every N steps.
-    #[arg(long, default_value_t = 32)]
-    eval_every: u64,
+    /// Validation loss every N steps (default: 128, 10 with --quick).
+    #[arg(long)]
+    eval_every: Option<u64>,
+    /// A log line every N steps (and at each evaluation), with the mean training loss since the previous one.
+    #[arg(long, default_value_t = 16)]
+    log_every: u64,
     /// Validation windows per evaluation (the final evaluation uses the same windows).
     #[arg(long, default_value_t = 64)]
     eval_windows: usize,
     /// Checkpoint every N steps.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 256)]
     checkpoint_every: u64,
     /// Training text (default: the embedded French Debian corpus).
     #[arg(long)]
@@ -82,13 +85,13 @@ impl Args {
         let ov = Overrides {
             seed: Some(run.seed),
             tokens: Some(run.tokens),
-            batch_size: q.then_some(8),
+            batch_size: q.then_some(4),
             seq_len: q.then_some(128),
             data: self.data.clone(),
             ..Overrides::default()
         };
         let cadence = Cadence {
-            eval_every: self.eval_every,
+            eval_every: self.eval_every.unwrap_or(if q { 10 } else { 128 }),
             eval_windows: self.eval_windows,
             test_windows: usize::MAX,
             checkpoint_every: self.checkpoint_every,
@@ -171,6 +174,7 @@ fn main() -> Result<()> {
             VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
         )?;
         plan.options.progress = true;
+        plan.options.log_every = args.log_every;
         eprintln!(
             "\n== {} ({})",
             r.name,

@@ -1,10 +1,10 @@
 //! Trains a GPT of the paper's family on French text.
 //!
 //! ```bash
-//! cargo run --release --example train_small                      # small-cpu on the embedded corpus, < 10 min
+//! cargo run --release --example train_small                      # xxsmall-cpu on the embedded corpus, < 10 min
 //! cargo run --release --example train_small -- --list-presets
 //! cargo run --release --example train_small -- --preset doped-small-cpu --steps 200
-//! cargo run --release --example train_small -- --resume          # continue an interrupted run (runs/small-cpu)
+//! cargo run --release --example train_small -- --resume          # continue an interrupted run (runs/xxsmall-cpu)
 //! cargo run --release --features cuda --example train_small -- --preset small --device cuda
 //! ```
 //!
@@ -38,7 +38,7 @@ change on resume: --steps / --tokens (extend or shorten the budget; the schedule
 --eval-windows, --test-windows, --checkpoint-every, --cache, --device, --no-progress, --sync-phases."
 )]
 struct Args {
-    /// Preset (see --list-presets; default small-cpu).
+    /// Preset (see --list-presets; default xxsmall-cpu).
     #[arg(long)]
     preset: Option<String>,
     /// Print every preset with its parameter counts and exit.
@@ -153,10 +153,10 @@ impl Args {
             let dir = self
                 .run_dir
                 .clone()
-                .unwrap_or_else(|| PathBuf::from("runs").join(preset.unwrap_or("small-cpu")));
+                .unwrap_or_else(|| PathBuf::from("runs").join(preset.unwrap_or("xxsmall-cpu")));
             RunPlan::resume(dir, preset, &self.overrides(), cadence, self.cache.clone())?
         } else {
-            let p = preset.unwrap_or("small-cpu");
+            let p = preset.unwrap_or("xxsmall-cpu");
             let (ov, dir, cache) = (self.overrides(), self.run_dir.clone(), self.cache.clone());
             RunPlan::fresh(p, &ov, cadence, dir, cache)?
         };

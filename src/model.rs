@@ -621,9 +621,10 @@ pub struct Preset {
     pub train: TrainSpec,
 }
 
-/// Token budget of the CPU twins: 200 steps of 16 × 256 tokens (819,200 tokens), so that `small-cpu` trains in
-/// under 10 minutes on 2 cores of this machine (tokenizer and evaluations included).
-pub const CPU_TOKENS: u64 = 200 * 4096;
+/// Default token budget of the CPU presets, 1,536 steps of 4 × 256 tokens (1.57M tokens): what `xxsmall-cpu`, the
+/// main job of `train_small`, trains on in about four minutes on two cores, so that the whole job (a fresh build
+/// included) takes under ten. Studies set their own budgets (`train::sweep`).
+pub const CPU_TOKENS: u64 = 1536 * 1024;
 
 fn paper_train(lr: f64, decay_tokens: u64) -> TrainSpec {
     TrainSpec {
@@ -642,14 +643,26 @@ fn paper_train(lr: f64, decay_tokens: u64) -> TrainSpec {
     }
 }
 
-/// The CPU twins' recipe for a budget of `tokens`: batch 16 × 256, linear warmup over the first 5 % of the
-/// budget, cosine decay to 10 % of the peak at the end of the budget (AdamW β 0.9/0.95, clipping at 1.0, no
-/// weight decay, as the paper). The peak learning rate is set per size.
-fn cpu_train(tokens: u64) -> TrainSpec {
+/// Peak learning rate of the CPU recipe for models of width 128 (see [`cpu_lr`]).
+pub const CPU_LR_128: f64 = 4e-3;
+
+/// The CPU recipe's peak learning rate for width `d_model`: [`CPU_LR_128`] · 128 / `d_model` (Adam's update of a
+/// hidden matrix moves each output by about `lr · fan_in`, so a wider model needs a proportionally smaller rate,
+/// as in μP). Depth does not enter: at width 128, 3 and 12 layers had the same best rate in the recipe's sweep
+/// (docs/recipe.md).
+pub fn cpu_lr(d_model: usize) -> f64 {
+    CPU_LR_128 * 128.0 / d_model as f64
+}
+
+/// The CPU twins' recipe for width `d_model` and a budget of `tokens`: batches of 4 × 256 tokens (the early
+/// losses of these models sit far above where larger batches pay off: 16 × 256 needed about twice the tokens of
+/// 4 × 256 for the same loss), linear warmup over the first 5 % of the budget, cosine decay to 10 % of the peak
+/// at the end of the budget, peak [`cpu_lr`]; AdamW β 0.9/0.95, clipping at 1.0 and no weight decay as the paper.
+fn cpu_train(d_model: usize, tokens: u64) -> TrainSpec {
     TrainSpec {
-        batch_size: 16,
+        batch_size: 4,
         seq_len: 256,
-        lr: 2e-3,
+        lr: cpu_lr(d_model),
         min_lr_fraction: 0.1,
         warmup_tokens: tokens / 20,
         decay_tokens: tokens,
@@ -811,7 +824,7 @@ pub fn presets() -> Vec<Preset> {
         let mut model = GptConfig::dense(4096, 256, d, d / 32, 0);
         model.layers = layers;
         model.dropout = 0.0;
-        let train = cpu_train(p.cpu_tokens);
+        let train = cpu_train(d, p.cpu_tokens);
         out.push(Preset {
             name: format!("{}-cpu", p.name),
             description: format!(
@@ -823,19 +836,52 @@ pub fn presets() -> Vec<Preset> {
             train,
         });
     }
-    // Sizes that only the CPU study has: a smaller baseline, and second sizes of the structured models.
+    // Sizes that only the CPU study has: narrow baselines, small enough to train past their compute-optimal
+    // token count within one pass over the corpus (so that larger models overtake smaller ones inside the study),
+    // with doped twins and structured models of the same widths. Named `<family>-d<width>x<layers>-cpu`.
+    let doped = |d: usize| alternating(2, 1, BlockKind::Dense, 6 * d);
     let cpu_only = [
         (
-            "tiny-cpu",
+            "d32x2-cpu",
             "CPU-only baseline, 2 dense layers",
-            128,
+            32,
             dense(2),
+        ),
+        (
+            "d64x2-cpu",
+            "CPU-only baseline, 2 dense layers",
+            64,
+            dense(2),
+        ),
+        (
+            "d96x2-cpu",
+            "CPU-only baseline, 2 dense layers",
+            96,
+            dense(2),
+        ),
+        (
+            "doped-d64x3-cpu",
+            "CPU-only, 2 trainable + 1 frozen layers",
+            64,
+            doped(64),
+        ),
+        (
+            "doped-d96x3-cpu",
+            "CPU-only, 2 trainable + 1 frozen layers",
+            96,
+            doped(96),
         ),
         (
             "fastfood-6x160-cpu",
             "CPU-only, 6 layers, every linear map AdaptiveFastFood",
             160,
             vec![ff; 6],
+        ),
+        (
+            "blockdiag-d64x2-cpu",
+            "CPU-only, 2 layers, MLP = BlockHadamardMlp (4 blocks)",
+            64,
+            vec![bd; 2],
         ),
         (
             "blockdiag-6x160-cpu",
@@ -851,11 +897,11 @@ pub fn presets() -> Vec<Preset> {
         out.push(Preset {
             name: name.into(),
             description: format!(
-                "{what} (d_model {d}, {} heads, context 256, vocab 4096)",
+                "{what} (d_model {d}, {} head(s), context 256, vocab 4096)",
                 d / 32
             ),
             model,
-            train: cpu_train(CPU_TOKENS),
+            train: cpu_train(d, CPU_TOKENS),
         });
     }
     out

@@ -3,7 +3,9 @@
 
 use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use candle_structured::model::{gpt, preset, presets, presets_table, GptConfig, LayerSpec};
+use candle_structured::model::{
+    gpt, preset, presets, presets_table, GptConfig, LayerSpec, CPU_LR_128,
+};
 use candle_structured::params::CountParams;
 use candle_structured::BlockKind;
 
@@ -114,7 +116,7 @@ fn paper_presets_match_hand_counts() {
 #[test]
 fn cpu_twins_keep_the_pattern() {
     let all = presets();
-    assert_eq!(all.len(), 18);
+    assert_eq!(all.len(), 26);
     for p in all.iter().filter(|p| !p.name.ends_with("-cpu")) {
         let twin = preset(&format!("{}-cpu", p.name)).unwrap();
         let d = twin.model.d_model;
@@ -133,17 +135,34 @@ fn cpu_twins_keep_the_pattern() {
                 _ => panic!("{}: layer pattern differs", p.name),
             }
         }
-        // Schedule scaled with the budget.
-        let f = twin.train.max_tokens as f64 / p.train.max_tokens as f64;
-        assert!((twin.train.warmup_tokens as f64 - f * p.train.warmup_tokens as f64).abs() <= 1.0);
-        assert!((twin.train.decay_tokens as f64 - f * p.train.decay_tokens as f64).abs() <= 1.0);
+    }
+    // Every CPU preset follows the CPU recipe: 4 x 256 tokens per step, warmup over the first 5 % of the budget,
+    // cosine to 10 % at its end, the peak rate falling as 1/width, no dropout.
+    for p in all.iter().filter(|p| p.name.ends_with("-cpu")) {
+        let t = &p.train;
+        assert_eq!((t.batch_size, t.seq_len), (4, 256), "{}", p.name);
+        assert_eq!(t.warmup_tokens, t.max_tokens / 20, "{}", p.name);
+        assert_eq!(t.decay_tokens, t.max_tokens, "{}", p.name);
+        assert_eq!(t.min_lr_fraction, 0.1);
+        let want = CPU_LR_128 * 128.0 / p.model.d_model as f64;
+        assert!(
+            (t.lr - want).abs() < 1e-12 * want,
+            "{}: lr {}",
+            p.name,
+            t.lr
+        );
+        assert_eq!(p.model.dropout, 0.0, "{}", p.name);
+        // Rescaling the budget keeps the shape.
+        let half = t.with_budget(t.max_tokens / 2);
+        assert!((half.warmup_tokens as f64 - t.warmup_tokens as f64 / 2.0).abs() <= 1.0);
+        assert!((half.decay_tokens as f64 - t.decay_tokens as f64 / 2.0).abs() <= 1.0);
     }
     let small = preset("small-cpu").unwrap().model.param_counts();
     assert_eq!(small.non_embedding.trainable, 12 * dense_block(128) + 256);
     assert_eq!(small.embedding.trainable, 4096 * 128);
     let table = presets_table();
     assert!(table.contains("85056000"), "{table}");
-    assert_eq!(table.lines().count(), 19);
+    assert_eq!(table.lines().count(), 27);
 }
 
 #[test]

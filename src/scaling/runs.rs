@@ -360,8 +360,7 @@ pub fn parse_jsonl(name: &str, text: &str, config: Option<&Value>) -> candle_cor
                 tokens: Some(s.tokens as f64),
                 flops: Some(s.flops),
                 val: s.val_loss,
-                // The decimal the log holds (an f32's shortest form), not the f32 widened.
-                train: s.train_loss.to_string().parse().ok(),
+                train: Some(s.train_loss),
             });
             continue;
         }

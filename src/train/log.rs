@@ -31,8 +31,9 @@ pub struct StepLine {
     pub n_trainable_non_embedding: usize,
     /// Frozen non-embedding parameters.
     pub n_frozen: usize,
-    /// Mean training loss of the step (nats per token).
-    pub train_loss: f32,
+    /// Mean training loss (nats per token) of the steps since the previous step line
+    /// ([`super::TrainOptions::log_every`]; with 1, of this step).
+    pub train_loss: f64,
     /// Learning rate of the step.
     pub lr: f64,
     /// Global gradient norm before clipping (`null` when not finite).

@@ -34,6 +34,10 @@ pub struct TrainOptions {
     pub test_windows: usize,
     /// Checkpoint every this many steps (0: only at the end and on stop).
     pub checkpoint_every: u64,
+    /// Write a step line to the log every this many steps (and at every evaluation); its `train_loss` is the mean
+    /// over the steps since the previous line. 1 (the default) logs every step; long runs use more to keep their
+    /// logs small.
+    pub log_every: u64,
     /// Continue from the run folder's checkpoint. Without it, a run folder that holds anything is moved aside
     /// (`<run_dir>.1`, …) and the run starts afresh: nothing is ever deleted.
     pub resume: bool,
@@ -61,6 +65,7 @@ impl TrainOptions {
             eval_windows: 64,
             test_windows: 256,
             checkpoint_every: 100,
+            log_every: 1,
             resume: false,
             progress: true,
             stop_at_step: None,
@@ -384,6 +389,7 @@ pub fn train(
     let every = |k: u64, n: u64| n > 0 && k.is_multiple_of(n);
     let (mut losses, mut train_time, mut interrupted) = (Vec::new(), 0f64, false);
     let mut last_val: Option<f64> = None;
+    let mut last_logged = t.steps_done();
     while !t.done() {
         if t.steps_done() >= stop_at || stop.load(Ordering::SeqCst) {
             interrupted = true;
@@ -392,14 +398,25 @@ pub fn train(
         let t0 = Instant::now();
         let mut line = t.step()?;
         train_time += t0.elapsed().as_secs_f64();
-        losses.push(line.train_loss);
-        if every(line.step, opts.eval_every) && !t.done() {
+        losses.push(line.train_loss as f32);
+        // The line's loss: the mean over the steps since the previous line.
+        let since = (line.step - last_logged).clamp(1, losses.len() as u64) as usize;
+        line.train_loss = losses[losses.len() - since..]
+            .iter()
+            .map(|&l| l as f64)
+            .sum::<f64>()
+            / since as f64;
+        let evaluate_now = every(line.step, opts.eval_every) && !t.done();
+        if evaluate_now {
             if let Some(v) = t.evaluate(Split::Valid)? {
                 (line.val_loss, line.val_bpb) = (finite(v.loss), finite(v.bits_per_byte));
                 last_val = Some(v.loss);
             }
         }
-        t.log(&LogLine::Step(line.clone()))?;
+        if evaluate_now || every(line.step, opts.log_every.max(1)) || t.done() {
+            t.log(&LogLine::Step(line.clone()))?;
+            last_logged = line.step;
+        }
         let rate = (losses.len() as u64 * spec.tokens_per_step()) as f64 / train_time;
         let val = last_val
             .map(|v| format!(", val {v:.3}"))

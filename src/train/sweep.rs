@@ -32,49 +32,54 @@ impl SweepRun {
 
 const M: u64 = 1 << 20;
 
-/// The default CPU study, in the order it is trained: one seed of every baseline first (the law needs them), then
-/// the variants, then the second seeds.
+/// The default CPU study, in the order it is trained: one seed of every baseline (the law needs them), the doped
+/// twins, the second seeds of the three smallest baselines, then FastFood and block-Hadamard models.
+///
+/// The baselines span 25K to 1.2M trainable non-embedding parameters (1.7 decades): narrow models that reach and
+/// pass their compute-optimal token count inside a budget of 4–5M tokens (Chinchilla's 20 tokens per parameter is
+/// 0.5M tokens at 25K and 24M at 1.2M), so that the frontier holds every size.
 pub fn default_sweep() -> Vec<SweepRun> {
-    let mut out = Vec::new();
     let base = [
-        ("tiny-cpu", 6 * M),
-        ("xxsmall-cpu", 5 * M),
+        ("d32x2-cpu", 5 * M),
+        ("d64x2-cpu", 5 * M),
+        ("d96x2-cpu", 5 * M),
+        ("xxsmall-cpu", 4 * M),
         ("xsmall-cpu", 4 * M),
-        ("small-cpu", 3 * M),
-        ("medium-cpu", 2 * M),
     ];
-    for (p, t) in base {
-        out.push(SweepRun::new(p, 0, t));
-    }
+    let mut out: Vec<SweepRun> = base.iter().map(|(p, t)| SweepRun::new(p, 0, *t)).collect();
     for (p, t) in [
-        ("doped-xsmall-cpu", 5 * M),
-        ("doped-small-cpu", 4 * M),
-        ("doped-medium-cpu", 2 * M),
-        ("fastfood-cpu", 3 * M),
-        ("fastfood-6x160-cpu", 3 * M),
-        ("blockdiag-cpu", 3 * M),
-        ("blockdiag-6x160-cpu", 3 * M),
+        ("doped-d64x3-cpu", 5 * M),
+        ("doped-d96x3-cpu", 5 * M),
+        ("doped-xsmall-cpu", 4 * M),
     ] {
         out.push(SweepRun::new(p, 0, t));
     }
     for (p, t) in &base[..3] {
         out.push(SweepRun::new(p, 1, *t));
     }
+    for (p, t) in [
+        ("fastfood-6x160-cpu", 3 * M),
+        ("fastfood-cpu", 3 * M),
+        ("blockdiag-d64x2-cpu", 5 * M),
+        ("blockdiag-6x160-cpu", 3 * M),
+    ] {
+        out.push(SweepRun::new(p, 0, t));
+    }
     out
 }
 
 /// A miniature of the study for tests and CI: three tiny baselines, a doped twin, FastFood and block-Hadamard, a
-/// few steps each.
+/// few steps of 4 x 128 tokens each.
 pub fn quick_sweep() -> Vec<SweepRun> {
     [
-        "tiny-cpu",
-        "xxsmall-cpu",
-        "xsmall-cpu",
-        "doped-xsmall-cpu",
+        "d32x2-cpu",
+        "d64x2-cpu",
+        "d96x2-cpu",
+        "doped-d64x3-cpu",
         "fastfood-6x160-cpu",
-        "blockdiag-6x160-cpu",
+        "blockdiag-d64x2-cpu",
     ]
     .iter()
-    .map(|p| SweepRun::new(p, 0, 120 * 8 * 128))
+    .map(|p| SweepRun::new(p, 0, 120 * 4 * 128))
     .collect()
 }

@@ -265,7 +265,7 @@ impl<'a> Trainer<'a> {
             pf_days: super::pf_days(flops),
             n_trainable_non_embedding: n,
             n_frozen: counts.non_embedding.frozen,
-            train_loss: loss,
+            train_loss: loss as f64,
             lr,
             grad_norm: finite(grad_norm),
             tokens_per_s: spec.tokens_per_step() as f64 / t0.elapsed().as_secs_f64(),
