@@ -1,8 +1,8 @@
 //! Samples text from a checkpoint written by `train_small`, or measures its loss on a text file (`--eval`).
 //!
 //! ```bash
-//! cargo run --release --example generate -- --run-dir runs/xxsmall-cpu --prompt "Le paquet" --temperature 0.8 --top-k 40
-//! cargo run --release --example generate -- --run-dir runs/xxsmall-cpu --eval some_french_text.txt
+//! cargo run --release --example generate -- --run-dir runs/d64x2-cpu --prompt "Le paquet" --temperature 0.8 --top-k 40
+//! cargo run --release --example generate -- --run-dir runs/d64x2-cpu --eval some_french_text.txt
 //! ```
 
 #[path = "common/mod.rs"]
@@ -26,7 +26,7 @@ use std::path::PathBuf;
 #[command(about = "Sample text from a candle-structured checkpoint")]
 struct Args {
     /// Run folder holding checkpoint.safetensors and tokenizer.json.
-    #[arg(long, default_value = "runs/xxsmall-cpu")]
+    #[arg(long, default_value = "runs/d64x2-cpu")]
     run_dir: PathBuf,
     /// A checkpoint file (default: <run-dir>/checkpoint.safetensors).
     #[arg(long)]

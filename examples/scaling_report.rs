@@ -3,10 +3,11 @@
 //! parameters at equal compute?
 //!
 //! ```bash
-//! cargo run --release --example scaling_report                          # runs/ → runs/report/
+//! cargo run --release --example scaling_report                          # docs/scaling/runs/ → docs/scaling/
 //! cargo run --release --example scaling_report -- --runs runs --out runs/report --resamples 1000
 //! cargo run --release --example scaling_report -- --csv my_curves.csv   # columns run,compute,loss[,params,tokens]
-//! cargo run --release --example scaling_report -- --demo                # synthetic runs, no training needed
+//! cargo run --release --example scaling_report -- --csv table.csv       # one row per run: run,params,tokens,loss
+//! cargo run --release --example scaling_report -- --demo --out /tmp/demo # synthetic runs, no training needed
 //! ```
 
 use std::path::PathBuf;
@@ -21,10 +22,11 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(about = "Fit scaling laws to training runs and write figures and a markdown report")]
 struct Args {
-    /// Folder of run folders (each with a log.jsonl), as written by the training loop.
-    #[arg(long, default_value = "runs")]
+    /// Folder of run folders (each with a log.jsonl), as written by the training loop (the committed study).
+    #[arg(long, default_value = "docs/scaling/runs")]
     runs: PathBuf,
-    /// Read a CSV instead (columns run, compute, loss[, params, tokens, frozen, family]).
+    /// Read a CSV instead: curves (columns run, compute, loss[, params, tokens, frozen, family]) or, without a
+    /// compute column, one row per run (run, params, tokens, loss[, frozen, family]).
     #[arg(long)]
     csv: Option<PathBuf>,
     /// Use synthetic runs drawn from a known law (to try the tool without training).
@@ -34,7 +36,7 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Output folder for report.md and the figures.
-    #[arg(long, default_value = "runs/report")]
+    #[arg(long, default_value = "docs/scaling")]
     out: PathBuf,
     /// Bootstrap resamples.
     #[arg(long, default_value_t = 500)]
@@ -110,10 +112,12 @@ fn main() -> Result<()> {
     if !args.only.is_empty() {
         runs.retain(|r| args.only.iter().any(|o| r.name.contains(o.as_str())));
     }
-    // Unfinished folders (e.g. the sweep's cache) or runs with a single point cannot make a curve.
-    runs.retain(|r| r.valid_points().count() >= 2);
+    // A CSV table holds one point per run (final losses): the report fits L(N) and L(N, D) on it. Otherwise a run
+    // with a single point (an unfinished folder, e.g. the sweep's cache) cannot make a curve.
+    let table = args.csv.is_some() && runs.iter().all(|r| r.valid_points().count() <= 1);
+    runs.retain(|r| r.valid_points().count() >= if table { 1 } else { 2 });
     if runs.is_empty() {
-        bail!("no run with at least two logged points");
+        bail!("no run with at least two logged points (or, in a CSV table, one)");
     }
     eprintln!("{} runs:", runs.len());
     for r in &runs {
@@ -153,6 +157,7 @@ fn main() -> Result<()> {
     let t0 = std::time::Instant::now();
     let out = write_report(&runs, &args.out, &opts)?;
     println!("{}", out.markdown);
+    eprint!("{}", out.summary);
     eprintln!(
         "wrote {} and {} figure files in {:.1} s",
         out.path.display(),

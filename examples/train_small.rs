@@ -1,10 +1,10 @@
 //! Trains a GPT of the paper's family on French text.
 //!
 //! ```bash
-//! cargo run --release --example train_small                      # xxsmall-cpu on the embedded corpus, < 10 min
+//! cargo run --release --example train_small                      # d64x2-cpu on the embedded corpus, < 10 min
 //! cargo run --release --example train_small -- --list-presets
 //! cargo run --release --example train_small -- --preset doped-small-cpu --steps 200
-//! cargo run --release --example train_small -- --resume          # continue an interrupted run (runs/xxsmall-cpu)
+//! cargo run --release --example train_small -- --resume          # continue an interrupted run (runs/d64x2-cpu)
 //! cargo run --release --features cuda --example train_small -- --preset small --device cuda
 //! ```
 //!
@@ -38,7 +38,7 @@ change on resume: --steps / --tokens (extend or shorten the budget; the schedule
 --eval-windows, --test-windows, --checkpoint-every, --cache, --device, --no-progress, --sync-phases."
 )]
 struct Args {
-    /// Preset (see --list-presets; default xxsmall-cpu).
+    /// Preset (see --list-presets; default d64x2-cpu).
     #[arg(long)]
     preset: Option<String>,
     /// Print every preset with its parameter counts and exit.
@@ -85,7 +85,7 @@ struct Args {
     #[arg(long)]
     dropout: Option<f32>,
     /// Validation loss every N steps (0: only at the end).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 256)]
     eval_every: u64,
     /// Validation windows in the fixed subset (at least 1).
     #[arg(long, default_value_t = 64)]
@@ -153,10 +153,10 @@ impl Args {
             let dir = self
                 .run_dir
                 .clone()
-                .unwrap_or_else(|| PathBuf::from("runs").join(preset.unwrap_or("xxsmall-cpu")));
+                .unwrap_or_else(|| PathBuf::from("runs").join(preset.unwrap_or("d64x2-cpu")));
             RunPlan::resume(dir, preset, &self.overrides(), cadence, self.cache.clone())?
         } else {
-            let p = preset.unwrap_or("xxsmall-cpu");
+            let p = preset.unwrap_or("d64x2-cpu");
             let (ov, dir, cache) = (self.overrides(), self.run_dir.clone(), self.cache.clone());
             RunPlan::fresh(p, &ov, cadence, dir, cache)?
         };

@@ -1,6 +1,7 @@
 //! Scaling-law fits on synthetic data drawn from known laws with seeded noise: each fit recovers its parameters,
 //! with the truth inside the bootstrap interval; cost models and frontiers checked by hand.
 
+use candle_structured::scaling::analysis::frontier_fit;
 use candle_structured::scaling::bootstrap::BootstrapOptions;
 use candle_structured::scaling::cost::{flops_to_pf_days, CostModel, FrozenCost, PF_DAY};
 use candle_structured::scaling::fit::{
@@ -391,4 +392,57 @@ fn comparison_detects_better_worse_and_equal_families() {
         Verdict::NoSignificantDifference,
         "{same:?}"
     );
+}
+
+// ---- the frontier fit's acceptance figures ----------------------------------------------------------------------------
+
+#[test]
+fn frontier_fit_r2_span_residuals_and_shares() {
+    let runs = compute_law_runs(0.05, 1e30f64.ln(), 5);
+    let law = compute_law(&runs, &opts(20)).unwrap();
+    let f = frontier_fit(&law, &runs);
+    // For least squares with an intercept, R² is the squared correlation of ln C and ln L.
+    let (x, y): (Vec<f64>, Vec<f64>) = law
+        .frontier
+        .points
+        .iter()
+        .map(|p| (p.compute.ln(), p.loss.ln()))
+        .unzip();
+    let m = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (mx, my) = (m(&x), m(&y));
+    let sxy: f64 = x.iter().zip(&y).map(|(a, b)| (a - mx) * (b - my)).sum();
+    let sxx: f64 = x.iter().map(|a| (a - mx).powi(2)).sum();
+    let syy: f64 = y.iter().map(|b| (b - my).powi(2)).sum();
+    assert!(
+        (f.r2_loglog - sxy * sxy / (sxx * syy)).abs() < 1e-9,
+        "{}",
+        f.r2_loglog
+    );
+    assert!(f.r2_loglog > 0.98 && f.is_power_law());
+    // 8 runs over one decade each, the first trimmed to nothing below 0.1 C_final: 8 decades.
+    assert!((f.decades - 8.0).abs() < 0.01, "{}", f.decades);
+    for r in &f.residuals {
+        assert!((r.residual - (r.loss / r.fitted).ln()).abs() < 1e-12);
+        assert!((r.fitted - law.ls.eval(r.compute)).abs() < 1e-12);
+    }
+    // Each run holds the frontier over its own decade: 8 sizes, in increasing N, all on it.
+    assert_eq!(f.shares.len(), 8);
+    assert!(f.every_run_on_frontier());
+    for (i, s) in f.shares.iter().enumerate() {
+        assert_eq!(s.runs, vec![format!("run{i}")]);
+        let (lo, hi) = s.range.unwrap();
+        assert!(lo >= 0.99e12 * 10f64.powi(i as i32) && hi <= 1.01e13 * 10f64.powi(i as i32));
+    }
+    // A run that is everywhere worse than another of the same compute range is never on the frontier.
+    let mut worse = runs[3].clone();
+    worse.name = "worse".into();
+    worse.n_trainable = Some(1.0);
+    worse.points.iter_mut().for_each(|p| p.loss *= 1.1);
+    let mut with = runs.clone();
+    with.push(worse);
+    let law = compute_law(&with, &opts(5)).unwrap();
+    let f = frontier_fit(&law, &with);
+    assert_eq!(f.shares[0].runs, vec!["worse".to_string()]);
+    assert_eq!((f.shares[0].range, f.shares[0].points), (None, 0));
+    assert!(!f.every_run_on_frontier());
 }

@@ -12,7 +12,8 @@
 //! 5. [`bootstrap`]: 95 % intervals by resampling runs; [`study`] ties the fits and intervals together and compares
 //!    each family with the baselines at equal compute and at equal trainable `N`; [`predict`] fits the small models
 //!    and predicts the large ones.
-//! 6. `plot` (feature `plot`): the paper's figures in SVG and PNG; [`report`]: the markdown report.
+//! 6. [`analysis`]: every fit, verdict and prediction of the report as plain data; `figures` (feature `plot`, drawn
+//!    with `plot`): the paper's figures in SVG and PNG; [`render`]: the markdown; [`report`]: the three together.
 //!
 //! ```
 //! use candle_structured::scaling::{fit::{fit_power_law, Method}, frontier::frontier, runs::{Family, Run}};
@@ -33,13 +34,17 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
+pub mod analysis;
 pub mod bootstrap;
 pub mod cost;
+#[cfg(feature = "plot")]
+pub mod figures;
 pub mod fit;
 pub mod frontier;
 #[cfg(feature = "plot")]
 pub mod plot;
 pub mod predict;
+pub mod render;
 pub mod report;
 pub mod runs;
 pub mod study;

@@ -29,8 +29,11 @@
 //!
 //! # CSV
 //!
-//! [`read_csv`]: a header line, then one row per logged point; columns `run`, `compute` (FLOPs), `loss`, and optional
-//! `params` (trainable N), `tokens`, `frozen`, `family`, in any order. Lines starting with `#` are comments.
+//! [`read_csv`]: a header line (names case-insensitive), then one row per logged point; columns `run`, `compute`
+//! (FLOPs), `loss`, and optional `params` (trainable N), `tokens`, `frozen`, `family`, in any order. Lines starting
+//! with `#` are comments. Without a `compute` column the file is a **table of final losses**, one row per run:
+//! `run, params, tokens, loss[, frozen, family]`; each row becomes a run of a single point, priced by
+//! [`CostModel::default`] (the study re-prices it), and the report fits `L(N)` and Chinchilla's `L(N, D)` on it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -539,7 +542,8 @@ pub fn read_runs_dir(root: impl AsRef<Path>) -> candle_core::Result<Vec<Run>> {
     Ok(runs)
 }
 
-/// Parse CSV text with columns `run, compute, loss[, params, tokens, frozen, family]` (see the
+/// Parse CSV text with columns `run, compute, loss[, params, tokens, frozen, family]`, or, without a `compute`
+/// column, a table `run, params, tokens, loss[, frozen, family]` of one row per run (see the
 /// [module documentation](self)). Returns one run per distinct `run` value, in order of first appearance.
 pub fn parse_csv(text: &str) -> candle_core::Result<Vec<Run>> {
     let mut lines = text
@@ -555,12 +559,18 @@ pub fn parse_csv(text: &str) -> candle_core::Result<Vec<Run>> {
         .collect();
     let idx = |names: &[&str]| cols.iter().position(|c| names.contains(&c.as_str()));
     let i_run = idx(&["run", "name"]).ok_or_else(|| Error::Data("csv: no `run` column".into()))?;
-    let i_c = idx(&["compute", "flops", "c"])
-        .ok_or_else(|| Error::Data("csv: no `compute` column".into()))?;
+    let i_c = idx(&["compute", "flops", "c"]);
     let i_l =
         idx(&["loss", "val_loss"]).ok_or_else(|| Error::Data("csv: no `loss` column".into()))?;
     let i_n = idx(&["params", "n_trainable", "n"]);
     let i_t = idx(&["tokens", "d"]);
+    if i_c.is_none() && (i_n.is_none() || i_t.is_none()) {
+        return Err(Error::Data(
+            "csv: no `compute` column, and no `params` and `tokens` columns to price the rows"
+                .into(),
+        )
+        .into());
+    }
     let i_f = idx(&["frozen", "n_frozen"]);
     let i_fam = idx(&["family"]);
     let mut order: Vec<String> = Vec::new();
@@ -589,7 +599,6 @@ pub fn parse_csv(text: &str) -> candle_core::Result<Vec<Run>> {
             })
         };
         let name = field(i_run)?.to_string();
-        let compute = parse(i_c, "compute")?;
         let loss = parse(i_l, "loss")?;
         let params = match i_n {
             Some(i) if !field(i)?.is_empty() => Some(parse(i, "params")?),
@@ -606,6 +615,18 @@ pub fn parse_csv(text: &str) -> candle_core::Result<Vec<Run>> {
         let family = match i_fam {
             Some(i) if !field(i)?.is_empty() => Some(Family::parse(field(i)?)),
             _ => None,
+        };
+        // A table row (no compute column) is priced at frozen cost 2/3; the study re-prices it per cost model.
+        let compute = match (i_c, params, tokens) {
+            (Some(i), _, _) => parse(i, "compute")?,
+            (None, Some(n), Some(t)) => CostModel::default().flops(n, frozen.unwrap_or(0.0), t),
+            (None, _, _) => {
+                return Err(Error::Data(format!(
+                    "csv line {}: no compute, and params or tokens missing",
+                    lineno + 1
+                ))
+                .into())
+            }
         };
         let run = runs.entry(name.clone()).or_insert_with(|| {
             order.push(name.clone());

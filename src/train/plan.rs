@@ -152,6 +152,7 @@ impl RunPlan {
         RunDir::check_free(&run_dir)?;
         let mut options = options(run_dir, cadence);
         options.micro_batch = ov.micro_batch;
+        options.seed = model.seed;
         options.preset = Some(p.name.clone());
         Ok(RunPlan {
             preset: p.name,
@@ -208,6 +209,7 @@ impl RunPlan {
         let mut options = options(run_dir, cadence);
         options.micro_batch = meta.micro_batch.or(ov.micro_batch);
         options.preset = meta.preset.clone();
+        options.seed = meta.sampler.seed;
         options.resume = true;
         Ok(RunPlan {
             preset: meta.preset.clone().unwrap_or_else(|| "?".into()),

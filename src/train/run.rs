@@ -38,6 +38,9 @@ pub struct TrainOptions {
     /// over the steps since the previous line. 1 (the default) logs every step; long runs use more to keep their
     /// logs small.
     pub log_every: u64,
+    /// Seed of a fresh run's batch sampler and dropout masks (a resumed run takes them from its checkpoint's
+    /// sampler state). The examples use the model's seed ([`GptConfig::seed`]).
+    pub seed: u64,
     /// Continue from the run folder's checkpoint. Without it, a run folder that holds anything is moved aside
     /// (`<run_dir>.1`, …) and the run starts afresh: nothing is ever deleted.
     pub resume: bool,
@@ -55,7 +58,7 @@ pub struct TrainOptions {
 }
 
 impl TrainOptions {
-    /// Defaults: evaluate every 100 steps on 64 windows, test on 256 windows, checkpoint every 100 steps,
+    /// Defaults: evaluate every 100 steps on 64 windows, test on 256 windows, checkpoint every 100 steps, seed 0,
     /// progress bar on.
     pub fn new(run_dir: impl Into<PathBuf>) -> Self {
         Self {
@@ -66,6 +69,7 @@ impl TrainOptions {
             test_windows: 256,
             checkpoint_every: 100,
             log_every: 1,
+            seed: 0,
             resume: false,
             progress: true,
             stop_at_step: None,

@@ -89,7 +89,7 @@ impl<'a> Trainer<'a> {
             },
         )?;
         let (mut sampler, mut step, mut tokens, mut elapsed_before) =
-            (BatchSampler::new(cfg.seed), 0, 0, 0.0);
+            (BatchSampler::new(opts.seed), 0, 0, 0.0);
         if opts.resume {
             let path = opts.run_dir.join(CHECKPOINT_FILE);
             let ckpt = load_checkpoint(&path, &device)?;
@@ -201,8 +201,7 @@ impl<'a> Trainer<'a> {
         // The rate for the tokens this step brings the total to (the first step of warmup is not wasted at 0).
         let lr = self.schedule.lr(self.tokens + spec.tokens_per_step());
         // Dropout masks depend only on (run seed, step, micro-batch): a resumed run draws the same ones.
-        let mode =
-            Mode::train(self.model.config().seed ^ self.step.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mode = Mode::train(self.sampler.seed ^ self.step.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let mut grads: Vec<Option<Tensor>> = vec![None; self.opt.params().len()];
         let mut loss_sum = 0f64;
         let (sync, device) = (self.opts.sync_phases, &self.device);
