@@ -1,26 +1,38 @@
-//! Benchmark of the Walsh-Hadamard transform: prints Markdown tables for the README.
+//! Benchmark of the Walsh-Hadamard transform: prints Markdown tables (`docs/fwht-bench.md` keeps measured ones).
 //!
-//! * one thread, ns per element, for each instruction set this CPU has, f32 and f64, against the published FFHT
-//!   figures (in-place repeated transforms of a hot buffer aligned to a cache line, as FFHT measures; median of many
-//!   repetitions), and the best instruction set on a row 16 bytes past a cache line (a large `Vec`'s usual start);
-//!   and the candle op on a `(1, n)` tensor (a new output per call);
+//! * against FFHT, its peer, built from its C sources in this run (see `peers/ffht.rs`; `benches/get_ffht.sh` fetches
+//!   them from PyPI): one thread, in-place repeated transforms of a hot row aligned to a cache line (as FFHT's own
+//!   benchmark measures), f32 and f64, the two timed side by side (each sample runs both in turn); the ratio is the
+//!   crate's time over FFHT's, median over the samples. Without the sources the crate's columns are shown alone;
+//! * one thread, ns per element, for each instruction set this CPU has, f32 and f64, and the best instruction set on
+//!   a row 16 bytes past a cache line (a large `Vec`'s usual start); and the candle op on a `(1, n)` tensor (a new
+//!   output per call);
 //! * batches of rows: speed-up of rayon's global pool (called from the main thread) and of a 2-thread pool (called
 //!   from inside it) over one thread;
 //! * the candle op against candle's dense matmul by `H_n` (256 × n, f32, all threads).
 //!
 //! ```text
-//! cargo run --release --example fwht_bench              # everything (about a minute)
+//! benches/get_ffht.sh                                   # once: FFHT's sources into target/ffht-src
+//! taskset -c 1 cargo run --release --example fwht_bench              # everything (a few minutes)
+//! taskset -c 1 cargo run --release --example fwht_bench -- --only ffht --min-log2 6   # against FFHT only
 //! cargo run --release --example fwht_bench -- --quick   # fewer repetitions
 //! cargo run --release --example fwht_bench -- --min-log2 4 --max-log2 22   # fewer rows
 //! cargo run --release --example fwht_bench -- --fastest --samples 101 --only f32   # fastest sample, one table
 //! cargo run --release --example fwht_bench -- --only batch   # only the batch table
 //! ```
 use candle_core::{Device, Tensor};
-use candle_structured::fwht::{fwht_rows_inplace, fwht_rows_inplace_with, FwhtFloat, Isa};
+use candle_structured::fwht::{
+    fwht_inplace, fwht_rows_inplace, fwht_rows_inplace_with, FwhtFloat, Isa,
+};
 use candle_structured::{hadamard_transform, hadamard_transform_ref};
 use clap::Parser;
 use std::hint::black_box;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+#[path = "peers/ffht.rs"]
+mod ffht;
+use ffht::{Ffht, FfhtFloat};
 
 #[derive(Parser)]
 #[command(about = "Walsh-Hadamard transform benchmark (Markdown tables)")]
@@ -28,16 +40,17 @@ struct Args {
     /// Fewer and shorter repetitions.
     #[arg(long)]
     quick: bool,
-    /// Smallest log2(n) of the one-thread table.
+    /// Smallest log2(n) of the one-thread tables.
     #[arg(long, default_value_t = 1)]
     min_log2: u32,
-    /// Largest log2(n) of the one-thread table.
+    /// Largest log2(n) of the one-thread tables.
     #[arg(long, default_value_t = 22)]
     max_log2: u32,
     /// Skip the dense-matmul comparison (slow).
     #[arg(long)]
     no_dense: bool,
-    /// Only the one-thread table for this dtype (f32 or f64), or only the batch table (batch).
+    /// Only the tables against FFHT (ffht), the one-thread table for one dtype (f32 or f64), or the batch table
+    /// (batch).
     #[arg(long)]
     only: Option<String>,
     /// One-thread table: report the fastest sample instead of the median (less sensitive to other processes on a
@@ -47,21 +60,14 @@ struct Args {
     /// Samples per one-thread measurement (default 41, 11 with --quick).
     #[arg(long)]
     samples: Option<usize>,
+    /// Folder of FFHT's sources (`fht.c`, `fast_copy.c`, or a folder above them); else `FFHT_SRC`, else
+    /// `target/ffht-src` in the repository, else `/tmp/ffht-src`.
+    #[arg(long)]
+    ffht_src: Option<PathBuf>,
 }
 
 /// Set by `--fastest`: [`median_time`] returns the fastest sample instead of the median.
 static FASTEST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// FFHT (AVX, one thread) in ns per element, from the issue: (log2 n, f32, f64).
-const FFHT: [(u32, Option<f64>, Option<f64>); 7] = [
-    (6, Some(0.386), None),
-    (8, Some(0.332), None),
-    (10, Some(0.378), Some(0.585)),
-    (12, Some(0.395), None),
-    (14, Some(0.441), Some(0.816)),
-    (16, Some(0.499), None),
-    (18, Some(0.534), Some(0.981)),
-];
 
 /// Median over `samples` of the time of one call of `f` (each sample times `reps` calls, `reps` chosen so that a
 /// sample lasts about `target`), in seconds, without rounding to whole nanoseconds.
@@ -104,8 +110,6 @@ fn random<T: From<f32>>(len: usize, seed: u64) -> Vec<T> {
         .collect()
 }
 
-/// ns per element of one in-place transform of a hot row of `2^log2` elements, on this thread, starting `skew` bytes
-/// past a cache line (FFHT's benchmark aligns its buffer with `posix_memalign`; a large `Vec` from the system
 /// ns per element of the candle op on a `(1, 2^log2)` tensor, on this thread: a new output tensor per call (as a
 /// user of `hadamard_transform` pays it), the row transformed from the input into it.
 fn op_ns_per_element<T: FwhtFloat + From<f32> + candle_core::WithDType>(
@@ -122,6 +126,8 @@ fn op_ns_per_element<T: FwhtFloat + From<f32> + candle_core::WithDType>(
     t * 1e9 / n as f64
 }
 
+/// ns per element of one in-place transform of a hot row of `2^log2` elements, on this thread, starting `skew` bytes
+/// past a cache line (FFHT's benchmark aligns its buffer with `posix_memalign`; a large `Vec` from the system
 /// allocator starts 16 bytes past one).
 fn ns_per_element<T: FwhtFloat + From<f32>>(
     isa: Isa,
@@ -154,17 +160,16 @@ fn one_thread_table<T: FwhtFloat + From<f32> + candle_core::WithDType>(
     f64: From<T>,
 {
     let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.is_available()).collect();
-    let is_f32 = name == "f32";
     print!("| n ({name}) |");
     for isa in &isas {
         print!(" {isa:?} |");
     }
-    println!(" FFHT | best / FFHT | best, row 16 B past a line | candle op, 1 × n tensor |");
+    println!(" best, row 16 B past a line | candle op, 1 × n tensor |");
     print!("|---|");
     for _ in &isas {
         print!("---:|");
     }
-    println!("---:|---:|---:|---:|");
+    println!("---:|---:|");
     for log2 in args.min_log2..=args.max_log2 {
         let times: Vec<f64> = isas
             .iter()
@@ -176,34 +181,124 @@ fn one_thread_table<T: FwhtFloat + From<f32> + candle_core::WithDType>(
         for t in &times {
             print!(" {t:.3} |");
         }
-        let best = times.iter().cloned().fold(f64::INFINITY, f64::min);
-        let ffht = FFHT
-            .iter()
-            .find(|f| f.0 == log2)
-            .and_then(|f| if is_f32 { f.1 } else { f.2 });
-        match ffht {
-            Some(f) => print!(" {f:.3} | {:.2}× |", best / f),
-            None => print!(" — | — |"),
-        }
         println!(" {skewed:.3} | {op:.3} |");
     }
     println!();
 }
 
-/// Times several ways of doing the same work side by side: each sample runs every mode in turn (`reps` calls each,
-/// about 5 ms), so that a change in the machine's speed (this VM's neighbours) hits all modes alike. Returns, per
+/// A hot row of `n` elements on a 64-byte boundary (FFHT's benchmark allocates with `posix_memalign(…, 64, …)`),
+/// inside `buf`.
+fn aligned_row<T>(buf: &mut [T], n: usize) -> &mut [T] {
+    let size = std::mem::size_of::<T>();
+    let start = (64 - buf.as_ptr() as usize % 64) % 64 / size;
+    &mut buf[start..start + n]
+}
+
+/// The crate against FFHT, one thread, side by side: [`fwht_inplace`] with scale 1 (FFHT's work: both compute the
+/// unnormalised `x · H_n`) and with the orthonormal scale `1/√n` (one multiply more per element, merged into the
+/// last pass), each on its own 64-byte-aligned row, transformed again and again in place. Values grow by `√n` per
+/// unnormalised call, to infinity and then NaN; neither costs extra time in SSE/AVX arithmetic (only subnormals
+/// would, and growing values never are).
+fn ffht_table<T: FwhtFloat + FfhtFloat + From<f32>>(
+    name: &str,
+    lib: Option<&Ffht>,
+    args: &Args,
+    samples: usize,
+    target: Duration,
+) {
+    let size = std::mem::size_of::<T>();
+    match lib {
+        Some(_) => {
+            println!("| n ({name}) | crate, scale 1 | FFHT | crate / FFHT | crate, scale 1/√n | crate (1/√n) / FFHT |");
+            println!("|---|---:|---:|---:|---:|---:|");
+        }
+        None => {
+            println!("| n ({name}) | crate, scale 1 | crate, scale 1/√n |");
+            println!("|---|---:|---:|");
+        }
+    }
+    for log2 in args.min_log2.max(1)..=args.max_log2 {
+        let n = 1usize << log2;
+        let scale = T::from(1.0 / (n as f32).sqrt());
+        let bufs: Vec<std::cell::RefCell<Vec<T>>> = (0..3)
+            .map(|i| std::cell::RefCell::new(random::<T>(n + 64 / size, 7 + log2 as u64 + i)))
+            .collect();
+        let crate_run = |b: &std::cell::RefCell<Vec<T>>, s: T, reps: u32| {
+            let mut b = b.borrow_mut();
+            let x = aligned_row(&mut b, n);
+            for _ in 0..reps {
+                fwht_inplace(black_box(&mut *x), s).unwrap();
+            }
+        };
+        let mut unscaled = |reps| crate_run(&bufs[0], T::from(1.0), reps);
+        let mut scaled = |reps| crate_run(&bufs[1], scale, reps);
+        match lib {
+            Some(lib) => {
+                let mut peer = |reps| {
+                    let mut b = bufs[2].borrow_mut();
+                    let x = aligned_row(&mut b, n);
+                    for _ in 0..reps {
+                        assert!(T::fht(lib, black_box(&mut *x)), "FFHT refused n = 2^{log2}");
+                    }
+                };
+                let r = interleaved(
+                    samples,
+                    n,
+                    target,
+                    &mut [&mut peer, &mut unscaled, &mut scaled],
+                );
+                println!(
+                    "| 2^{log2} | {:.3} | {:.3} | {:.2}× | {:.3} | {:.2}× |",
+                    r[1].0,
+                    r[0].0,
+                    1.0 / r[1].1,
+                    r[2].0,
+                    1.0 / r[2].1
+                );
+            }
+            None => {
+                let r = interleaved(samples, n, target, &mut [&mut unscaled, &mut scaled]);
+                println!("| 2^{log2} | {:.3} | {:.3} |", r[0].0, r[1].0);
+            }
+        }
+    }
+    println!();
+}
+
+/// Times several ways of doing the same work side by side: each sample runs every mode in turn, in alternating order
+/// (one untimed call, so that its data is hot again after the other modes ran, then `reps` timed calls, about
+/// `target`), so that a change in the machine's speed (this VM's neighbours) hits all modes alike. Returns, per
 /// mode, the median ns per element and the median over samples of mode 0's time divided by this mode's (the
-/// speed-up, from times taken a few ms apart).
-fn interleaved(samples: usize, elems: usize, modes: &mut [&mut dyn FnMut(u32)]) -> Vec<(f64, f64)> {
+/// speed-up, from times taken a few ms apart); with `--fastest`, the fastest sample of each mode and the ratio of
+/// those (on a loaded machine most samples are interrupted, the fastest ones are not).
+fn interleaved(
+    samples: usize,
+    elems: usize,
+    target: Duration,
+    modes: &mut [&mut dyn FnMut(u32)],
+) -> Vec<(f64, f64)> {
     for m in modes.iter_mut() {
         m(2);
     }
-    let t = Instant::now();
-    modes[0](1);
-    let reps = (0.005 / t.elapsed().as_secs_f64()).clamp(1.0, 1e6) as u32;
+    // Calibrate on mode 0: double the repetitions until they last a quarter of the target.
+    let mut reps = 1u32;
+    loop {
+        let t = Instant::now();
+        modes[0](reps);
+        let e = t.elapsed().as_secs_f64();
+        if e >= target.as_secs_f64() / 4.0 || reps >= 1 << 20 {
+            reps = ((reps as f64) * target.as_secs_f64() / e.max(1e-9)).clamp(1.0, 1e6) as u32;
+            break;
+        }
+        reps *= 2;
+    }
     let mut walls = vec![Vec::with_capacity(samples); modes.len()];
-    for _ in 0..samples {
-        for (i, m) in modes.iter_mut().enumerate() {
+    for s in 0..samples {
+        let count = modes.len();
+        for j in 0..count {
+            let i = if s % 2 == 0 { j } else { count - 1 - j };
+            let m = &mut modes[i];
+            m(1);
             let t = Instant::now();
             m(reps);
             walls[i].push(t.elapsed().as_secs_f64() * 1e9 / (reps as f64 * elems as f64));
@@ -213,10 +308,16 @@ fn interleaved(samples: usize, elems: usize, modes: &mut [&mut dyn FnMut(u32)]) 
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
+    let fastest = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
     (0..modes.len())
         .map(|i| {
-            let ratios: Vec<f64> = walls[0].iter().zip(&walls[i]).map(|(a, b)| a / b).collect();
-            (median(walls[i].clone()), median(ratios))
+            if FASTEST.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = fastest(&walls[i]);
+                (t, fastest(&walls[0]) / t)
+            } else {
+                let ratios: Vec<f64> = walls[0].iter().zip(&walls[i]).map(|(a, b)| a / b).collect();
+                (median(walls[i].clone()), median(ratios))
+            }
         })
         .collect()
 }
@@ -269,6 +370,7 @@ fn batch_table(samples: usize) {
         let r = interleaved(
             samples,
             rows * n,
+            Duration::from_millis(5),
             &mut [&mut serial, &mut helpers, &mut pooled],
         );
         println!(
@@ -332,11 +434,28 @@ fn main() -> candle_core::Result<()> {
         Isa::detect(),
         if args.fastest { "fastest" } else { "median" }
     );
+    let ffht_tables = |samples: usize| {
+        // Samples of about 1 ms: short enough that many of them run between two preemptions on a loaded machine.
+        let target = Duration::from_millis(1);
+        let lib = Ffht::find(args.ffht_src.as_deref()).and_then(|src| Ffht::build(&src));
+        match &lib {
+            Ok(lib) => println!("FFHT built in this run: {}.\n", lib.build),
+            Err(e) => println!(
+                "FFHT not available ({e}): the crate's columns alone. {}.\n",
+                ffht::HOW_TO_GET
+            ),
+        }
+        let lib = lib.ok();
+        pool.install(|| ffht_table::<f32>("f32", lib.as_ref(), &args, samples, target));
+        pool.install(|| ffht_table::<f64>("f64", lib.as_ref(), &args, samples, target));
+    };
     match args.only.as_deref() {
+        Some("ffht") => ffht_tables(samples),
         Some("f64") => pool.install(|| one_thread_table::<f64>("f64", &args, samples, target)),
         Some("batch") => batch_table(samples),
         Some(_) => pool.install(|| one_thread_table::<f32>("f32", &args, samples, target)),
         None => {
+            ffht_tables(samples.min(21));
             pool.install(|| one_thread_table::<f32>("f32", &args, samples, target));
             pool.install(|| one_thread_table::<f64>("f64", &args, samples, target));
             batch_table(samples.min(21));

@@ -1,4 +1,4 @@
-//! Training-step throughput of the issue's GPT models on the CPU, beside PyTorch eager.
+//! Training-step throughput of the issue's GPT models on the CPU, beside PyTorch eager measured in the same sitting.
 //!
 //! Times full training steps (forward, backward, global-norm clipping, AdamW) of pre-LN GPTs with rotary attention
 //! (head dim 32), a 4·d GELU MLP, dropout 0.1, an untied head, vocabulary 4096, context 256, batch 16, fp32 and
@@ -6,12 +6,16 @@
 //! (median of the timed steps, with min–max), for 2 threads and for 1 thread.
 //!
 //! The thread count of candle's CPU backend (rayon's global pool and gemm's parallelism) is read once from
-//! `RAYON_NUM_THREADS`, so the benchmark re-runs itself as a child process per thread count.
+//! `RAYON_NUM_THREADS`, so the benchmark re-runs itself as a child process per thread count. After each thread
+//! count it runs PyTorch's twin, `benches/torch_cpu_train.py` (same models, step and measurement), with the same
+//! threads, configs and steps, when the Python interpreter (`--python`, default `python3`) can import torch, and prints
+//! both side by side; without torch it says so and prints the crate's figures alone.
 //!
 //! ```text
 //! cargo run --release --example train_bench                       # all configs, 2 and 1 threads
 //! cargo run --release --example train_bench -- --threads 2 --configs 3x128 --steps 5
 //! cargo run --release --example train_bench -- --slow             # the slow twins, for comparison
+//! cargo run --release --example train_bench -- --python /tmp/torchenv/bin/python   # PyTorch from a venv
 //! ```
 
 use anyhow::{bail, Context, Result};
@@ -27,14 +31,6 @@ mod common;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// PyTorch 2.15 eager on this machine, same models (issue 7): tokens/s at (2 threads, 1 thread).
-const PYTORCH: [((usize, usize), (f64, f64)); 4] = [
-    ((3, 128), (9350.0, 5560.0)),
-    ((6, 128), (5680.0, 3480.0)),
-    ((12, 128), (3230.0, 2040.0)),
-    ((4, 256), (4110.0, 2440.0)),
-];
 
 #[derive(Parser, Debug)]
 #[command(about = "Training-step throughput (tokens/s) of the issue-7 GPT configs")]
@@ -65,6 +61,13 @@ struct Args {
     /// Print the forward / backward / optimiser split of each step.
     #[arg(long)]
     split: bool,
+    /// Python interpreter for PyTorch's twin (`benches/torch_cpu_train.py`), run after each thread count when it
+    /// can import torch.
+    #[arg(long, default_value = "python3")]
+    python: String,
+    /// Skip PyTorch's twin.
+    #[arg(long)]
+    no_torch: bool,
     /// Internal: run in this process (the parent sets RAYON_NUM_THREADS and passes this).
     #[arg(long, hide = true)]
     child: bool,
@@ -486,15 +489,8 @@ fn report(
     last_loss: f32,
 ) {
     let (med, lo, hi) = stats(tps);
-    let torch = PYTORCH
-        .iter()
-        .find(|(c, _)| *c == (layers, d))
-        .map(|(_, t)| if threads == 1 { t.1 } else { t.0 });
-    let ratio = torch
-        .map(|t| format!("{:.2}x PyTorch ({t:.0})", med / t))
-        .unwrap_or_default();
     println!(
-        "threads {threads}  {layers:>2}x{d:<3}  {med:>8.0} tok/s  (min {lo:.0}, max {hi:.0}, {} steps)  {ratio}  loss {last_loss:.3}",
+        "threads {threads}  {layers:>2}x{d:<3}  {med:>8.0} tok/s  (min {lo:.0}, max {hi:.0}, {} steps)  loss {last_loss:.3}",
         args.steps
     );
     if let Some(cpu) = cpu {
@@ -544,6 +540,20 @@ fn main() -> Result<()> {
         args.warmup,
         args.steps
     );
+    let torch = if args.no_torch {
+        None
+    } else {
+        torch_version(&args.python)
+    };
+    match &torch {
+        Some(v) => println!("PyTorch {v} ({}) runs benches/torch_cpu_train.py after each thread count", args.python),
+        None if args.no_torch => println!("PyTorch skipped (--no-torch)"),
+        None => println!(
+            "PyTorch not found (`{} -c 'import torch'` failed): the crate's figures alone; pass --python PATH to an \
+             interpreter with torch (e.g. a venv: python3 -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch)",
+            args.python
+        ),
+    }
     for &t in &args.threads {
         let mut cmd = std::process::Command::new(&exe);
         common::set_runtime_env(&mut cmd);
@@ -562,10 +572,67 @@ fn main() -> Result<()> {
         if args.split {
             cmd.arg("--split");
         }
-        let status = cmd.status()?;
-        if !status.success() {
-            bail!("benchmark child with {t} threads failed: {status}");
+        let ours = run_and_collect(cmd, 2)?;
+        if torch.is_none() {
+            continue;
+        }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/torch_cpu_train.py");
+        let mut py = std::process::Command::new(&args.python);
+        py.arg(script)
+            .arg("--threads")
+            .arg(t.to_string())
+            .arg("--configs")
+            .arg(args.configs.join(","))
+            .arg("--steps")
+            .arg(args.steps.to_string())
+            .arg("--warmup")
+            .arg(args.warmup.to_string());
+        let theirs = run_and_collect(py, 4)?;
+        println!("| threads | config | ours, tok/s | PyTorch, tok/s | ours / PyTorch |");
+        println!("|---:|---|---:|---:|---:|");
+        for (cfg, mine) in &ours {
+            if let Some((_, py)) = theirs.iter().find(|(c, _)| c == cfg) {
+                println!("| {t} | {cfg} | {mine:.0} | {py:.0} | {:.2} |", mine / py);
+            }
         }
     }
     Ok(())
+}
+
+/// The version of torch that `python` imports, if it does.
+fn torch_version(python: &str) -> Option<String> {
+    let out = std::process::Command::new(python)
+        .args(["-c", "import torch; print(torch.__version__)"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Runs `cmd`, echoing its output, and collects `(config, tokens/s)` from its result lines (`… LxD  T tok/s …`,
+/// the config being the token at `at` and the tokens/s the next one).
+fn run_and_collect(mut cmd: std::process::Command, at: usize) -> Result<Vec<(String, f64)>> {
+    use std::io::BufRead;
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn()?;
+    let mut found = Vec::new();
+    let stdout = child.stdout.take().context("child stdout")?;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.get(at + 2) == Some(&"tok/s") {
+            if let (Some(cfg), Some(Ok(tps))) =
+                (words.get(at), words.get(at + 1).map(|w| w.parse()))
+            {
+                found.push((cfg.to_string(), tps));
+            }
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(found)
 }

@@ -621,10 +621,10 @@ pub struct Preset {
     pub train: TrainSpec,
 }
 
-/// Default token budget of the CPU presets, 3,072 steps of 4 × 256 tokens (3.1M tokens): what `d64x2-cpu`, the
+/// Default token budget of the CPU presets, 2,560 steps of 4 × 256 tokens (2.6M tokens): what `d64x2-cpu`, the
 /// main job of `train_small`, trains on in about four minutes on two cores, so that the whole job (a fresh build
 /// included) takes under ten. Studies set their own budgets (`train::sweep`).
-pub const CPU_TOKENS: u64 = 3072 * 1024;
+pub const CPU_TOKENS: u64 = 2560 * 1024;
 
 fn paper_train(lr: f64, decay_tokens: u64) -> TrainSpec {
     TrainSpec {

@@ -21,31 +21,41 @@ pub enum Isa {
     Portable = 0,
     /// x86-64 AVX2 + FMA (256-bit registers).
     Avx2 = 1,
-    /// x86-64 AVX-512F (512-bit registers). Rows of up to 128 f32 or 64 f64 elements run the straight-line AVX2
-    /// kernels, which are faster there on AMD Zen 4 (where 512-bit operations are split into two 256-bit halves).
-    Avx512 = 2,
+    /// x86-64 AVX-512F (512-bit registers), tuned for CPUs that split 512-bit operations into two 256-bit halves
+    /// (AMD Zen 4 and earlier): rows of up to 128 f32 or 64 f64 elements run the straight-line AVX2 kernels, and
+    /// passes at strides of 4 KiB or more hold at most 8 registers.
+    Avx512Split = 2,
+    /// x86-64 AVX-512F on CPUs that run 512-bit operations at full width: the short rows that fill all 16 AVX2
+    /// registers (128 f32 or 64 f64 elements) run a straight-line AVX-512 kernel (8 registers), shorter ones the
+    /// AVX2 kernels, and passes at strides of 4 KiB or more hold up to 32 registers (one pass instead of two for the last 4–5
+    /// stages of the longest rows, one sweep less through L3 or memory).
+    Avx512 = 3,
 }
 
 impl Isa {
     /// Every instruction set, from the most portable to the widest.
-    pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2, Isa::Avx512];
+    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2, Isa::Avx512Split, Isa::Avx512];
 
-    /// Whether this CPU can run kernels for `self` (detected once, then cached).
+    /// Whether this CPU can run kernels for `self` (detected once, then cached). Both AVX-512 variants run on any
+    /// CPU with AVX-512F; [`Isa::detect`] picks the one tuned for it.
     pub fn is_available(self) -> bool {
         match self {
             Isa::Portable => true,
             Isa::Avx2 => Isa::detect() != Isa::Portable,
-            Isa::Avx512 => Isa::detect() == Isa::Avx512,
+            Isa::Avx512Split | Isa::Avx512 => {
+                matches!(Isa::detect(), Isa::Avx512Split | Isa::Avx512)
+            }
         }
     }
 
-    /// The widest instruction set this CPU supports (detected once, then cached).
+    /// The widest instruction set this CPU supports, in the variant tuned for it (detected once, then cached).
     pub fn detect() -> Isa {
         static DETECTED: AtomicU8 = AtomicU8::new(u8::MAX);
         match DETECTED.load(Ordering::Relaxed) {
             0 => Isa::Portable,
             1 => Isa::Avx2,
-            2 => Isa::Avx512,
+            2 => Isa::Avx512Split,
+            3 => Isa::Avx512,
             _ => {
                 let isa = Isa::probe();
                 DETECTED.store(isa as u8, Ordering::Relaxed);
@@ -61,7 +71,11 @@ impl Isa {
             let avx2 =
                 std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
             if avx2 && std::is_x86_feature_detected!("avx512f") {
-                return Isa::Avx512;
+                return if splits_512_bit_ops() {
+                    Isa::Avx512Split
+                } else {
+                    Isa::Avx512
+                };
             }
             if avx2 {
                 return Isa::Avx2;
@@ -69,6 +83,19 @@ impl Isa {
         }
         Isa::Portable
     }
+}
+
+/// Whether this CPU executes 512-bit operations as two 256-bit halves: AMD processors up to family 19h (Zen 4);
+/// Intel's and AMD's later cores run them at full width.
+#[cfg(target_arch = "x86_64")]
+fn splits_512_bit_ops() -> bool {
+    use std::arch::x86_64::__cpuid;
+    // SAFETY: CPUID leaves 0 and 1 exist on every x86-64 CPU (`__cpuid` is a safe function from Rust 1.94 on).
+    #[allow(unused_unsafe)]
+    let (vendor, signature) = unsafe { (__cpuid(0), __cpuid(1).eax) };
+    let amd = (vendor.ebx, vendor.edx, vendor.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163); // "AuthenticAMD"
+    let family = ((signature >> 8) & 0xf) + ((signature >> 20) & 0xff);
+    amd && family <= 0x19
 }
 
 /// An [`Isa`] checked to be available on this CPU; only this crate can make one.
@@ -120,7 +147,7 @@ mod sealed {
 }
 
 macro_rules! impl_fwht_float {
-    ($t:ty, $avx2:ident, $avx512:ident, $small:ident, $min512:literal) => {
+    ($t:ty, $avx2:ident, $avx512:ident, $small:ident, $small512:ident, $min512:literal) => {
         impl FwhtFloat for $t {
             #[inline]
             unsafe fn transform_raw(
@@ -133,19 +160,27 @@ macro_rules! impl_fwht_float {
                 #[cfg(target_arch = "x86_64")]
                 if isa.0 != Isa::Portable && n > 4 {
                     // SAFETY: `Available` guarantees the CPU has the instruction set (AVX-512 implies AVX2 + FMA
-                    // here); the short-row kernel does nothing and returns false for lengths it does not cover,
+                    // here); the short-row kernels do nothing and return false for lengths they do not cover,
                     // and the others handle any power-of-two length of at least their lane count (8 f32, 4 f64);
                     // the caller guarantees the pointers.
                     unsafe {
-                        // Short rows: one straight-line AVX2 kernel per length (faster than AVX-512 there).
+                        // Short rows: one straight-line kernel per length, AVX2 (faster than split AVX-512), or
+                        // AVX-512 for the rows that fill all 16 AVX2 registers where 512-bit operations run at
+                        // full width.
+                        if isa.0 == Isa::Avx512 && super::simd::$small512(src, dst, n, scale) {
+                            return;
+                        }
                         if super::simd::$small(src, dst, n, scale) {
                             return;
                         }
-                        // Measured on Zen 4: below `$min512` elements the 256-bit kernel is faster.
-                        if isa.0 == Isa::Avx512 && n >= $min512 {
-                            return super::simd::$avx512(src, dst, n, scale);
+                        match isa.0 {
+                            Isa::Avx512 => return super::simd::$avx512(src, dst, n, scale, true),
+                            // Split 512-bit operations: below `$min512` elements the 256-bit kernel is faster.
+                            Isa::Avx512Split if n >= $min512 => {
+                                return super::simd::$avx512(src, dst, n, scale, false)
+                            }
+                            _ => return super::simd::$avx2(src, dst, n, scale),
                         }
-                        return super::simd::$avx2(src, dst, n, scale);
                     }
                 }
                 let _ = isa.0;
@@ -165,8 +200,22 @@ macro_rules! impl_fwht_float {
         }
     };
 }
-impl_fwht_float!(f32, f32_avx2, f32_avx512, f32_small_avx2, 128);
-impl_fwht_float!(f64, f64_avx2, f64_avx512, f64_small_avx2, 64);
+impl_fwht_float!(
+    f32,
+    f32_avx2,
+    f32_avx512,
+    f32_small_avx2,
+    f32_small_avx512,
+    128
+);
+impl_fwht_float!(
+    f64,
+    f64_avx2,
+    f64_avx512,
+    f64_small_avx2,
+    f64_small_avx512,
+    64
+);
 
 /// Rows of 1, 2 or 4 elements (shorter than a SIMD register), unrolled; the portable kernel's additions in its
 /// order, then the scale.

@@ -15,7 +15,8 @@
 //!    longer than L2 are first transformed that way in L2-sized blocks, so only the last stages sweep the whole row;
 //! 4. the scale is multiplied into the values of the last pass before they are stored;
 //! 5. rows of up to 16 AVX2 registers skip all of that: [`small`] is one straight-line kernel per length, written
-//!    for latency (a repeated transform of a hot short row is a single dependency chain).
+//!    for latency (a repeated transform of a hot short row is a single dependency chain); where 512-bit operations
+//!    run at full width, the rows that fill all 16 AVX2 registers use 8 AVX-512 ones instead.
 //!
 //! Each stage performs the same additions, in the same order, as the portable kernel, so results agree bit for bit.
 
@@ -40,8 +41,8 @@ pub(super) trait Vector: Copy {
     unsafe fn inreg(self) -> Self;
     /// [`Vector::inreg`] with a shorter dependency chain (for short rows, where the latency of one call is what
     /// counts): each stage adds the permuted register to the register with its sign bits flipped where bit `s` of
-    /// the lane index is set, the flip running beside the permutation. Only the AVX2 types, which run the short
-    /// rows, override it.
+    /// the lane index is set, the flip running beside the permutation. The types that run short rows override
+    /// it.
     #[inline(always)]
     unsafe fn inreg_short(self) -> Self {
         self.inreg()
@@ -226,6 +227,24 @@ impl Vector for F32x16 {
         let x = _mm512_fmadd_ps(x, s8, _mm512_shuffle_f32x4(x, x, 0b0100_1110));
         F32x16(x)
     }
+    #[inline(always)]
+    unsafe fn inreg_short(self) -> Self {
+        // Sign flips as integer XORs (AVX-512F has no floating-point XOR without DQ).
+        let flip = |x: __m512, m: __m512i| {
+            _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(x), m))
+        };
+        let n = i32::MIN;
+        let x = self.0;
+        let m1 = _mm512_setr_epi32(0, n, 0, n, 0, n, 0, n, 0, n, 0, n, 0, n, 0, n);
+        let x = _mm512_add_ps(_mm512_permute_ps(x, 0b1011_0001), flip(x, m1));
+        let m2 = _mm512_setr_epi32(0, 0, n, n, 0, 0, n, n, 0, 0, n, n, 0, 0, n, n);
+        let x = _mm512_add_ps(_mm512_permute_ps(x, 0b0100_1110), flip(x, m2));
+        let m4 = _mm512_setr_epi32(0, 0, 0, 0, n, n, n, n, 0, 0, 0, 0, n, n, n, n);
+        let x = _mm512_add_ps(_mm512_shuffle_f32x4(x, x, 0b1011_0001), flip(x, m4));
+        let m8 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, n, n, n, n, n, n, n, n);
+        let x = _mm512_add_ps(_mm512_shuffle_f32x4(x, x, 0b0100_1110), flip(x, m8));
+        F32x16(x)
+    }
 }
 
 impl Vector for F64x8 {
@@ -270,6 +289,21 @@ impl Vector for F64x8 {
         let x = _mm512_fmadd_pd(x, s2, _mm512_shuffle_f64x2(x, x, 0b1011_0001));
         let s4 = _mm512_setr_pd(1., 1., 1., 1., -1., -1., -1., -1.);
         let x = _mm512_fmadd_pd(x, s4, _mm512_shuffle_f64x2(x, x, 0b0100_1110));
+        F64x8(x)
+    }
+    #[inline(always)]
+    unsafe fn inreg_short(self) -> Self {
+        let flip = |x: __m512d, m: __m512i| {
+            _mm512_castsi512_pd(_mm512_xor_si512(_mm512_castpd_si512(x), m))
+        };
+        let n = i64::MIN;
+        let x = self.0;
+        let m1 = _mm512_setr_epi64(0, n, 0, n, 0, n, 0, n);
+        let x = _mm512_add_pd(_mm512_permute_pd(x, 0b0101_0101), flip(x, m1));
+        let m2 = _mm512_setr_epi64(0, 0, n, n, 0, 0, n, n);
+        let x = _mm512_add_pd(_mm512_shuffle_f64x2(x, x, 0b1011_0001), flip(x, m2));
+        let m4 = _mm512_setr_epi64(0, 0, 0, 0, n, n, n, n);
+        let x = _mm512_add_pd(_mm512_shuffle_f64x2(x, x, 0b0100_1110), flip(x, m4));
         F64x8(x)
     }
 }
@@ -367,7 +401,7 @@ impl<E> Route<E> {
     }
 }
 
-/// Runs [`pass`] with `N = 2^radix` (0 ≤ radix ≤ 4).
+/// Runs [`pass`] with `N = 2^radix` (0 ≤ radix ≤ 5).
 #[inline(always)]
 unsafe fn run_pass<V: Vector>(
     radix: u32,
@@ -392,35 +426,35 @@ unsafe fn run_pass<V: Vector>(
         1 => go!(2),
         2 => go!(4),
         3 => go!(8),
-        _ => go!(16),
+        4 => go!(16),
+        _ => go!(32),
     }
 }
 
-/// How many passes [`passes`] makes for `stages` stages starting at a stride of `h` vectors: at most `rmax` stages
-/// each, and at most 3 when the stride is 4 KiB or more (such vectors share one set of the 8-way L1; holding 16 of
-/// them was up to 3× slower).
+/// How many passes [`passes`] makes for `stages` stages starting at a stride of `h` vectors: at most `plan.rmax`
+/// stages each, and at most `plan.far_rmax` when the stride is 4 KiB or more (such vectors share one set of the L1).
 #[inline(always)]
-fn pass_count<V: Vector>(h: usize, stages: u32, rmax: u32) -> u32 {
+fn pass_count<V: Vector>(h: usize, stages: u32, plan: Plan) -> u32 {
     let rmax = if (h << V::LOG) * std::mem::size_of::<V::E>() >= 4096 {
-        rmax.min(3)
+        plan.far_rmax
     } else {
-        rmax
+        plan.rmax
     };
     stages.div_ceil(rmax)
 }
 
-/// Cross-register stages, `stages ≥ 1` of them, starting at a stride of `h` vectors, in passes of at most `rmax`
-/// stages (as even as possible) along `route`; the last pass applies `scale`.
+/// Cross-register stages, `stages ≥ 1` of them, starting at a stride of `h` vectors, in passes of at most
+/// [`pass_count`] stages (as even as possible) along `route`; the last pass applies `scale`.
 #[inline(always)]
 unsafe fn passes<V: Vector>(
     route: Route<V::E>,
     nvec: usize,
     mut h: usize,
     stages: u32,
-    rmax: u32,
+    plan: Plan,
     scale: Option<V>,
 ) {
-    let count = pass_count::<V>(h, stages, rmax);
+    let count = pass_count::<V>(h, stages, plan);
     let (base, extra) = (stages / count, stages % count);
     for i in 0..count {
         let r = base + u32::from(i < extra);
@@ -433,10 +467,10 @@ unsafe fn passes<V: Vector>(
 /// The whole transform of `2^k` elements (`k ≥ V::LOG`) along `route`, with the data kept within one level of
 /// cache: a first pass with the in-register stages, then radix passes.
 #[inline(always)]
-unsafe fn in_cache<V: Vector>(route: Route<V::E>, k: u32, rmax: u32, scale: Option<V>) {
+unsafe fn in_cache<V: Vector>(route: Route<V::E>, k: u32, plan: Plan, scale: Option<V>) {
     let nvec = 1usize << (k - V::LOG);
     let cross = k - V::LOG;
-    let first = cross.min(rmax);
+    let first = cross.min(plan.rmax);
     if cross == first {
         run_pass::<V>(first, true, (route.from, route.to), nvec, 1, scale);
         return;
@@ -446,14 +480,17 @@ unsafe fn in_cache<V: Vector>(route: Route<V::E>, k: u32, rmax: u32, scale: Opti
         from: route.work,
         ..route
     };
-    passes::<V>(rest, nvec, 1 << first, cross - first, rmax, scale);
+    passes::<V>(rest, nvec, 1 << first, cross - first, plan, scale);
 }
 
-/// Tuning of one kernel: the widest radix (log2 of the registers held at once), the L1 block and the L2 block
-/// (log2 of elements).
+/// Tuning of one kernel: the widest radix (log2 of the registers held at once), the widest radix at strides of
+/// 4 KiB or more, the widest radix of the passes that span L2 blocks, the L1 block and the L2 block (log2 of
+/// elements).
 #[derive(Clone, Copy)]
 struct Plan {
     rmax: u32,
+    far_rmax: u32,
+    top_rmax: u32,
     l1_log: u32,
     l2_log: u32,
 }
@@ -568,7 +605,7 @@ unsafe fn by_blocks<V: Vector>(
         to: dst,
     };
     if k <= plan.l1_log {
-        in_cache::<V>(route, k, plan.rmax, scale);
+        in_cache::<V>(route, k, plan, scale);
         return;
     }
     let l2_log = plan.l2_log;
@@ -610,14 +647,12 @@ unsafe fn by_blocks<V: Vector>(
         },
         _ => Route::at(dst),
     };
-    passes::<V>(
-        across,
-        n >> V::LOG,
-        block >> V::LOG,
-        k - l2_log,
-        plan.rmax,
-        scale,
-    );
+    let top = Plan {
+        rmax: plan.top_rmax,
+        far_rmax: plan.top_rmax,
+        ..plan
+    };
+    passes::<V>(across, n >> V::LOG, block >> V::LOG, k - l2_log, top, scale);
 }
 
 /// `2^k` elements (`k > plan.l1_log`) that fit in L2, along `route`: L1-sized blocks transformed one by one (each
@@ -630,7 +665,7 @@ unsafe fn in_l2<V: Vector>(route: Route<V::E>, k: u32, plan: Plan, scale: Option
     while start < n {
         let r = route.add(start);
         let to_work = Route { to: r.work, ..r };
-        in_cache::<V>(to_work, plan.l1_log, plan.rmax, None);
+        in_cache::<V>(to_work, plan.l1_log, plan, None);
         start += block;
     }
     let rest = Route {
@@ -642,30 +677,51 @@ unsafe fn in_l2<V: Vector>(route: Route<V::E>, k: u32, plan: Plan, scale: Option
         n >> V::LOG,
         block >> V::LOG,
         k - plan.l1_log,
-        plan.rmax,
+        plan,
         scale,
     );
 }
 
+// At strides of 4 KiB or more the vectors of one pass share a set of the L1 (8-way on AMD Zen 4, where holding 16
+// of them was up to 3× slower than 8), so such passes hold at most 8. The exception, where 512-bit operations run
+// at full width (Intel): the passes that span L2 blocks hold up to 32 vectors (each loads and stores one whole cache
+// line, so nothing is lost when a line leaves the L1 in between), which turns the last 4–5 stages of rows longer
+// than L2 into one sweep through L3 or memory instead of two. Within L2 the same wide passes were slower.
 const AVX2_F32: Plan = Plan {
     rmax: 3,
+    far_rmax: 3,
+    top_rmax: 3,
     l1_log: 12,
     l2_log: 18,
 };
 const AVX2_F64: Plan = Plan {
     rmax: 3,
+    far_rmax: 3,
+    top_rmax: 3,
+    l1_log: 11,
+    l2_log: 17,
+};
+const AVX512_SPLIT_F32: Plan = Plan {
+    rmax: 4,
+    far_rmax: 3,
+    top_rmax: 3,
+    l1_log: 12,
+    l2_log: 18,
+};
+const AVX512_SPLIT_F64: Plan = Plan {
+    rmax: 4,
+    far_rmax: 3,
+    top_rmax: 3,
     l1_log: 11,
     l2_log: 17,
 };
 const AVX512_F32: Plan = Plan {
-    rmax: 4,
-    l1_log: 12,
-    l2_log: 18,
+    top_rmax: 5,
+    ..AVX512_SPLIT_F32
 };
 const AVX512_F64: Plan = Plan {
-    rmax: 4,
-    l1_log: 11,
-    l2_log: 17,
+    top_rmax: 5,
+    ..AVX512_SPLIT_F64
 };
 
 /// AVX2 kernel for f32: the row of `n` elements at `src` (a power of two ≥ 8), transformed into `dst` (`src`
@@ -687,22 +743,25 @@ pub(super) unsafe fn f64_avx2(src: *const f64, dst: *mut f64, n: usize, scale: f
     transform::<F64x4>(src, dst, n, scale, AVX2_F64)
 }
 
-/// AVX-512 kernel for f32, as [`f32_avx2`] (`n` ≥ 16).
+/// AVX-512 kernel for f32, as [`f32_avx2`] (`n` ≥ 16), tuned for CPUs that run 512-bit operations at full width
+/// (`full`) or split them.
 ///
 /// # Safety
 /// The CPU must support AVX-512F.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn f32_avx512(src: *const f32, dst: *mut f32, n: usize, scale: f32) {
-    transform::<F32x16>(src, dst, n, scale, AVX512_F32)
+pub(super) unsafe fn f32_avx512(src: *const f32, dst: *mut f32, n: usize, scale: f32, full: bool) {
+    let plan = if full { AVX512_F32 } else { AVX512_SPLIT_F32 };
+    transform::<F32x16>(src, dst, n, scale, plan)
 }
 
-/// AVX-512 kernel for f64, as [`f32_avx2`] (`n` ≥ 8).
+/// AVX-512 kernel for f64, as [`f32_avx512`] (`n` ≥ 8).
 ///
 /// # Safety
 /// The CPU must support AVX-512F.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn f64_avx512(src: *const f64, dst: *mut f64, n: usize, scale: f64) {
-    transform::<F64x8>(src, dst, n, scale, AVX512_F64)
+pub(super) unsafe fn f64_avx512(src: *const f64, dst: *mut f64, n: usize, scale: f64, full: bool) {
+    let plan = if full { AVX512_F64 } else { AVX512_SPLIT_F64 };
+    transform::<F64x8>(src, dst, n, scale, plan)
 }
 
 /// The whole transform of `N` vectors (`N · 2^V::LOG` elements) read at `src` and written at `p` (the same pointer
@@ -757,4 +816,13 @@ small_entry!(
 small_entry!(
     /// Short f64 rows (4 to 64 elements) with AVX2 (faster than the AVX-512 kernels there on Zen 4): one straight-line kernel per length.
     f64_small_avx2, "avx2,fma", F64x4, f64, 4 => 1, 8 => 2, 16 => 4, 32 => 8, 64 => 16
+);
+small_entry!(
+    /// The f32 rows that take all 16 AVX2 registers (128 elements) with AVX-512 (8 registers), for CPUs that run
+    /// 512-bit operations at full width; shorter rows were as fast or faster with AVX2 there.
+    f32_small_avx512, "avx512f", F32x16, f32, 128 => 8
+);
+small_entry!(
+    /// The f64 rows that take all 16 AVX2 registers (64 elements) with AVX-512, as [`f32_small_avx512`].
+    f64_small_avx512, "avx512f", F64x8, f64, 64 => 8
 );
