@@ -40,7 +40,7 @@ struct Args {
     /// Tokens to generate.
     #[arg(long, default_value_t = 200)]
     max_tokens: usize,
-    /// Sampling temperature (0: greedy).
+    /// Sampling temperature: positive and finite, or 0 for greedy decoding.
     #[arg(long, default_value_t = 0.8)]
     temperature: f64,
     /// Keep only the k most likely tokens (0: all).
@@ -52,13 +52,20 @@ struct Args {
     /// cpu or cuda (cuda needs the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Instead of sampling, print the loss (nats per token, bits per byte) on this UTF-8 text file (.gz accepted).
+    /// Instead of sampling, print the loss (nats per token, bits per byte) on this UTF-8 text file (.gz accepted):
+    /// every token after the first is scored once, in windows of the model's context (the last one shorter).
     #[arg(long)]
     eval: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if !(args.temperature.is_finite() && args.temperature >= 0.0) {
+        bail!(
+            "--temperature {}: it must be positive and finite (or 0 for greedy decoding)",
+            args.temperature
+        );
+    }
     let device = common::device(&args.device)?;
     let ckpt_path = args
         .checkpoint

@@ -470,7 +470,7 @@ fn layer_checks(gpu: &Device, c: &mut Checker) -> Result<()> {
 
 /// One training op on the GPU (CUDA kernels on) against the fused CPU op in f32 on the same inputs (rounded to
 /// `dtype` first): the forward and the gradient of every floating-point input. `inputs` are on the CPU, in f32
-/// (integer ones as they are), `f` is the op, called with the dropout seed stream reset so that both devices
+/// (integer ones as they are), `f` is the op, called with fixed dropout seeds (`ops::Mode::train(2026)`) so that both devices
 /// draw the same masks; `matmul`: the op multiplies matrices inside (half-precision tolerances are looser).
 #[allow(clippy::too_many_arguments)]
 fn compare_op(
@@ -503,7 +503,6 @@ fn compare_op(
                 None => t.to_device(dev),
             })
             .collect::<candle_core::Result<_>>()?;
-        ops::set_dropout_seed(2026);
         let y = f(&ts)?;
         let w = randn(&mut StdRng::seed_from_u64(5), y.dims(), DType::F32)?
             .to_dtype(y.dtype())?
@@ -604,7 +603,7 @@ fn op_checks(gpu: &Device, c: &mut Checker) -> Result<()> {
                 dtype,
                 false,
                 std::slice::from_ref(&x),
-                &|x| ops::dropout(&x[0], 0.1, true),
+                &|x| ops::dropout(&x[0], 0.1, ops::Mode::train(2026)),
             )?;
             compare_op(
                 "residual_dropout 0.1",
@@ -613,7 +612,7 @@ fn op_checks(gpu: &Device, c: &mut Checker) -> Result<()> {
                 dtype,
                 false,
                 &[res.clone(), x.clone()],
-                &|x| ops::residual_dropout(&x[0], &x[1], 0.1, true),
+                &|x| ops::residual_dropout(&x[0], &x[1], 0.1, ops::Mode::train(2026)),
             )?;
             let rot = [qkv4[0].clone(), cos.clone(), sin.clone()];
             compare_op("rotary", gpu, c, dtype, false, &rot, &|x| {
@@ -627,12 +626,12 @@ fn op_checks(gpu: &Device, c: &mut Checker) -> Result<()> {
                     dtype,
                     true,
                     &qkv4,
-                    &|x| ops::causal_attention(&x[0], &x[1], &x[2], p, true),
+                    &|x| ops::causal_attention(&x[0], &x[1], &x[2], p, ops::Mode::train(2026)),
                 )?;
             }
             let ra = [qkv.clone(), cos.clone(), sin.clone()];
             compare_op("rotary_attention 0.1", gpu, c, dtype, true, &ra, &|x| {
-                ops::rotary_attention(&x[0], h, &x[1], &x[2], 0.1, true)
+                ops::rotary_attention(&x[0], h, &x[1], &x[2], 0.1, ops::Mode::train(2026))
             })?;
             compare_op(
                 "cross_entropy",

@@ -9,10 +9,10 @@
 //! ```
 //!
 //! A run is skipped when its finished log (a `final` line) is in the run folder or in the committed folder
-//! (`--committed`, default `docs/scaling/runs/<run>/log.jsonl`); an interrupted run resumes from its checkpoint.
-//! When a run finishes, its log is copied to the committed folder, so that a sweep started on a fresh clone goes on
-//! where the committed runs end. Ctrl-C stops the current run after its step, writes its checkpoint, and ends the
-//! sweep.
+//! (`--committed`, default `docs/scaling/runs/<run>/log.jsonl`); an interrupted run resumes from its checkpoint
+//! (its plan comes from the checkpoint, see `candle_structured::train::plan`). When a run finishes, its log is
+//! copied to the committed folder, so that a sweep started on a fresh clone goes on where the committed runs end.
+//! Ctrl-C stops the current run after its step, writes its checkpoint, and ends the sweep.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -21,16 +21,16 @@ mod common;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
-use candle_structured::data::{Corpus, CorpusOptions};
-use candle_structured::model::{gpt, preset};
-use candle_structured::train::sweep::{default_sweep, quick_sweep};
-use candle_structured::train::{train, TrainOptions, CHECKPOINT_FILE, LOG_FILE};
+use candle_structured::data::Corpus;
+use candle_structured::model::gpt;
+use candle_structured::train::plan::{Cadence, Overrides, RunPlan};
+use candle_structured::train::sweep::{default_sweep, quick_sweep, SweepRun};
+use candle_structured::train::{train, CHECKPOINT_FILE, LOG_FILE};
 use clap::Parser;
 
 #[derive(Parser, Debug)]
@@ -60,7 +60,7 @@ struct Args {
     /// Checkpoint every N steps.
     #[arg(long, default_value_t = 256)]
     checkpoint_every: u64,
-    /// Training text (default: the French Debian corpus of the repository checkout, data/fr-debian-large).
+    /// Training text (default: the embedded French Debian corpus).
     #[arg(long)]
     data: Option<PathBuf>,
     /// Cache of prepared text, tokenizer and token files.
@@ -71,17 +71,47 @@ struct Args {
     dry_run: bool,
 }
 
-/// Whether a log holds a finished run (a `final` event).
+/// Whether a log file records a finished run (a `final` event).
 fn finished_log(path: &Path) -> bool {
     std::fs::read_to_string(path)
         .map(|s| s.lines().any(|l| l.contains("\"event\":\"final\"")))
         .unwrap_or(false)
 }
 
-fn main() -> Result<()> {
-    if let Some(code) = common::reexec_with_allocator_options()? {
-        std::process::exit(code);
+impl Args {
+    /// The plan of one run: fresh, or resumed from the checkpoint in its folder.
+    fn plan(&self, run: &SweepRun, dir: PathBuf) -> Result<RunPlan> {
+        let q = self.quick;
+        let ov = Overrides {
+            seed: Some(run.seed),
+            tokens: Some(run.tokens),
+            batch_size: q.then_some(4),
+            seq_len: q.then_some(128),
+            data: self.data.clone().or_else(|| {
+                (!dir.join("checkpoint.safetensors").exists())
+                    .then(|| common::corpus_dir(None).ok())
+                    .flatten()
+            }),
+            ..Overrides::default()
+        };
+        let cadence = Cadence {
+            eval_every: self.eval_every.unwrap_or(if q { 10 } else { 128 }),
+            eval_windows: self.eval_windows,
+            test_windows: usize::MAX,
+            checkpoint_every: self.checkpoint_every,
+        };
+        let cache = self.cache.clone();
+        let plan = if dir.join(CHECKPOINT_FILE).exists() {
+            RunPlan::resume(dir, Some(&run.preset), &ov, cadence, cache)
+        } else {
+            RunPlan::fresh(&run.preset, &ov, cadence, Some(dir), cache)
+        };
+        plan.with_context(|| format!("planning {}", run.name))
     }
+}
+
+fn main() -> Result<()> {
+    common::reexec_with_allocator_options()?;
     let args = Args::parse();
     let q = args.quick;
     let mut runs = if q { quick_sweep() } else { default_sweep() };
@@ -102,96 +132,64 @@ fn main() -> Result<()> {
                 .as_ref()
                 .is_some_and(|c| finished_log(&c.join(name).join(LOG_FILE)))
     };
-
-    // Resolve every preset first, so a typo fails before hours of training.
-    let mut plan = Vec::new();
+    // Plan every run first, so that a typo or a conflicting checkpoint fails before hours of training.
+    let mut plans = Vec::new();
+    eprintln!("sweep into {} ({} runs):", root.display(), runs.len());
     for r in &runs {
-        let mut p = preset(&r.preset)?;
-        if q {
-            p.train.batch_size = 4;
-            p.train.seq_len = 128;
-        }
-        let spec = p.train.with_budget(r.tokens);
-        plan.push((r, p, spec));
-    }
-    eprintln!("sweep into {} ({} runs):", root.display(), plan.len());
-    for (r, p, spec) in &plan {
-        let c = p.model.param_counts();
-        let state = if done(&r.name) {
-            "done, skipped"
-        } else if root.join(&r.name).join(CHECKPOINT_FILE).exists() {
-            "will resume"
-        } else {
-            "new"
+        let plan = args.plan(r, root.join(&r.name))?;
+        let (n, spec) = (plan.model.param_counts().non_embedding, &plan.train);
+        let state = match (done(&r.name), &plan.resumed) {
+            (true, _) => "done, skipped",
+            (false, Some(_)) => "will resume",
+            (false, None) => "new",
         };
         eprintln!(
             "  {:<24} trainable N {:>9}  frozen {:>9}  lr {:.1e}  {:>5} steps x {:>5} tokens = {:>5.2}M  ({state})",
             r.name,
-            c.non_embedding.trainable,
-            c.non_embedding.frozen,
+            n.trainable,
+            n.frozen,
             spec.lr,
             spec.total_steps(),
             spec.tokens_per_step(),
             spec.max_tokens as f64 / 1e6,
         );
+        if !done(&r.name) {
+            plans.push((r, plan));
+        }
     }
     if args.dry_run {
         return Ok(());
     }
-
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                eprintln!("\nsecond Ctrl-C: quitting without a checkpoint");
-                std::process::exit(130);
-            }
-            eprintln!(
-                "\nCtrl-C: stopping after this step, writing a checkpoint (re-run to resume)"
-            );
-        })?;
-    }
-
-    let data = common::corpus_dir(args.data.as_deref())?;
-    let mut corpus: Option<(usize, Corpus)> = None;
+    let stop = common::stop_on_ctrl_c(
+        "stopping after this step, writing a checkpoint (re-run to resume)",
+    )?;
+    let mut corpus: Option<Corpus> = None;
     let t0 = std::time::Instant::now();
-    for (r, p, spec) in &plan {
-        if done(&r.name) {
-            continue;
+    for (r, mut plan) in plans {
+        let mut copts = plan.corpus.clone();
+        copts.verbose = true;
+        if corpus.as_ref().is_none_or(|c| c.options != copts) {
+            corpus = Some(Corpus::prepare(&copts)?);
         }
-        let dir = root.join(&r.name);
-        let mut cfg = p.model.clone();
-        cfg.seed = r.seed;
-        if corpus.as_ref().is_none_or(|(v, _)| *v != cfg.vocab_size) {
-            let mut copts = CorpusOptions::new(&data, cfg.vocab_size);
-            copts.cache_root = args.cache.clone();
-            copts.tokenizer_train_bytes = Some(4_000_000);
-            copts.verbose = true;
-            corpus = Some((cfg.vocab_size, Corpus::prepare(&copts)?));
-        }
-        let (_, corpus) = corpus.as_ref().expect("prepared above");
+        let corpus = corpus.as_ref().expect("prepared above");
         let varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-        let model = gpt(&cfg, vb)?;
-        let mut opts = TrainOptions::new(&dir);
-        opts.eval_every = args.eval_every.unwrap_or(if q { 10 } else { 128 });
-        opts.log_every = args.log_every;
-        opts.eval_windows = args.eval_windows;
-        opts.test_windows = usize::MAX;
-        opts.checkpoint_every = args.checkpoint_every;
-        opts.seed = r.seed;
-        opts.resume = dir.join(CHECKPOINT_FILE).exists();
-        opts.overwrite = !opts.resume;
-        opts.progress = true;
-        opts.preset = Some(p.name.clone());
-        let t = std::time::Instant::now();
+        let model = gpt(
+            &plan.model,
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        )?;
+        plan.options.progress = true;
+        plan.options.log_every = args.log_every;
         eprintln!(
             "\n== {} ({})",
             r.name,
-            if opts.resume { "resuming" } else { "new" }
+            if plan.options.resume {
+                "resuming"
+            } else {
+                "new"
+            }
         );
-        let report = train(&model, &varmap, corpus, spec, &opts, &stop)
+        let t = std::time::Instant::now();
+        let report = train(&model, &varmap, corpus, &plan.train, &plan.options, &stop)
             .with_context(|| format!("training {}", r.name))?;
         eprintln!(
             "== {}: {} steps, {} tokens, {:.0} tokens/s, final val loss {}, {:.0} s",

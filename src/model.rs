@@ -44,6 +44,7 @@ use crate::error::Error;
 use crate::layers::{
     frozen_random_mlp, rotary_gpt_block, BlockConfig, BlockKind, FrozenRandomMlp, RotaryGptBlock,
 };
+use crate::ops::Mode;
 use crate::params::{CountParams, ParamCount, ParamCounts};
 use crate::rng::splitmix64;
 use candle_core::{DType, Device, IndexOp, Module, ModuleT, Result, Tensor};
@@ -414,8 +415,10 @@ impl Gpt {
         &self.layers
     }
 
-    /// Final hidden states `(batch, seq, d)` (after the last LayerNorm).
-    pub fn hidden_states(&self, ids: &Tensor, train: bool) -> Result<Tensor> {
+    /// Final hidden states `(batch, seq, d)` (after the last LayerNorm). `mode`: evaluation, or training with the
+    /// seed of this pass's dropout masks ([`Mode`]; `true` draws a fresh one); each layer forks its own.
+    pub fn hidden_states(&self, ids: &Tensor, mode: impl Into<Mode>) -> Result<Tensor> {
+        let mode = mode.into();
         let (b, t) = ids.dims2().map_err(|_| {
             Error::Config(format!(
                 "Gpt: token ids of shape {:?}, expected (batch, seq)",
@@ -445,10 +448,10 @@ impl Gpt {
             .wte
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, t, self.cfg.d_model))?;
-        let mut x = crate::ops::dropout(&x, self.cfg.dropout, train)?;
-        for layer in &self.layers {
+        let mut x = crate::ops::dropout(&x, self.cfg.dropout, mode.fork(0))?;
+        for (i, layer) in self.layers.iter().enumerate() {
             x = match layer {
-                GptLayer::Block(b) => b.forward_mixed(&x, train, self.compute)?,
+                GptLayer::Block(b) => b.forward_mixed(&x, mode.fork(i as u64 + 1), self.compute)?,
                 GptLayer::Frozen(f) => f.forward(&x)?,
             };
         }
@@ -456,14 +459,15 @@ impl Gpt {
     }
 
     /// Logits `(batch, seq, vocab)` of token ids `(batch, seq)`.
-    pub fn logits(&self, ids: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.hidden_states(ids, train)?;
+    pub fn logits(&self, ids: &Tensor, mode: impl Into<Mode>) -> Result<Tensor> {
+        let h = self.hidden_states(ids, mode)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.wte);
         crate::ops::linear(&h.to_dtype(self.compute)?, head, None)?.to_dtype(h.dtype())
     }
 
     /// Mean next-token cross-entropy in nats of `ids` `(batch, seq)` against `targets` `(batch, seq)`.
-    pub fn loss(&self, ids: &Tensor, targets: &Tensor, train: bool) -> Result<Tensor> {
+    /// `mode` as in [`Gpt::hidden_states`].
+    pub fn loss(&self, ids: &Tensor, targets: &Tensor, mode: impl Into<Mode>) -> Result<Tensor> {
         if targets.dims() != ids.dims() {
             return Err(Error::Config(format!(
                 "Gpt::loss: targets of shape {:?}, expected {:?}",
@@ -472,7 +476,7 @@ impl Gpt {
             ))
             .into());
         }
-        let h = self.hidden_states(ids, train)?;
+        let h = self.hidden_states(ids, mode)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.wte);
         let h = h.to_dtype(self.compute)?;
         crate::ops::linear_cross_entropy(&h, head, &targets.to_dtype(DType::U32)?)?

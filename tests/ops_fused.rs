@@ -421,14 +421,13 @@ fn rotary_attention_matches_slow_and_finite_differences() {
 
 #[test]
 fn rotary_attention_dropout_matches_the_composed_fused_ops() {
-    // With dropout, the mask is drawn from the dropout seed stream: the fused op and the composition of the fused
-    // rotary and attention ops (same stream, same seed) draw the same mask, forward and backward.
+    // With dropout, the mask is drawn from the mode's seed: the fused op and the composition of the fused
+    // rotary and attention ops (same seed) draw the same mask, forward and backward.
     let (b, t, h, hd) = (2usize, 12usize, 2usize, 32usize);
     let mut rng = rand::rngs::StdRng::seed_from_u64(4);
     let qkv = randn(&mut rng, &[b, t, 3 * h * hd], DType::F64);
     let (cos, sin) = rope_tables(t, hd / 2, DType::F64);
     let composed = |x: &[Tensor]| {
-        ops::set_dropout_seed(77);
         let q5 = x[0]
             .reshape((b, t, 3, h, hd))
             .unwrap()
@@ -437,7 +436,7 @@ fn rotary_attention_dropout_matches_the_composed_fused_ops() {
         let q = ops::rotary(&q5.get(0).unwrap().contiguous().unwrap(), &cos, &sin).unwrap();
         let k = ops::rotary(&q5.get(1).unwrap().contiguous().unwrap(), &cos, &sin).unwrap();
         let v = q5.get(2).unwrap().contiguous().unwrap();
-        ops::causal_attention(&q, &k, &v, 0.3, true)
+        ops::causal_attention(&q, &k, &v, 0.3, ops::Mode::train(77))
             .unwrap()
             .transpose(1, 2)
             .unwrap()
@@ -445,8 +444,7 @@ fn rotary_attention_dropout_matches_the_composed_fused_ops() {
             .unwrap()
     };
     let fused = |x: &[Tensor]| {
-        ops::set_dropout_seed(77);
-        ops::rotary_attention(&x[0], h, &cos, &sin, 0.3, true).unwrap()
+        ops::rotary_attention(&x[0], h, &cos, &sin, 0.3, ops::Mode::train(77)).unwrap()
     };
     compare(
         "rotary_attention with dropout",
@@ -616,19 +614,15 @@ fn dropout_masks_are_reused_by_the_backward() {
 
 #[test]
 fn residual_dropout_matches_residual_plus_dropout() {
-    // Same seed stream, same mask: the fused node equals `x + dropout(a)` built from two nodes, values and both
+    // Same seed, same mask: the fused node equals `x + dropout(a)` built from two nodes, values and both
     // gradients; without training it is the plain sum.
     let mut rng = rand::rngs::StdRng::seed_from_u64(12);
     let x = randn(&mut rng, &[3, 1500, 7], DType::F64);
     let a = randn(&mut rng, &[3, 1500, 7], DType::F64);
-    let fused = |t: &[Tensor]| {
-        ops::set_dropout_seed(5);
-        ops::residual_dropout(&t[0], &t[1], 0.25, true).unwrap()
-    };
-    let composed = |t: &[Tensor]| {
-        ops::set_dropout_seed(5);
-        (&t[0] + ops::dropout(&t[1], 0.25, true).unwrap()).unwrap()
-    };
+    let fused =
+        |t: &[Tensor]| ops::residual_dropout(&t[0], &t[1], 0.25, ops::Mode::train(5)).unwrap();
+    let composed =
+        |t: &[Tensor]| (&t[0] + ops::dropout(&t[1], 0.25, ops::Mode::train(5)).unwrap()).unwrap();
     compare(
         "residual_dropout",
         &fused,

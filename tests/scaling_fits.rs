@@ -2,8 +2,8 @@
 //! with the truth inside the bootstrap interval; cost models and frontiers checked by hand.
 #![cfg(feature = "fit")]
 
-use candle_structured::scaling::analysis::frontier_fit;
 use candle_structured::flops::{flops_to_pf_days, CostModel, FrozenCost, PF_DAY};
+use candle_structured::scaling::analysis::frontier_fit;
 use candle_structured::scaling::bootstrap::BootstrapOptions;
 use candle_structured::scaling::fit::{
     fit_chinchilla, fit_offset_power_law, fit_power_law, LbfgsOptions, Method,

@@ -63,19 +63,79 @@ pub fn set_runtime_env(cmd: &mut std::process::Command) {
 }
 
 /// mimalloc gives freed memory back to the OS after 10 ms by default, and every training step then takes zeroed
-/// pages again from the kernel (`docs/cpu-speed.md`). Its options are read at process start, so the example re-runs itself once with them set, unless the caller set them.
-pub fn reexec_with_allocator_options() -> Result<Option<i32>> {
+/// pages again from the kernel (a third of the CPU time went to page clearing). Its options are read at process
+/// start, so the example replaces its own process image once with them set (`exec`, Unix: the same PID, no child
+/// left behind when the process is killed), unless the caller set them. Where `exec` is not available or fails,
+/// the example runs on with the default options.
+pub fn reexec_with_allocator_options() -> Result<()> {
     const MARK: &str = "CANDLE_STRUCTURED_ALLOC_SET";
     if std::env::var_os(MARK).is_some() {
-        return Ok(None);
+        return Ok(());
     }
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
     cmd.args(std::env::args_os().skip(1)).env(MARK, "1");
     set_runtime_env(&mut cmd);
-    // Ctrl-C reaches the child too (same process group); the parent just waits for it.
-    ctrlc::set_handler(|| {})?;
-    match cmd.status() {
-        Ok(status) => Ok(Some(status.code().unwrap_or(130))),
-        Err(_) => Ok(None), // cannot re-run: train in this process with the default options
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        // Only returns on failure.
+        let err = cmd.exec();
+        eprintln!(
+            "cannot re-execute with the allocator options ({err}); running with the defaults"
+        );
+    }
+    Ok(())
+}
+
+/// A flag raised by the first Ctrl-C or SIGTERM (`kill PID`; the loop then stops after its step and checkpoints,
+/// `what` says so); a second one quits at once.
+pub fn stop_on_ctrl_c(what: &'static str) -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\nsecond stop request: quitting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("\nstop requested (Ctrl-C or SIGTERM): {what} (again to quit at once)");
+    })?;
+    Ok(stop)
+}
+
+/// GPU set-up before training: keep freed memory for the next step (unless `release`), and say which training ops
+/// run. Nothing on the CPU.
+pub fn prepare_gpu(device: &Device, release: bool) -> Result<()> {
+    if !release && candle_structured::gpu::keep_freed_memory(device)? {
+        eprintln!("GPU memory pool: freed memory is kept for the next step (--release-gpu-memory to disable)");
+    }
+    if device.is_cuda() {
+        eprintln!(
+            "training ops on the GPU: {}",
+            if candle_structured::ops::cuda_fused_ops() {
+                "the crate's CUDA kernels (cuda/ops.cu)"
+            } else {
+                "candle's own ops (CANDLE_STRUCTURED_CUDA_OPS=1 for the crate's CUDA kernels)"
+            }
+        );
+    }
+    Ok(())
+}
+
+/// The compute dtype of `--precision` (`f32`, `tf32`: f32 with TensorFloat-32 CUDA matmuls, `bf16`).
+pub fn compute_dtype(precision: &str, device: &Device) -> candle_core::DType {
+    match precision {
+        "bf16" => candle_core::DType::BF16,
+        "tf32" => {
+            // A process-wide switch of candle's CUDA backend (a no-op in builds without CUDA).
+            candle_core::cuda::set_gemm_reduced_precision_f32(true);
+            if device.is_cpu() {
+                eprintln!(
+                    "--precision tf32 only changes CUDA matmuls; on the CPU this run is plain f32"
+                );
+            }
+            candle_core::DType::F32
+        }
+        _ => candle_core::DType::F32,
     }
 }

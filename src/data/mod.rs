@@ -30,10 +30,11 @@ pub use tokenize::{
 
 use crate::Error;
 use candle_core::Result;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// Options of [`Corpus::prepare`].
-#[derive(Debug, Clone)]
+/// Options of [`Corpus::prepare`]. A checkpoint records them, so that a resumed run finds its data again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CorpusOptions {
     /// A UTF-8 text file, a folder of them, or a folder with `train`/`valid`/`test` files (`.txt` or `.txt.gz`).
     pub source: PathBuf,
@@ -47,7 +48,40 @@ pub struct CorpusOptions {
     /// `None` uses all of it. The whole split is tokenized either way.
     pub tokenizer_train_bytes: Option<usize>,
     /// Print what is being prepared (decompression, tokenizer training, tokenization) to stderr.
+    #[serde(skip)]
     pub verbose: bool,
+}
+
+/// What a run was trained on, by content: FNV-1a hashes of the tokenizer file and of the three token files. Two
+/// corpora with equal identities give the same token ids at the same positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataIdentity {
+    /// Hash of `tokenizer.json`'s bytes.
+    pub tokenizer: u64,
+    /// Hash of the training token file.
+    pub train: u64,
+    /// Hash of the validation token file.
+    pub valid: u64,
+    /// Hash of the test token file.
+    pub test: u64,
+}
+
+impl DataIdentity {
+    /// The fields where `self` (a checkpoint's) and `other` (this run's) differ, named.
+    pub fn differences(&self, other: &DataIdentity) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, a, b) in [
+            ("tokenizer", self.tokenizer, other.tokenizer),
+            ("train tokens", self.train, other.train),
+            ("valid tokens", self.valid, other.valid),
+            ("test tokens", self.test, other.test),
+        ] {
+            if a != b {
+                out.push(format!("{name}: checkpoint {a:016x}, this run {b:016x}"));
+            }
+        }
+        out
+    }
 }
 
 impl CorpusOptions {
@@ -81,6 +115,10 @@ pub struct Corpus {
     pub token_bytes: Vec<u32>,
     /// The cache folder of this source.
     pub cache_dir: PathBuf,
+    /// The options it was prepared with.
+    pub options: CorpusOptions,
+    /// Hashes of the tokenizer and token files.
+    pub identity: DataIdentity,
 }
 
 impl Corpus {
@@ -144,19 +182,14 @@ impl Corpus {
         let tok_hash = fnv1a(&tok_bytes);
         let tok_dir = cache_dir.join(format!("tokens-{tok_hash:016x}"));
         let mut files = Vec::new();
+        let mut hashes = Vec::new();
         for (name, text) in [
             ("train", &splits.train),
             ("valid", &splits.valid),
             ("test", &splits.test),
         ] {
             let path = tok_dir.join(format!("{name}.bin"));
-            if !path.exists() {
-                if opts.verbose {
-                    eprintln!("tokenizing {} ...", text.display());
-                }
-                tokenize_to_file(&tokenizer, text, &path)?;
-            }
-            let file = TokenFile::open(&path, vocab_size)?;
+            let (file, hash) = open_or_tokenize(&tokenizer, text, &path, vocab_size, opts.verbose)?;
             if file.is_empty() {
                 return Err(Error::Data(format!(
                     "the {name} split of {} holds no tokens",
@@ -165,7 +198,14 @@ impl Corpus {
                 .into());
             }
             files.push(file);
+            hashes.push(hash);
         }
+        let identity = DataIdentity {
+            tokenizer: tok_hash,
+            train: hashes[0],
+            valid: hashes[1],
+            test: hashes[2],
+        };
         let test = files.pop().unwrap();
         let valid = files.pop().unwrap();
         let train = files.pop().unwrap();
@@ -177,8 +217,62 @@ impl Corpus {
             vocab_size,
             token_bytes,
             cache_dir,
+            options: opts.clone(),
+            identity,
         })
     }
+}
+
+/// The token file `path` of `text`, checked against its sidecar `<path>.json` (length in bytes and FNV-1a hash,
+/// written with it): a file without sidecar, or whose length or hash differs from it (truncated, edited), is
+/// tokenized again. Returns the file and its hash.
+fn open_or_tokenize(
+    tokenizer: &tokenizers::Tokenizer,
+    text: &Path,
+    path: &Path,
+    vocab_size: usize,
+    verbose: bool,
+) -> Result<(TokenFile, u64)> {
+    #[derive(Serialize, Deserialize, PartialEq)]
+    struct Sidecar {
+        bytes: u64,
+        fnv1a: u64,
+    }
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".json");
+    let sidecar_path = path.with_file_name(name);
+    let recorded: Option<Sidecar> = std::fs::read(&sidecar_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    if let (Some(rec), Ok(bytes)) = (&recorded, std::fs::read(path)) {
+        let actual = Sidecar {
+            bytes: bytes.len() as u64,
+            fnv1a: fnv1a(&bytes),
+        };
+        if actual == *rec {
+            return Ok((TokenFile::open(path, vocab_size)?, rec.fnv1a));
+        }
+        eprintln!(
+            "{} is {} bytes with hash {:016x}, but was written as {} bytes with hash {:016x} (truncated or \
+             edited): tokenizing again",
+            path.display(),
+            actual.bytes,
+            actual.fnv1a,
+            rec.bytes,
+            rec.fnv1a
+        );
+    } else if verbose {
+        eprintln!("tokenizing {} ...", text.display());
+    }
+    tokenize_to_file(tokenizer, text, path)?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let rec = Sidecar {
+        bytes: bytes.len() as u64,
+        fnv1a: fnv1a(&bytes),
+    };
+    let json = serde_json::to_vec(&rec).map_err(|e| Error::Data(e.to_string()))?;
+    write_atomic(&sidecar_path, &json)?;
+    Ok((TokenFile::open(path, vocab_size)?, rec.fnv1a))
 }
 
 pub(crate) use crate::rng::{fnv1a, fnv1a_extend};
@@ -204,6 +298,22 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         return Err(Error::io(&tmp, e).into());
     }
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    sync_parent(path)
+}
+
+/// Flushes the folder holding `path` to disk, so that a rename into it survives a power cut (a no-op where a folder
+/// cannot be opened as a file).
+pub fn sync_parent(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    #[cfg(unix)]
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(dir, e))?;
+    #[cfg(not(unix))]
+    let _ = dir;
     Ok(())
 }
 

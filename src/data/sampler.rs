@@ -57,7 +57,7 @@ impl BatchSampler {
             WindowOrder::Epochs => {
                 let n = ((len - 1) / seq_len) as u64;
                 let (pass, i) = (k / n, k % n);
-                let key = splitmix64(self.seed ^ splitmix64(pass ^ 0x5eed_0f_e90c4));
+                let key = splitmix64(self.seed ^ splitmix64(pass ^ 0x05ee_d0fe_90c4));
                 permute(i, n, key) as usize * seq_len
             }
         }

@@ -3,6 +3,7 @@
 use super::block_hadamard::{block_hadamard_mlp, BlockHadamardMlp};
 use super::linear::{projection, LinearKind, Projection};
 use crate::error::Error;
+use crate::ops::Mode;
 use crate::params::{CountParams, ParamCount, ParamCounts};
 use crate::rng::derive_seed;
 use candle_core::{DType, Device, Module, ModuleT, Result, Tensor};
@@ -333,22 +334,29 @@ impl RotaryGptBlock {
 
     /// The attention branch `Attn(LN_1(x))` (before its residual dropout), `x` `(batch, seq, d)`, computed in
     /// `compute` after the LayerNorm.
-    fn attention(&self, x: &Tensor, train: bool, compute: DType) -> Result<Tensor> {
+    fn attention(&self, x: &Tensor, mode: Mode, compute: DType) -> Result<Tensor> {
         let (_, t, _) = x.dims3()?;
         let (nh, hd) = (self.cfg.n_heads, self.cfg.head_dim());
         let h = crate::ops::layer_norm(x, Some(&self.ln1_w), Some(&self.ln1_b), self.cfg.ln_eps)?
             .to_dtype(compute)?;
         let qkv = self.qkv.forward(&h)?; // (b, t, 3d): q, k, v, heads contiguous
         let (cos, sin) = rotary_tables(t, hd, self.cfg.rotary_base, compute, x.device())?;
-        let y = crate::ops::rotary_attention(&qkv, nh, &cos, &sin, self.cfg.dropout, train)?;
+        let y = crate::ops::rotary_attention(&qkv, nh, &cos, &sin, self.cfg.dropout, mode)?;
         self.proj.forward(&y)
     }
 
     /// [`ModuleT::forward_t`] in mixed precision: the residual stream and the LayerNorms stay in `xs`'s dtype
     /// (the parameters' f32), the two branches run in `compute` (bf16 or f16: every matmul, the attention with
     /// its softmax in f32, the GELU) with the weights cast on the fly, and their outputs return to `xs`'s dtype
-    /// before the residual additions. With `compute == xs.dtype()` this is `forward_t`.
-    pub fn forward_mixed(&self, xs: &Tensor, train: bool, compute: DType) -> Result<Tensor> {
+    /// before the residual additions. With `compute == xs.dtype()` this is `forward_t`. `mode`: evaluation, or
+    /// training with the seed of this block's dropout masks ([`Mode`]; `true` draws a fresh one).
+    pub fn forward_mixed(
+        &self,
+        xs: &Tensor,
+        mode: impl Into<Mode>,
+        compute: DType,
+    ) -> Result<Tensor> {
+        let mode = mode.into();
         let dims = xs.dims();
         if dims.len() != 3 || dims[2] != self.cfg.d_model {
             return Err(Error::Config(format!(
@@ -358,12 +366,14 @@ impl RotaryGptBlock {
             .into());
         }
         let p = self.cfg.dropout;
-        let a = self.attention(xs, train, compute)?.to_dtype(xs.dtype())?;
-        let x = crate::ops::residual_dropout(xs, &a, p, train)?;
+        let a = self
+            .attention(xs, mode.fork(0), compute)?
+            .to_dtype(xs.dtype())?;
+        let x = crate::ops::residual_dropout(xs, &a, p, mode.fork(1))?;
         let h = crate::ops::layer_norm(&x, Some(&self.ln2_w), Some(&self.ln2_b), self.cfg.ln_eps)?
             .to_dtype(compute)?;
         let m = self.mlp.forward(&h)?.to_dtype(xs.dtype())?;
-        crate::ops::residual_dropout(&x, &m, p, train)
+        crate::ops::residual_dropout(&x, &m, p, mode.fork(2))
     }
 }
 

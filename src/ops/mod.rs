@@ -72,28 +72,60 @@ fn cuda_fused(ts: &[&Tensor]) -> bool {
 
 use crate::rng::splitmix64;
 
-thread_local! {
-    /// `(base, counter)` of this thread's dropout seed stream; `None` until [`set_dropout_seed`] is called.
-    static DROPOUT_STREAM: std::cell::Cell<Option<(u64, u64)>> = const { std::cell::Cell::new(None) };
+/// How a forward pass runs: evaluation (no dropout), or training with dropout masks drawn from a seed. The seed
+/// travels with the call as a value: the training loop passes `Mode::train(f(run seed, step))`, so that a resumed
+/// run draws the masks of an uninterrupted one; each dropout site takes its own seed with [`Mode::fork`].
+/// `bool` converts into it for callers that only say whether they train: `true` draws a fresh random seed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// No dropout.
+    Eval,
+    /// Dropout masks from `seed`.
+    Train {
+        /// Seed of this site's mask.
+        seed: u64,
+    },
 }
 
-/// Makes the dropout masks of the fused ops on this thread a deterministic function of `seed` and the order of the
-/// dropout calls that follow. The training loop calls it with a seed derived from the run seed and the step number
-/// before each step, so that a resumed run draws the same masks as an uninterrupted one. Until it is called, each
-/// dropout call gets a fresh random seed.
-pub fn set_dropout_seed(seed: u64) {
-    DROPOUT_STREAM.with(|s| s.set(Some((seed, 0))));
-}
+impl Mode {
+    /// Training with masks from `seed`.
+    pub fn train(seed: u64) -> Mode {
+        Mode::Train { seed }
+    }
 
-/// The seed of the next dropout mask: from this thread's stream if one was set, else fresh.
-fn seed() -> u64 {
-    DROPOUT_STREAM.with(|s| match s.get() {
-        Some((base, counter)) => {
-            s.set(Some((base, counter + 1)));
-            splitmix64(base ^ splitmix64(counter))
+    /// Whether dropout is on.
+    pub fn is_train(self) -> bool {
+        matches!(self, Mode::Train { .. })
+    }
+
+    /// The mode of sub-site `k` (a layer, a branch): the same kind, an independent seed.
+    pub fn fork(self, k: u64) -> Mode {
+        match self {
+            Mode::Eval => Mode::Eval,
+            Mode::Train { seed } => Mode::Train {
+                seed: splitmix64(seed ^ splitmix64(k.wrapping_add(1))),
+            },
         }
-        None => rand::random::<u64>(),
-    })
+    }
+
+    /// The seed of this site's mask (0 in evaluation).
+    fn seed(self) -> u64 {
+        match self {
+            Mode::Eval => 0,
+            Mode::Train { seed } => seed,
+        }
+    }
+}
+
+impl From<bool> for Mode {
+    /// `false`: [`Mode::Eval`]; `true`: training with a fresh random seed.
+    fn from(train: bool) -> Mode {
+        if train {
+            Mode::train(rand::random::<u64>())
+        } else {
+            Mode::Eval
+        }
+    }
 }
 
 /// `param` in the dtype of `like`, or `param` itself when they match: the rule by which parameters kept in f32
@@ -247,25 +279,25 @@ pub fn rotary(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 }
 
 /// Causal scaled-dot-product attention: `softmax(q·kᵀ / √d + causal mask) · v`, with dropout `p` on the attention
-/// probabilities when `train` is set. `q`, `k`, `v`: `(batch, heads, seq, head_dim)`; returns the same shape.
+/// probabilities in training mode (`mode`: [`Mode`], or a `bool`). `q`, `k`, `v`: `(batch, heads, seq, head_dim)`; returns the same shape.
 pub fn causal_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     dropout: f32,
-    train: bool,
+    mode: impl Into<Mode>,
 ) -> Result<Tensor> {
     if q.elem_count() == 0 && q.rank() == 4 {
         // no query (an empty batch or sequence): the empty output, still connected to `v` for the backward
         return v.narrow(2, 0, q.dim(2)?.min(v.dim(2)?))?.affine(0.0, 0.0);
     }
-    let p_drop = if train { dropout } else { 0.0 };
+    let mode = mode.into();
+    let p_drop = if mode.is_train() { dropout } else { 0.0 };
     if cuda_fused(&[q, k, v]) && q.rank() == 4 && (0.0..1.0).contains(&dropout) {
-        let seed = if p_drop > 0.0 { seed() } else { 0 };
-        return composed_attention(q, k, v, p_drop, seed);
+        return composed_attention(q, k, v, p_drop, mode.seed());
     }
     if !fused(&[q, k, v]) || q.rank() != 4 || !(0.0..1.0).contains(&dropout) {
-        return slow::causal_attention(q, k, v, dropout, train);
+        return slow::causal_attention(q, k, v, dropout, mode.is_train());
     }
     let view = |t: &Tensor| -> Result<Tensor> {
         if kernels::View4::from_layout(t.layout()).is_some() {
@@ -276,7 +308,7 @@ pub fn causal_attention(
     };
     let op = attention::CausalAttention {
         p_drop,
-        seed: if p_drop > 0.0 { seed() } else { 0 },
+        seed: mode.seed(),
     };
     // The op stores (b, t, h, hd); present it as (b, h, t, hd).
     view(q)?
@@ -307,7 +339,7 @@ fn composed_attention(
 /// Causal self-attention with rotary embeddings from a fused QKV projection: `qkv` `(batch, seq, 3·d)` holds the
 /// queries, keys and values (in that order, each `n_heads` heads of `head_dim = d / n_heads`, heads contiguous);
 /// queries and keys are rotated by [`rotary`] with `cos`, `sin` `(seq, head_dim / 2)`, then
-/// [`causal_attention`] runs with dropout `p` on the probabilities when `train` is set. Returns `(batch, seq, d)`,
+/// [`causal_attention`] runs with dropout `p` on the probabilities in training mode. Returns `(batch, seq, d)`,
 /// the heads' outputs side by side. On the CPU this is one graph node with its own backward.
 pub fn rotary_attention(
     qkv: &Tensor,
@@ -315,13 +347,14 @@ pub fn rotary_attention(
     cos: &Tensor,
     sin: &Tensor,
     dropout: f32,
-    train: bool,
+    mode: impl Into<Mode>,
 ) -> Result<Tensor> {
     if qkv.elem_count() == 0 && qkv.rank() == 3 {
         // an empty batch or sequence: the empty `(batch, seq, d)`, still connected to `qkv` for the backward
         let d = qkv.dim(2)? / 3;
         return qkv.narrow(2, 0, d)?.affine(0.0, 0.0);
     }
+    let mode = mode.into();
     if cuda_fused(&[qkv, cos, sin]) && qkv.rank() == 3 {
         // the heads split as in the slow twin, then the CUDA rotary and attention
         return slow::split_heads_and_attend(qkv, n_heads, |q, k, v| {
@@ -330,19 +363,15 @@ pub fn rotary_attention(
                 &rotary(k, cos, sin)?,
                 v,
                 dropout,
-                train,
+                mode,
             )
         });
     }
     if !fused(&[qkv, cos, sin]) || qkv.rank() != 3 || !(0.0..1.0).contains(&dropout) {
-        return slow::rotary_attention(qkv, n_heads, cos, sin, dropout, train);
+        return slow::rotary_attention(qkv, n_heads, cos, sin, dropout, mode.is_train());
     }
-    let p_drop = if train { dropout } else { 0.0 };
-    let op = rotary_attention::RotaryAttention::new(
-        n_heads,
-        p_drop,
-        if p_drop > 0.0 { seed() } else { 0 },
-    );
+    let p_drop = if mode.is_train() { dropout } else { 0.0 };
+    let op = rotary_attention::RotaryAttention::new(n_heads, p_drop, mode.seed());
     qkv.contiguous()?
         .apply_op3(&cos.contiguous()?, &sin.contiguous()?, op)
 }
@@ -390,26 +419,39 @@ pub fn linear_cross_entropy(xs: &Tensor, weight: &Tensor, targets: &Tensor) -> R
     xs.contiguous()?.apply_op2(&weight.contiguous()?, op)
 }
 
-/// Inverted dropout: zeroes each element with probability `p` and scales the rest by `1 / (1 - p)`.
-pub fn dropout(xs: &Tensor, p: f32, train: bool) -> Result<Tensor> {
-    if !train || p == 0.0 {
+/// Inverted dropout: zeroes each element with probability `p` and scales the rest by `1 / (1 - p)`, in training
+/// mode (`mode`: [`Mode`], whose seed draws the mask, or a `bool`); the identity in evaluation.
+pub fn dropout(xs: &Tensor, p: f32, mode: impl Into<Mode>) -> Result<Tensor> {
+    let mode = mode.into();
+    if !mode.is_train() || p == 0.0 {
         return Ok(xs.clone());
     }
     if !(fused(&[xs]) || cuda_fused(&[xs])) || !(0.0..1.0).contains(&p) {
-        return slow::dropout(xs, p, train);
+        return slow::dropout(xs, p, true);
     }
-    xs.contiguous()?
-        .apply_op1(dropout::Dropout { p, seed: seed() })
+    xs.contiguous()?.apply_op1(dropout::Dropout {
+        p,
+        seed: mode.seed(),
+    })
 }
 
-/// `residual + dropout(xs, p, train)`, the residual connection of a pre-norm block, as one graph node on the CPU
+/// `residual + dropout(xs, p, mode)`, the residual connection of a pre-norm block, as one graph node on the CPU
 /// (the same mask as [`dropout`] would draw from the same seed).
-pub fn residual_dropout(residual: &Tensor, xs: &Tensor, p: f32, train: bool) -> Result<Tensor> {
+pub fn residual_dropout(
+    residual: &Tensor,
+    xs: &Tensor,
+    p: f32,
+    mode: impl Into<Mode>,
+) -> Result<Tensor> {
+    let mode = mode.into();
     let ok = fused(&[residual, xs]) || cuda_fused(&[residual, xs]);
-    if !train || p == 0.0 || !ok || !(0.0..1.0).contains(&p) {
-        return residual + dropout(xs, p, train)?;
+    if !mode.is_train() || p == 0.0 || !ok || !(0.0..1.0).contains(&p) {
+        return residual + dropout(xs, p, mode)?;
     }
-    let op = dropout::ResidualDropout(dropout::Dropout { p, seed: seed() });
+    let op = dropout::ResidualDropout(dropout::Dropout {
+        p,
+        seed: mode.seed(),
+    });
     residual.contiguous()?.apply_op2(&xs.contiguous()?, op)
 }
 

@@ -10,7 +10,8 @@
 //! The reader is deliberately tolerant:
 //!
 //! * **Log**: the first of `log.jsonl`, `metrics.jsonl`, `train.jsonl`, or else any `*.jsonl` file, one JSON object per
-//!   line. Keys read from each line (aliases in parentheses; unknown keys are ignored):
+//!   line. A step line of this crate's loop is read as its type, [`crate::train::log::StepLine`]; other lines
+//!   (events, logs of other tools) by key. Keys read from each line (aliases in parentheses; unknown keys are ignored):
 //!   `step`, `tokens` (or `tokens_seen`), `flops` (or `compute`, `C`), `pf_days`, `val_loss` (or `valid_loss`, `eval_loss`),
 //!   `train_loss` (or `loss`), and optionally `n_trainable` / `n_frozen` (see below). Blank lines, lines that do not
 //!   parse (e.g. the truncated last line of an interrupted run) and lines without a loss are skipped and counted in
@@ -41,6 +42,7 @@ use serde_json::Value;
 
 use super::cost::{CostModel, PF_DAY};
 use crate::error::Error;
+use crate::train::log::LogLine;
 
 /// The kind of model a run trains, as the paper's figures group them.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -351,6 +353,21 @@ pub fn parse_jsonl(name: &str, text: &str, config: Option<&Value>) -> candle_cor
         if line.is_empty() {
             continue;
         }
+        // A step line of this crate's training loop, read by its type.
+        if let Ok(LogLine::Step(s)) = serde_json::from_str::<LogLine>(line) {
+            meta.n_trainable
+                .get_or_insert(s.n_trainable_non_embedding as f64);
+            meta.n_frozen.get_or_insert(s.n_frozen as f64);
+            raws.push(Raw {
+                step: Some(s.step),
+                tokens: Some(s.tokens as f64),
+                flops: Some(s.flops),
+                val: s.val_loss,
+                train: Some(s.train_loss),
+            });
+            continue;
+        }
+        // Anything else (events, other tools' logs): by key, with aliases.
         let v: Value = match serde_json::from_str(line) {
             Ok(v) => v,
             Err(_) => {

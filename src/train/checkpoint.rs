@@ -1,16 +1,27 @@
 //! Checkpoints: one safetensors file holding the weights, the optimizer moments and the run state (JSON in the
-//! safetensors metadata), with a checksum, written atomically.
+//! safetensors metadata), with a checksum over everything resume reads, written atomically.
+//!
+//! Format 2 (this build) records the whole plan of the run: the model (seed and dropout included) and the recipe
+//! (batch, sequence, learning rate, budget) as before, plus the micro-batch, the corpus options and the identity of
+//! the data (hashes of the tokenizer and token files). Its checksum (`checksum_all`) covers the run state's JSON,
+//! every tensor's name, dtype, shape and bytes. Format 1 files (written before) still load: their checksum covers
+//! the tensors only, and the fields they lack read as unknown (`None`).
 
-use crate::data::{fnv1a_extend, write_atomic, BatchSampler};
+use super::AdamW;
+use crate::data::{fnv1a_extend, write_atomic, BatchSampler, CorpusOptions, DataIdentity};
 use crate::error::Error;
 use crate::model::{GptConfig, TrainSpec};
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// Version of the checkpoint layout.
-pub const CHECKPOINT_FORMAT: u32 = 1;
+/// Version of the checkpoint layout written by this build (it reads 1 and 2).
+pub const CHECKPOINT_FORMAT: u32 = 2;
+
+/// The safetensors metadata key of the format-2 checksum (run state and tensors).
+const CHECKSUM_ALL: &str = "checksum_all";
 
 /// Everything besides tensors that a resumed run needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,6 +46,15 @@ pub struct CheckpointMeta {
     pub tokenizer: Option<String>,
     /// Wall-clock seconds of training so far (informative).
     pub elapsed_s: f64,
+    /// Sequences per forward/backward pass (unknown in format 1).
+    #[serde(default)]
+    pub micro_batch: Option<usize>,
+    /// The corpus options the run was prepared with (unknown in format 1).
+    #[serde(default)]
+    pub corpus: Option<CorpusOptions>,
+    /// Hashes of the tokenizer and token files (unknown in format 1).
+    #[serde(default)]
+    pub data: Option<DataIdentity>,
 }
 
 /// What a checkpoint holds once read: its metadata and its tensors, by name (`model/<var>`, `adam.m/<var>`,
@@ -122,16 +142,37 @@ fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
     })
 }
 
+/// The format-2 checksum: FNV-1a over the run state's JSON, then each tensor's name, dtype, shape and bytes in
+/// name order.
+struct Checksum(u64);
+
+impl Checksum {
+    fn new(meta_json: &str) -> Self {
+        let sum = fnv1a_extend(0xcbf2_9ce4_8422_2325, b"candle-structured checkpoint 2");
+        Checksum(fnv1a_extend(sum, meta_json.as_bytes()))
+    }
+
+    fn tensor(&mut self, name: &str, dtype: safetensors::Dtype, shape: &[usize], bytes: &[u8]) {
+        self.0 = fnv1a_extend(self.0, name.as_bytes());
+        self.0 = fnv1a_extend(self.0, format!("{dtype:?}{shape:?}").as_bytes());
+        self.0 = fnv1a_extend(self.0, bytes);
+    }
+
+    fn hex(&self) -> String {
+        format!("{:016x}", self.0)
+    }
+}
+
 /// Serialises `tensors` and `meta` into the bytes of a checkpoint file.
 pub fn checkpoint_bytes(meta: &CheckpointMeta, tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
+    let meta_json = serde_json::to_string(meta).map_err(|e| Error::Checkpoint(e.to_string()))?;
     let mut sorted: Vec<(&String, &Tensor)> = tensors.iter().map(|(n, t)| (n, t)).collect();
     sorted.sort_by(|a, b| a.0.cmp(b.0));
     let mut data = Vec::with_capacity(sorted.len());
-    let mut sum = 0xcbf2_9ce4_8422_2325u64;
+    let mut sum = Checksum::new(&meta_json);
     for (name, t) in &sorted {
         let bytes = tensor_bytes(t)?;
-        sum = fnv1a_extend(sum, name.as_bytes());
-        sum = fnv1a_extend(sum, &bytes);
+        sum.tensor(name, dtype_to_st(t.dtype())?, t.dims(), &bytes);
         data.push((
             name.to_string(),
             dtype_to_st(t.dtype())?,
@@ -148,11 +189,8 @@ pub fn checkpoint_bytes(meta: &CheckpointMeta, tensors: &[(String, Tensor)]) -> 
         })
         .collect::<Result<Vec<_>>>()?;
     let mut info = HashMap::new();
-    info.insert(
-        "candle_structured".to_string(),
-        serde_json::to_string(meta).map_err(|e| Error::Checkpoint(e.to_string()))?,
-    );
-    info.insert("checksum".to_string(), format!("{sum:016x}"));
+    info.insert("candle_structured".to_string(), meta_json);
+    info.insert(CHECKSUM_ALL.to_string(), sum.hex());
     safetensors::tensor::serialize(views, Some(info))
         .map_err(|e| Error::Checkpoint(format!("cannot serialise: {e}")).into())
 }
@@ -163,9 +201,10 @@ pub fn previous_path(path: &Path) -> PathBuf {
     path.with_file_name(format!("{stem}.prev.safetensors"))
 }
 
-/// Writes a checkpoint atomically: the new file is written beside `path` and flushed, the current checkpoint (if
-/// any) is kept as [`previous_path`], then the new file is renamed over `path`. At every instant `path` is either
-/// the old complete checkpoint or the new complete one.
+/// Writes a checkpoint atomically: the new file is written beside `path` and flushed; the current checkpoint (if
+/// any) is copied to [`previous_path`] (a copy, never a second name of the same file, so that one corruption cannot
+/// reach both) and flushed; then the new file is renamed over `path` and the folder flushed. At every instant
+/// `path` is either the old complete checkpoint or the new complete one.
 pub fn save_checkpoint(
     path: &Path,
     meta: &CheckpointMeta,
@@ -174,20 +213,22 @@ pub fn save_checkpoint(
     let bytes = checkpoint_bytes(meta, tensors)?;
     if path.exists() {
         let prev = previous_path(path);
-        let _ = std::fs::remove_file(&prev);
-        std::fs::hard_link(path, &prev)
-            .or_else(|_| std::fs::copy(path, &prev).map(|_| ()))
-            .map_err(|e| Error::io(&prev, e))?;
+        let old = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        write_atomic(&prev, &old)?;
     }
     write_atomic(path, &bytes)
 }
 
-/// Reads and verifies a checkpoint (structure, metadata, checksum). A truncated or corrupt file gives an
-/// [`Error::Checkpoint`] that says so and points at the previous checkpoint when there is one.
+/// Reads and verifies a checkpoint (structure, checksum, run state). A truncated or corrupt file gives an
+/// [`Error::Checkpoint`] that says so and names the previous checkpoint when there is one.
 pub fn load_checkpoint(path: &Path, device: &Device) -> Result<Checkpoint> {
     let prev = previous_path(path);
     let hint = if prev.exists() {
-        format!("; the previous checkpoint is kept at {}", prev.display())
+        format!(
+            "; the previous checkpoint is kept at {} (to resume from it, copy it over {})",
+            prev.display(),
+            path.display()
+        )
     } else {
         String::new()
     };
@@ -201,7 +242,7 @@ pub fn load_checkpoint(path: &Path, device: &Device) -> Result<Checkpoint> {
     let bytes = std::fs::read(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             candle_core::Error::from(Error::Checkpoint(format!(
-                "no checkpoint at {}",
+                "no checkpoint at {}{hint}",
                 path.display()
             )))
         } else {
@@ -218,25 +259,46 @@ pub fn load_checkpoint(path: &Path, device: &Device) -> Result<Checkpoint> {
     let meta_json = info.get("candle_structured").ok_or_else(|| {
         corrupt("no run state in the metadata: not a candle-structured checkpoint".into())
     })?;
-    let meta: CheckpointMeta =
-        serde_json::from_str(meta_json).map_err(|e| corrupt(format!("run state: {e}")))?;
-    if meta.format != CHECKPOINT_FORMAT {
-        return Err(Error::Checkpoint(format!(
-            "{} has format {}, this build reads format {CHECKPOINT_FORMAT}",
-            path.display(),
-            meta.format
-        ))
-        .into());
-    }
-    let expected = info.get("checksum").cloned().unwrap_or_default();
+    // Format 2 (a `checksum_all` key) covers the run state; format 1 (`checksum`) the tensors only.
+    let (expected, full) = match (info.get(CHECKSUM_ALL), info.get("checksum")) {
+        (Some(c), _) => (c.clone(), true),
+        (None, Some(c)) => (c.clone(), false),
+        (None, None) => return Err(corrupt("no checksum in the metadata".into())),
+    };
     let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
     names.sort();
-    let mut sum = 0xcbf2_9ce4_8422_2325u64;
-    let mut tensors = HashMap::new();
+    let mut full_sum = Checksum::new(meta_json);
+    let mut tensor_sum = 0xcbf2_9ce4_8422_2325u64;
+    let mut views = Vec::with_capacity(names.len());
     for name in names {
         let view = st.tensor(&name).map_err(|e| corrupt(e.to_string()))?;
-        sum = fnv1a_extend(sum, name.as_bytes());
-        sum = fnv1a_extend(sum, view.data());
+        full_sum.tensor(&name, view.dtype(), view.shape(), view.data());
+        tensor_sum = fnv1a_extend(tensor_sum, name.as_bytes());
+        tensor_sum = fnv1a_extend(tensor_sum, view.data());
+        views.push((name, view));
+    }
+    let actual = if full {
+        full_sum.hex()
+    } else {
+        format!("{tensor_sum:016x}")
+    };
+    if actual != expected {
+        return Err(corrupt(format!(
+            "checksum {actual} differs from the recorded {expected}"
+        )));
+    }
+    let meta: CheckpointMeta =
+        serde_json::from_str(meta_json).map_err(|e| corrupt(format!("run state: {e}")))?;
+    let expected_format = if full { CHECKPOINT_FORMAT } else { 1 };
+    if meta.format != expected_format {
+        return Err(corrupt(format!(
+            "run state of format {} under a format-{expected_format} checksum; this build reads formats 1 and \
+             {CHECKPOINT_FORMAT}",
+            meta.format
+        )));
+    }
+    let mut tensors = HashMap::new();
+    for (name, view) in views {
         let t = Tensor::from_raw_buffer(
             view.data(),
             dtype_from_st(view.dtype())?,
@@ -244,11 +306,6 @@ pub fn load_checkpoint(path: &Path, device: &Device) -> Result<Checkpoint> {
             device,
         )?;
         tensors.insert(name, t);
-    }
-    if format!("{sum:016x}") != expected {
-        return Err(corrupt(format!(
-            "checksum {sum:016x} differs from the recorded {expected}"
-        )));
     }
     Ok(Checkpoint { meta, tensors })
 }
@@ -280,4 +337,94 @@ pub fn config_differences(a: &GptConfig, b: &GptConfig) -> String {
         }
     }
     out.join("; ")
+}
+
+/// The tensors of a training checkpoint: for every trainable variable, its value (`model/<name>`) and its AdamW
+/// moments (`adam.m/<name>`, `adam.v/<name>`).
+pub fn training_tensors(opt: &AdamW) -> Vec<(String, Tensor)> {
+    let (moments, _) = opt.state();
+    let mut tensors = Vec::with_capacity(3 * moments.len());
+    for ((name, var), (_, m, v)) in opt.params().iter().zip(moments) {
+        tensors.push((format!("model/{name}"), var.as_tensor().clone()));
+        tensors.push((format!("adam.m/{name}"), m));
+        tensors.push((format!("adam.v/{name}"), v));
+    }
+    tensors
+}
+
+/// Restores what [`training_tensors`] saved: the weights into `varmap` (see [`restore_weights`]) and the moments
+/// and step count into `opt`.
+pub fn restore_training_state(
+    ckpt: &Checkpoint,
+    cfg: &GptConfig,
+    varmap: &VarMap,
+    opt: &mut AdamW,
+    path: &Path,
+) -> Result<()> {
+    restore_weights(ckpt, cfg, varmap, path)?;
+    let t = &ckpt.tensors;
+    opt.load_state(
+        |name| {
+            Some((
+                t.get(&format!("adam.m/{name}"))?.clone(),
+                t.get(&format!("adam.v/{name}"))?.clone(),
+            ))
+        },
+        ckpt.meta.adam_step,
+    )
+}
+
+/// The named variables of a `VarMap`, sorted by name.
+pub fn named_vars(varmap: &VarMap) -> Vec<(String, Var)> {
+    let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+    let mut vars: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
+/// Loads the weights of a checkpoint into `varmap`'s variables. Errors (and changes nothing) when the checkpoint
+/// was written for another configuration or misses a variable.
+pub fn restore_weights(
+    ckpt: &Checkpoint,
+    cfg: &GptConfig,
+    varmap: &VarMap,
+    path: &Path,
+) -> Result<()> {
+    if ckpt.meta.config != *cfg {
+        return Err(Error::Checkpoint(format!(
+            "{} was written for another model configuration ({})",
+            path.display(),
+            config_differences(&ckpt.meta.config, cfg)
+        ))
+        .into());
+    }
+    let vars = named_vars(varmap);
+    let mut values = Vec::with_capacity(vars.len());
+    for (name, var) in &vars {
+        // Checkpoints from before FastFood's renamed diagonals and stored permutations still load.
+        let former = || crate::layers::former_name(name).map(|old| format!("model/{old}"));
+        let t = ckpt.tensors.get(&format!("model/{name}"));
+        let Some(t) = t.or_else(|| former().and_then(|k| ckpt.tensors.get(&k))) else {
+            if crate::layers::is_permutation_table(name) {
+                continue;
+            }
+            return Err(
+                Error::Checkpoint(format!("{} has no weights for {name}", path.display())).into(),
+            );
+        };
+        if t.dims() != var.dims() {
+            return Err(Error::Checkpoint(format!(
+                "{}: {name} has shape {:?}, the model {:?}",
+                path.display(),
+                t.dims(),
+                var.dims()
+            ))
+            .into());
+        }
+        values.push((var, t.to_device(var.device())?.to_dtype(var.dtype())?));
+    }
+    for (var, t) in values {
+        var.set(&t)?;
+    }
+    Ok(())
 }
