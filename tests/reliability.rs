@@ -745,7 +745,14 @@ fn evaluate_text_scores_every_token_after_the_first() {
 /// Rewrites a checkpoint in format 1 (before this build): no micro-batch, corpus or data hashes, and a checksum over
 /// the tensors only.
 fn as_format_1(path: &Path) {
-    use candle_structured::data::fnv1a_extend;
+    // FNV-1a, written out here: the format-1 checksum as that format defined it.
+    fn fnv1a_extend(mut state: u64, bytes: &[u8]) -> u64 {
+        for &b in bytes {
+            state ^= b as u64;
+            state = state.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        state
+    }
     let bytes = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
