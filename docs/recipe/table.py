@@ -51,6 +51,6 @@ for r in rows:
     else:
         continue
     print(
-        f'| {r["run"]} | {r["preset"]} | {r["batch"]} | {r["lr"]:.0e} | {r["dropout"]:.2g} | {f(r["v262"])} | '
+        f'| {r["run"]} | {r["preset"]} | {r["batch"]} | {r["lr"]:.1e} | {r["dropout"]:.2g} | {f(r["v262"])} | '
         f'{f(r["v524"])} | {fv} | {ft} |'
     )
