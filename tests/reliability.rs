@@ -803,11 +803,15 @@ fn an_old_format_1_checkpoint_resumes_bit_identically() {
         .unwrap()
         .meta;
     assert_eq!((meta.format, meta.micro_batch, meta.data), (1, None, None));
-    // The plan of an old run: what it recorded, the rest unknown (the command line's or the defaults).
+    // The plan of an old run: what it recorded, the rest unknown (the command line's or the defaults; an old
+    // checkpoint does not name its corpus, so the command line does).
     let plan = RunPlan::resume(
         run.clone(),
         None,
-        &Overrides::default(),
+        &Overrides {
+            data: Some(root.join("src")),
+            ..Overrides::default()
+        },
         cadence(),
         root.join("cache"),
     )

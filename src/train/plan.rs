@@ -147,9 +147,9 @@ impl RunPlan {
         if let Some(b) = budget(ov, &spec).or(reshaped.then_some(p.train.max_tokens)) {
             spec = spec.with_budget(b);
         }
-        let corpus = corpus_options(ov, model.vocab_size, cache)?;
         let run_dir = run_dir.unwrap_or_else(|| PathBuf::from("runs").join(&p.name));
         RunDir::check_free(&run_dir)?;
+        let corpus = corpus_options(ov, model.vocab_size, cache)?;
         let mut options = options(run_dir, cadence);
         options.micro_batch = ov.micro_batch;
         options.seed = model.seed;
