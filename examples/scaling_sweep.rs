@@ -87,11 +87,9 @@ impl Args {
             tokens: Some(run.tokens),
             batch_size: q.then_some(4),
             seq_len: q.then_some(128),
-            data: self.data.clone().or_else(|| {
-                (!dir.join("checkpoint.safetensors").exists())
-                    .then(|| common::corpus_dir(None).ok())
-                    .flatten()
-            }),
+            // Always named: a run resumed from a checkpoint of the previous format (which does not record its
+            // corpus) needs it, and a newer checkpoint records this same path.
+            data: self.data.clone().or_else(|| common::corpus_dir(None).ok()),
             ..Overrides::default()
         };
         let cadence = Cadence {
