@@ -6,9 +6,9 @@
 //! `CS_RELIABILITY_CHILD` names a run folder). Each test prints its counts (`--nocapture` shows them).
 #![cfg(all(feature = "train", unix))]
 
+mod train_common;
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
-use candle_structured::data::{Corpus, CorpusOptions};
 use candle_structured::model::{gpt, GptConfig, TrainSpec};
 use candle_structured::train::plan::{Cadence, Overrides, RunPlan};
 use candle_structured::train::{
@@ -19,72 +19,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
+use train_common::{corpus, synthetic_text, tmp_dir};
 
 const CHILD: &str = "CS_RELIABILITY_CHILD";
 const CHILD_STEPS: &str = "CS_RELIABILITY_STEPS";
-
-fn tmp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("cs-rel-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// About 30 KB of pseudo-French from a seeded generator.
-fn text(seed: u64) -> String {
-    const W: &[&str] = &[
-        "le",
-        "paquet",
-        "est",
-        "installé",
-        "dans",
-        "système",
-        "avec",
-        "la",
-        "commande",
-        "apt",
-        "de",
-        "Debian",
-        "pour",
-        "les",
-        "fichier",
-        "serveur",
-        "noyau",
-        "une",
-        "mise",
-        "à",
-        "jour",
-        "réseau",
-    ];
-    let mut s = seed;
-    let mut out = String::new();
-    while out.len() < 30_000 {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        out.push_str(W[(s >> 33) as usize % W.len()]);
-        out.push(if (s >> 20).is_multiple_of(9) {
-            '\n'
-        } else {
-            ' '
-        });
-    }
-    out
-}
-
-/// The corpus of `root` (source under `root/src`, cache under `root/cache`), written on first use.
-fn corpus(root: &Path) -> Corpus {
-    let src = root.join("src");
-    if !src.exists() {
-        std::fs::create_dir_all(&src).unwrap();
-        for (i, name) in ["train.txt", "valid.txt", "test.txt"].iter().enumerate() {
-            std::fs::write(src.join(name), text(i as u64 + 1)).unwrap();
-        }
-    }
-    let mut o = CorpusOptions::new(&src, 300);
-    o.cache_root = root.join("cache");
-    Corpus::prepare(&o).unwrap()
-}
 
 fn tiny() -> (GptConfig, TrainSpec) {
     let mut cfg = GptConfig::dense(300, 16, 32, 2, 1);
@@ -122,7 +60,7 @@ fn options(run: &Path, resume: bool) -> TrainOptions {
 /// Trains the tiny model in `run` (resuming when it holds a checkpoint), corpus under `root`.
 fn run_tiny(root: &Path, run: &Path, spec: &TrainSpec) -> candle_core::Result<TrainReport> {
     let (cfg, _) = tiny();
-    let c = corpus(root);
+    let c = corpus(root, 30_000);
     let vm = VarMap::new();
     let model = gpt(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu))?;
     let resume = run.join(CHECKPOINT_FILE).exists();
@@ -226,7 +164,7 @@ fn final_line(log: &Path) -> serde_json::Value {
 
 #[test]
 fn kill_9_then_resume_is_bit_identical() {
-    let root = tmp_dir("kill");
+    let root = tmp_dir("rel", "kill");
     let (_, spec) = tiny();
     let reference = run_tiny(&root, &root.join("reference"), &spec).unwrap();
     let want = step_lines(&reference.log);
@@ -289,8 +227,8 @@ fn kill_9_then_resume_is_bit_identical() {
 
 #[test]
 fn a_second_trainer_on_a_busy_folder_is_refused_and_touches_nothing() {
-    let root = tmp_dir("lock");
-    corpus(&root);
+    let root = tmp_dir("rel", "lock");
+    corpus(&root, 30_000);
     let run = root.join("busy");
     let mut child = spawn_child(&run, Some(100_000));
     let pid = child.id().to_string();
@@ -309,7 +247,7 @@ fn a_second_trainer_on_a_busy_folder_is_refused_and_touches_nothing() {
     let (_, spec) = tiny();
     let mut refused = 0;
     for resume in [false, true] {
-        let c = corpus(&root);
+        let c = corpus(&root, 30_000);
         let vm = VarMap::new();
         let (cfg, _) = tiny();
         let model = gpt(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
@@ -361,7 +299,7 @@ fn a_second_trainer_on_a_busy_folder_is_refused_and_touches_nothing() {
 
 #[test]
 fn flipped_bits_anywhere_in_a_checkpoint_are_refused() {
-    let root = tmp_dir("flip");
+    let root = tmp_dir("rel", "flip");
     let (_, mut spec) = tiny();
     spec = spec.with_budget(3 * spec.tokens_per_step());
     let run = root.join("r");
@@ -420,20 +358,20 @@ fn flipped_bits_anywhere_in_a_checkpoint_are_refused() {
 
 #[test]
 fn a_truncated_or_edited_token_cache_is_rebuilt() {
-    let root = tmp_dir("cache");
-    let c = corpus(&root);
+    let root = tmp_dir("rel", "cache");
+    let c = corpus(&root, 30_000);
     let (id, len) = (c.identity, c.train.len());
     let bin = c.train.path().to_path_buf();
     drop(c);
     let full = std::fs::read(&bin).unwrap();
     std::fs::write(&bin, &full[..1000]).unwrap();
-    let c = corpus(&root);
+    let c = corpus(&root, 30_000);
     assert_eq!((c.identity, c.train.len()), (id, len));
     drop(c);
     let mut edited = full.clone();
     edited[10] ^= 1;
     std::fs::write(&bin, &edited).unwrap();
-    let c = corpus(&root);
+    let c = corpus(&root, 30_000);
     assert_eq!(c.identity, id);
     assert_eq!(std::fs::read(&bin).unwrap(), full);
     eprintln!("token cache: 2 trials (truncated, edited), rebuilt identical: 2");
@@ -552,13 +490,13 @@ fn bad_flags_are_refused_before_anything_runs() {
 
 #[test]
 fn resume_refuses_conflicting_flags_and_takes_the_budget() {
-    let root = tmp_dir("conflict");
+    let root = tmp_dir("rel", "conflict");
     let (_, mut spec) = tiny();
     spec = spec.with_budget(4 * spec.tokens_per_step());
     let run = root.join("r");
     let mut o = options(&run, false);
     o.stop_at_step = Some(2);
-    let c = corpus(&root);
+    let c = corpus(&root, 30_000);
     let vm = VarMap::new();
     let (cfg, _) = tiny();
     let model = gpt(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
@@ -693,13 +631,13 @@ fn resume_refuses_conflicting_flags_and_takes_the_budget() {
 
 #[test]
 fn a_fresh_start_moves_any_old_run_aside() {
-    let root = tmp_dir("aside");
+    let root = tmp_dir("rel", "aside");
     let run = root.join("r");
     std::fs::create_dir_all(&run).unwrap();
     std::fs::write(run.join(LOG_FILE), "{\"step\":1,\"train_loss\":5.0}\n").unwrap();
     let (_, mut spec) = tiny();
     spec = spec.with_budget(2 * spec.tokens_per_step());
-    let c = corpus(&root);
+    let c = corpus(&root, 30_000);
     let vm = VarMap::new();
     let (cfg, _) = tiny();
     let model = gpt(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
@@ -719,13 +657,13 @@ fn a_fresh_start_moves_any_old_run_aside() {
 
 #[test]
 fn evaluate_text_scores_every_token_after_the_first() {
-    let root = tmp_dir("evaltail");
-    let c = corpus(&root);
+    let root = tmp_dir("rel", "evaltail");
+    let c = corpus(&root, 30_000);
     let tok = candle_structured::data::load_tokenizer(&c.tokenizer_path).unwrap();
     let (cfg, _) = tiny();
     let vm = VarMap::new();
     let model = gpt(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
-    let body = text(7);
+    let body = synthetic_text(7, 30_000);
     let mut seen = std::collections::HashSet::new();
     for bytes in [40, 300, 1100, 1200, 1300, 1400] {
         let mut end = bytes;
@@ -786,12 +724,12 @@ fn as_format_1(path: &Path) {
 
 #[test]
 fn an_old_format_1_checkpoint_resumes_bit_identically() {
-    let root = tmp_dir("format1");
+    let root = tmp_dir("rel", "format1");
     let (_, mut spec) = tiny();
     spec = spec.with_budget(6 * spec.tokens_per_step());
     let reference = run_tiny(&root, &root.join("reference"), &spec).unwrap();
     let run = root.join("old");
-    let c = corpus(&root);
+    let c = corpus(&root, 30_000);
     let (cfg, _) = tiny();
     let vm = VarMap::new();
     let model = gpt(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();

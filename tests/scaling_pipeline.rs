@@ -3,13 +3,15 @@
 //! (`examples/scaling_sweep.rs`) stays out of CI; this checks that its pieces fit together.
 #![cfg(feature = "train")]
 
-use std::path::{Path, PathBuf};
+mod train_common;
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
+use train_common::{corpus, tmp_dir};
 
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
-use candle_structured::data::{Corpus, CorpusOptions};
+use candle_structured::data::Corpus;
 use candle_structured::layers::BlockKind;
 use candle_structured::model::{gpt, GptConfig, LayerSpec, TrainSpec};
 use candle_structured::scaling::bootstrap::BootstrapOptions;
@@ -17,76 +19,6 @@ use candle_structured::scaling::report::{write_report, ReportOptions};
 use candle_structured::scaling::runs::{read_runs_dir, Family};
 use candle_structured::scaling::study::StudyOptions;
 use candle_structured::train::{train, TrainOptions};
-
-fn tmp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("cs-pipeline-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// ~30 KB of pseudo-French from a seeded generator (sentences of 6–21 words).
-fn synthetic_text(seed: u64, bytes: usize) -> String {
-    const WORDS: &[&str] = &[
-        "le",
-        "paquet",
-        "est",
-        "installé",
-        "dans",
-        "système",
-        "avec",
-        "la",
-        "commande",
-        "apt",
-        "de",
-        "Debian",
-        "pour",
-        "les",
-        "utilisateurs",
-        "fichier",
-        "configuration",
-        "serveur",
-        "noyau",
-        "une",
-        "mise",
-        "à",
-        "jour",
-        "sécurité",
-        "réseau",
-        "et",
-        "des",
-        "sources",
-        "vers",
-    ];
-    let mut s = seed;
-    let mut next = move || {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        s
-    };
-    let mut out = String::new();
-    while out.len() < bytes {
-        let n = 6 + (next() >> 60) as usize;
-        for k in 0..n {
-            out.push_str(WORDS[(next() >> 33) as usize % WORDS.len()]);
-            out.push(if k + 1 == n { '.' } else { ' ' });
-        }
-        out.push('\n');
-    }
-    out
-}
-
-fn corpus(dir: &Path) -> Corpus {
-    let src = dir.join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    for (i, f) in ["train.txt", "valid.txt", "test.txt"].iter().enumerate() {
-        std::fs::write(src.join(f), synthetic_text(i as u64 + 1, 30_000)).unwrap();
-    }
-    let mut o = CorpusOptions::new(&src, 300);
-    o.cache_root = dir.join("cache");
-    Corpus::prepare(&o).unwrap()
-}
 
 const STEPS: u64 = 40;
 
@@ -132,8 +64,8 @@ fn numbers_in(s: &str) -> Vec<&str> {
 #[test]
 fn tiny_runs_to_report() {
     let t0 = Instant::now();
-    let dir = tmp_dir("mini");
-    let corpus = corpus(&dir);
+    let dir = tmp_dir("pipeline", "mini");
+    let corpus = corpus(&dir, 30_000);
     let runs_root = dir.join("runs");
     // Four dense baselines of growing width, two seeds each, and a doped twin of the smallest (a frozen random MLP
     // between its blocks), two seeds.

@@ -1,89 +1,18 @@
 //! Exact resume, checkpoint integrity and the loop's clear errors, on a tiny model and a tiny synthetic corpus.
 #![cfg(feature = "train")]
 
+mod train_common;
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
-use candle_structured::data::{eval_windows, Corpus, CorpusOptions};
+use candle_structured::data::eval_windows;
 use candle_structured::model::{gpt, GptConfig, TrainSpec};
 use candle_structured::train::{
     evaluate, evaluate_text, load_checkpoint, named_vars, previous_path, train, TrainOptions,
     TrainReport,
 };
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
-
-fn tmp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("cs-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// ~40 KB of pseudo-French from a seeded generator.
-fn synthetic_text(seed: u64) -> String {
-    const WORDS: &[&str] = &[
-        "le",
-        "paquet",
-        "est",
-        "installé",
-        "dans",
-        "le",
-        "système",
-        "avec",
-        "la",
-        "commande",
-        "apt",
-        "de",
-        "Debian",
-        "pour",
-        "les",
-        "utilisateurs",
-        "fichier",
-        "configuration",
-        "serveur",
-        "noyau",
-        "une",
-        "mise",
-        "à",
-        "jour",
-        "sécurité",
-        "réseau",
-        "et",
-        "des",
-        "sources",
-        "vers",
-        "répertoire",
-        "options",
-    ];
-    let mut s = seed;
-    let mut out = String::new();
-    while out.len() < 40_000 {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let n = 6 + (s >> 60) as usize;
-        for k in 0..n {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            out.push_str(WORDS[(s >> 33) as usize % WORDS.len()]);
-            out.push(if k + 1 == n { '.' } else { ' ' });
-        }
-        out.push('\n');
-    }
-    out
-}
-
-fn corpus(dir: &Path) -> Corpus {
-    let src = dir.join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("train.txt"), synthetic_text(1)).unwrap();
-    std::fs::write(src.join("valid.txt"), synthetic_text(2)).unwrap();
-    std::fs::write(src.join("test.txt"), synthetic_text(3)).unwrap();
-    let mut o = CorpusOptions::new(&src, 300);
-    o.cache_root = dir.join("cache");
-    Corpus::prepare(&o).unwrap()
-}
+use train_common::{corpus, tmp_dir};
 
 fn tiny() -> (GptConfig, TrainSpec) {
     let mut cfg = GptConfig::dense(300, 32, 32, 2, 2);
@@ -136,7 +65,7 @@ fn run(cfg: &GptConfig, spec: &TrainSpec, o: &TrainOptions, scramble: bool) -> T
         }
     }
     let stop = AtomicBool::new(false);
-    let c = corpus(o.run_dir.parent().unwrap());
+    let c = corpus(o.run_dir.parent().unwrap(), 40_000);
     train(&model, &vm, &c, spec, o, &stop).unwrap()
 }
 
@@ -150,7 +79,7 @@ fn log_lines(path: &Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn interrupted_and_resumed_equals_uninterrupted() {
-    let dir = tmp_dir("resume");
+    let dir = tmp_dir("train", "resume");
     let (cfg, spec) = tiny();
     let a = run(&cfg, &spec, &opts(&dir.join("a")), false);
     assert_eq!(a.steps, 8);
@@ -233,7 +162,7 @@ fn interrupted_and_resumed_equals_uninterrupted() {
 
 #[test]
 fn bad_checkpoints_and_recipes_get_clear_errors() {
-    let dir = tmp_dir("errors");
+    let dir = tmp_dir("train", "errors");
     let (cfg, spec) = tiny();
     let run_dir = dir.join("r");
     let mut o = opts(&run_dir);
@@ -242,7 +171,7 @@ fn bad_checkpoints_and_recipes_get_clear_errors() {
     let ckpt = run_dir.join("checkpoint.safetensors");
     let prev = previous_path(&ckpt);
     assert!(ckpt.exists() && prev.exists());
-    let c = corpus(&dir);
+    let c = corpus(&dir, 40_000);
     let stop = AtomicBool::new(false);
     let try_train = |cfg: &GptConfig, spec: &TrainSpec, o: &TrainOptions| -> String {
         let vm = VarMap::new();
@@ -316,8 +245,8 @@ fn bad_checkpoints_and_recipes_get_clear_errors() {
 
 #[test]
 fn evaluate_text_agrees_with_the_token_file_evaluation() {
-    let dir = tmp_dir("evaltext");
-    let c = corpus(&dir);
+    let dir = tmp_dir("train", "evaltext");
+    let c = corpus(&dir, 40_000);
     let (cfg, _) = tiny();
     let vm = VarMap::new();
     let model = gpt(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
