@@ -272,37 +272,24 @@ pub fn conflicts(meta: &CheckpointMeta, preset_name: Option<&str>, ov: &Override
             }
         }
     };
-    let s = |x: &dyn std::fmt::Display| Some(x.to_string());
-    check(
-        "--preset",
-        meta.preset.clone(),
-        preset_name.map(String::from),
-    );
-    check(
-        "--seed",
-        s(&meta.config.seed),
-        ov.seed.map(|v| v.to_string()),
-    );
+    fn shown<T: std::fmt::Display>(v: Option<T>) -> Option<String> {
+        v.map(|v| v.to_string())
+    }
+    check("--preset", meta.preset.clone(), shown(preset_name));
+    check("--seed", shown(Some(meta.config.seed)), shown(ov.seed));
     check(
         "--dropout",
-        s(&meta.config.dropout),
-        ov.dropout.map(|v| v.to_string()),
+        shown(Some(meta.config.dropout)),
+        shown(ov.dropout),
     );
-    check("--lr", s(&meta.train.lr), ov.lr.map(|v| v.to_string()));
-    check(
-        "--batch-size",
-        s(&meta.train.batch_size),
-        ov.batch_size.map(|v| v.to_string()),
-    );
-    check(
-        "--seq-len",
-        s(&meta.train.seq_len),
-        ov.seq_len.map(|v| v.to_string()),
-    );
+    check("--lr", shown(Some(meta.train.lr)), shown(ov.lr));
+    let (batch, seq) = (meta.train.batch_size, meta.train.seq_len);
+    check("--batch-size", shown(Some(batch)), shown(ov.batch_size));
+    check("--seq-len", shown(Some(seq)), shown(ov.seq_len));
     check(
         "--micro-batch",
-        meta.micro_batch.map(|v| v.to_string()),
-        ov.micro_batch.map(|v| v.to_string()),
+        shown(meta.micro_batch),
+        shown(ov.micro_batch),
     );
     let corpus = meta.corpus.as_ref();
     let path = |p: &PathBuf| {

@@ -16,7 +16,7 @@ use crate::data::{eval_windows, fnv1a, BatchSampler, Corpus, TokenFile};
 use crate::error::Error;
 use crate::model::{Gpt, TrainSpec};
 use crate::ops::Mode;
-use crate::params::CountParams;
+use crate::params::{CountParams, ParamCounts};
 use candle_core::{Device, Result, Tensor};
 use candle_nn::VarMap;
 use std::path::PathBuf;
@@ -48,6 +48,8 @@ pub struct Trainer<'a> {
     elapsed_before: f64,
     started: Instant,
     log: RunLog,
+    /// The model's parameter counts (fixed for the run; logged with every line).
+    counts: ParamCounts,
     /// Where the steps of this call spent their time.
     pub phases: PhaseTimes,
 }
@@ -128,6 +130,7 @@ impl<'a> Trainer<'a> {
             elapsed_before,
             started: Instant::now(),
             log,
+            counts: model.param_counts(),
             phases: PhaseTimes::default(),
         };
         let plan = t.plan_line();
@@ -140,7 +143,7 @@ impl<'a> Trainer<'a> {
     }
 
     fn plan_line(&self) -> PlanLine {
-        let counts = self.model.param_counts();
+        let counts = self.counts;
         PlanLine {
             step: self.step,
             preset: self.opts.preset.clone(),
@@ -254,7 +257,7 @@ impl<'a> Trainer<'a> {
         self.phases.optimizer_s += tp.elapsed().as_secs_f64();
         self.step += 1;
         self.tokens += spec.tokens_per_step();
-        let counts = self.model.param_counts();
+        let counts = self.counts;
         let n = counts.non_embedding.trainable;
         let flops = training_flops(n, self.tokens);
         Ok(StepLine {
@@ -332,7 +335,7 @@ impl<'a> Trainer<'a> {
             .evaluate(Split::Valid)?
             .ok_or_else(|| candle_core::Error::from(Error::Data("no validation window".into())))?;
         let t = self.evaluate(Split::Test)?;
-        let counts = self.model.param_counts();
+        let counts = self.counts;
         let n = counts.non_embedding.trainable;
         let flops = training_flops(n, self.tokens);
         self.log(&LogLine::Event(Event::Final(FinalLine {
