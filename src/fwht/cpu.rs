@@ -164,7 +164,7 @@ macro_rules! impl_fwht_float {
                     // and the others handle any power-of-two length of at least their lane count (8 f32, 4 f64);
                     // the caller guarantees the pointers.
                     unsafe {
-                        // Short rows: one straight-line kernel per length, AVX2 (faster than split AVX-512), or
+                        // Short rows: one straight-line kernel per length, AVX2 (shorter latency than AVX-512), or
                         // AVX-512 for the rows that fill all 16 AVX2 registers where 512-bit operations run at
                         // full width.
                         if isa.0 == Isa::Avx512 && super::simd::$small512(src, dst, n, scale) {
@@ -175,7 +175,8 @@ macro_rules! impl_fwht_float {
                         }
                         match isa.0 {
                             Isa::Avx512 => return super::simd::$avx512(src, dst, n, scale, true),
-                            // Split 512-bit operations: below `$min512` elements the 256-bit kernel is faster.
+                            // Split 512-bit operations: each costs two 256-bit ones, so below `$min512` elements
+                            // (where latency, not bandwidth, bounds the pass) the 256-bit kernel serves.
                             Isa::Avx512Split if n >= $min512 => {
                                 return super::simd::$avx512(src, dst, n, scale, false)
                             }

@@ -1,13 +1,14 @@
 //! Helper threads for batches of rows called from outside rayon's pool.
 //!
-//! A batch of a few thousand rows takes 2–20 µs on one core, which is the scale of a thread's wake-up: measured on
-//! the development machine (a 2-vCPU KVM guest), waking a parked thread costs the waker about 6 µs, and a job
-//! handed to rayon's pool reached its worker 1–2 µs late even when the worker was awake. So the transform keeps its
+//! A batch of a few thousand rows takes microseconds on one core, which is the scale of a thread's wake-up: waking a
+//! parked thread is a system call for the waker, and a job handed to rayon's pool reaches its worker late even
+//! when the worker is awake (`docs/fwht.md`, tuning notes, has the measurements). So the transform keeps its
 //! own helpers: one thread per extra core of rayon's pool (so `RAYON_NUM_THREADS` counts for both), started on first
 //! use, which after each batch *spins* for a short while ([`SPIN`], yielding the core to any other thread that wants
-//! it) and only then parks. A batch that comes while a helper spins reaches it in about 0.1 µs, with no system call.
+//! it) and only then parks. A batch that comes while a helper spins reaches it through one shared atomic, with no
+//! system call.
 //!
-//! Waking a parked helper is only worth its 6 µs for a long batch, or when batches come in a stream (the helper then
+//! Waking a parked helper is only worth its cost for a long batch, or when batches come in a stream (the helper then
 //! spins between them): a short batch that finds the helpers parked, with no batch in the [`SPIN`] before it, runs
 //! on the calling thread alone.
 //!
@@ -24,10 +25,9 @@ use std::time::{Duration, Instant};
 
 /// How long an idle helper spins before it parks.
 const SPIN: Duration = Duration::from_micros(200);
-/// Batches of at least this many elements wake parked helpers (about 250 µs of work or more on one core). The
-/// wake-up costs this thread about 6 µs, and a helper that has been parked a while starts late and with cold
-/// caches: measured, batches of 256K elements 1 ms apart ran 0.8× the one-thread speed when they woke it, 1M
-/// elements 1.5×.
+/// Batches of at least this many elements wake parked helpers: hundreds of microseconds of work on one core, so
+/// that the wake-up (a system call here, a late start with cold caches there) is small beside it. Shorter batches
+/// that woke a helper ran slower than one thread alone (`docs/fwht.md`, tuning notes).
 const WAKE_MIN: usize = 1 << 20;
 /// A spinning helper checks the clock and yields its core (to any other runnable thread) once per this many spins.
 const YIELD_EVERY: u32 = 1 << 6;

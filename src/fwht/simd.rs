@@ -11,8 +11,8 @@
 //!    (radix-`2^r`), so a row of `2^k` elements costs about `(k - w) / r` sweeps over memory;
 //! 3. rows longer than an L1-sized block are first transformed block by block (each block stays in L1), then the
 //!    remaining stages run as radix-`2^r` passes over the whole row, at most 8 registers at once when the stride is
-//!    4 KiB or more (such vectors share one set of the 8-way L1; holding 16 of them was up to 3× slower); rows
-//!    longer than L2 are first transformed that way in L2-sized blocks, so only the last stages sweep the whole row;
+//!    4 KiB or more (such vectors share one set of the 8-way L1, and holding more of them than its ways evicts
+//!    lines still in use); rows longer than L2 are first transformed that way in L2-sized blocks, so only the last stages sweep the whole row;
 //! 4. the scale is multiplied into the values of the last pass before they are stored;
 //! 5. rows of up to 16 AVX2 registers skip all of that: [`small`] is one straight-line kernel per length, written
 //!    for latency (a repeated transform of a hot short row is a single dependency chain); where 512-bit operations
@@ -504,8 +504,8 @@ thread_local! {
 }
 
 /// How far (modulo 4 KiB) the scratch buffer starts from the row: loads from the row and stores into the scratch
-/// that are a multiple of 4 KiB apart look alike to the CPU's memory disambiguation, which made the first pass
-/// about 1.5× slower with the scratch placed at random.
+/// that are a multiple of 4 KiB apart look alike to the CPU's memory disambiguation (false store-to-load
+/// dependencies stall the first pass), so the scratch is placed half a page away (`docs/fwht.md`, tuning notes).
 const ALIAS_SHIFT: usize = 2048;
 
 /// Rows of up to this many bytes that do not start on a cache line go through a scratch buffer as long as the row
@@ -517,17 +517,16 @@ const SCRATCH_ROW_BYTES: usize = 4 << 20;
 /// Rows longer than the L1 block are transformed block by block, then the stages that span blocks run as radix
 /// passes over the whole row (8 registers at once, the strides being 4 KiB or more). Rows longer than L2 (1 MiB)
 /// are first transformed in 1 MiB blocks that way, so that only the stages spanning those blocks sweep the whole
-/// row (through L3 or memory): measured 5–15 % faster at 2^21–2^22 and neutral below. (A variant that copied column
-/// panels into a contiguous buffer was measured slower at every size up to 2^22 on the development machine, an AMD
-/// Zen 4 VM, so it is not used.)
+/// row (through L3 or memory), which needs fewer sweeps of the row through memory than passes over the whole row.
+/// (A variant that copied column panels into a contiguous buffer moved more bytes and was slower, so it is not
+/// used; the measurements are in `docs/fwht.md`, tuning notes.)
 ///
 /// A row that does not start on a cache line (the usual case for a large `Vec` from the system allocator, 16 bytes
-/// past a page boundary) makes vector loads and stores straddle two lines: measured on Zen 4 (f64, AVX-512), 10–30 %
-/// slower at 2^12–2^17 and 35–60 % at 2^18–2^20. Such rows longer than the L1 block run their first pass from the
+/// past a page boundary) makes vector loads and stores straddle two lines, so every access costs two. Such rows
+/// longer than the L1 block run their first pass from the
 /// row into a thread-local aligned buffer (an L2 block at most, kept for the thread's next call), the middle passes
 /// there, and the last pass back into the row: the same passes, in the same order, so the results do not change.
-/// That brought 2^18–2^20 back to within 2–15 % of an aligned row (f32 likewise at 2^19–2^20). Rows within the L1
-/// block are left in place: their two or three passes gained nothing from it.
+/// Rows within the L1 block are left in place: their two or three passes do not pay for the copy.
 #[inline(always)]
 unsafe fn transform<V: Vector>(
     src: *const V::E,
@@ -682,11 +681,12 @@ unsafe fn in_l2<V: Vector>(route: Route<V::E>, k: u32, plan: Plan, scale: Option
     );
 }
 
-// At strides of 4 KiB or more the vectors of one pass share a set of the L1 (8-way on AMD Zen 4, where holding 16
-// of them was up to 3× slower than 8), so such passes hold at most 8. The exception, where 512-bit operations run
+// At strides of 4 KiB or more the vectors of one pass share a set of the L1 (8-way on the CPUs tuned for), so such
+// passes hold at most 8: more would evict lines the pass still needs. The exception, where 512-bit operations run
 // at full width (Intel): the passes that span L2 blocks hold up to 32 vectors (each loads and stores one whole cache
 // line, so nothing is lost when a line leaves the L1 in between), which turns the last 4–5 stages of rows longer
-// than L2 into one sweep through L3 or memory instead of two. Within L2 the same wide passes were slower.
+// than L2 into one sweep through L3 or memory instead of two. Within L2 there is no sweep to save, and the
+// evictions make them slower, so they stay at 8 there.
 const AVX2_F32: Plan = Plan {
     rmax: 3,
     far_rmax: 3,
@@ -810,16 +810,17 @@ macro_rules! small_entry {
 }
 
 small_entry!(
-    /// Short f32 rows (8 to 128 elements) with AVX2 (faster than the AVX-512 kernels there on Zen 4): one straight-line kernel per length.
+    /// Short f32 rows (8 to 128 elements) with AVX2: one straight-line kernel per length. (A short row is one
+    /// dependency chain, and the 256-bit kernels' shorter permutation latency wins over wider registers.)
     f32_small_avx2, "avx2,fma", F32x8, f32, 8 => 1, 16 => 2, 32 => 4, 64 => 8, 128 => 16
 );
 small_entry!(
-    /// Short f64 rows (4 to 64 elements) with AVX2 (faster than the AVX-512 kernels there on Zen 4): one straight-line kernel per length.
+    /// Short f64 rows (4 to 64 elements) with AVX2: one straight-line kernel per length, as [`f32_small_avx2`].
     f64_small_avx2, "avx2,fma", F64x4, f64, 4 => 1, 8 => 2, 16 => 4, 32 => 8, 64 => 16
 );
 small_entry!(
     /// The f32 rows that take all 16 AVX2 registers (128 elements) with AVX-512 (8 registers), for CPUs that run
-    /// 512-bit operations at full width; shorter rows were as fast or faster with AVX2 there.
+    /// 512-bit operations at full width (it then needs 8 registers instead of 16); shorter rows stay on AVX2.
     f32_small_avx512, "avx512f", F32x16, f32, 128 => 8
 );
 small_entry!(
