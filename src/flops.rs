@@ -136,11 +136,6 @@ pub fn training_flops(n_trainable_non_embedding: usize, tokens: u64) -> f64 {
     TRAINABLE_FLOPS_PER_TOKEN * n_trainable_non_embedding as f64 * tokens as f64
 }
 
-/// `flops` in PF-days (the same as [`flops_to_pf_days`]).
-pub fn pf_days(flops: f64) -> f64 {
-    flops_to_pf_days(flops)
-}
-
 /// Model FLOPs per training token for the utilisation figure (MFU; the convention of PaLM and nanoGPT):
 /// [`TRAINABLE_FLOPS_PER_TOKEN`] per trainable non-embedding parameter and per weight of the language-model head
 /// (`head_weights`, vocabulary × width), 4 per frozen parameter ([`FrozenCost::TwoThirds`]: forward, and the
@@ -167,7 +162,7 @@ mod tests {
         let mfu = mfu_flops_per_token(1000, 300, 50 * 8, 2 * 8 * 16);
         assert_eq!(mfu, 6.0 * 1000.0 + 6.0 * 400.0 + 4.0 * 300.0 + 12.0 * 256.0);
         assert_eq!(training_flops(1000, 10), 60_000.0);
-        assert_eq!(pf_days(PF_DAY), 1.0);
+        assert_eq!(flops_to_pf_days(PF_DAY), 1.0);
         assert_eq!(pf_days_to_flops(2.0), 2.0 * PF_DAY);
     }
 }

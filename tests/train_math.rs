@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use candle_structured::flops::{pf_days, training_flops};
+use candle_structured::flops::{flops_to_pf_days as pf_days, training_flops};
 use candle_structured::model::{gpt, preset, GptConfig};
 use candle_structured::train::{
     clip_grad_norm, global_grad_norm, named_vars, AdamW, AdamWConfig, LrSchedule,

@@ -134,7 +134,7 @@ impl From<bool> for Mode {
 ///
 /// Any other pair is refused ([`crate::Error::DTypeMismatch`]), as `candle_nn::Linear` refuses a mismatch: an f64
 /// input to an f32 layer is an error, not a silent computation in f64.
-pub fn follow_dtype(param: &Tensor, like: &Tensor) -> Result<Tensor> {
+pub(crate) fn follow_dtype(param: &Tensor, like: &Tensor) -> Result<Tensor> {
     check_dtype("layer", like, param)?;
     if param.dtype() == like.dtype() {
         Ok(param.clone())
@@ -161,7 +161,7 @@ pub(crate) fn check_dtype(layer: &'static str, xs: &Tensor, param: &Tensor) -> R
 
 /// Layer normalisation over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`.
 /// `weight` and `bias` have shape `(d,)`; either may be absent (identity). They follow `xs`'s dtype as in
-/// [`linear`] ([`follow_dtype`]).
+/// [`linear`].
 pub fn layer_norm(
     xs: &Tensor,
     weight: Option<&Tensor>,
@@ -200,8 +200,9 @@ pub fn layer_norm(
 /// module `linear`), not candle's transpose, matmul and broadcast add.
 ///
 /// Mixed precision: a weight or bias in another float dtype than `xs` (f32 parameters under a bf16 activation) is
-/// cast to `xs`'s dtype first ([`follow_dtype`]), so the product runs in the activation's precision and the
-/// parameters' gradients come back in their own.
+/// cast to `xs`'s dtype first, so the product runs in the activation's precision and the parameters' gradients
+/// come back in their own. Any other pair (an f64 input to f32 weights) is refused with
+/// [`crate::Error::DTypeMismatch`], as `candle_nn::Linear` refuses it.
 pub fn linear(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let weight = &follow_dtype(weight, xs)?;
     let bias = bias.map(|b| follow_dtype(b, xs)).transpose()?;

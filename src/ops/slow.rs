@@ -142,7 +142,7 @@ pub fn causal_attention(
 
 /// An additive causal mask `(seq, seq)`: 0 on and below the diagonal, -inf above. Cached per size, dtype and
 /// device, so it is built once per sequence length.
-pub fn causal_mask(seq: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+fn causal_mask(seq: usize, dtype: DType, device: &Device) -> Result<Tensor> {
     type Key = (usize, DType, String);
     static CACHE: Mutex<Option<HashMap<Key, Tensor>>> = Mutex::new(None);
     let key = (seq, dtype, format!("{:?}", device.location()));

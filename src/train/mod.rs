@@ -44,7 +44,7 @@ pub mod sweep;
 #[cfg(feature = "train")]
 mod trainer;
 
-pub(crate) use crate::flops::{pf_days, training_flops};
+pub(crate) use crate::flops::{flops_to_pf_days, training_flops};
 #[cfg(feature = "train")]
 pub use checkpoint::{
     checkpoint_bytes, config_differences, load_checkpoint, named_vars, previous_path,
