@@ -113,6 +113,11 @@ struct Args {
     /// backward, optimizer) is exact (costs the overlap between phases).
     #[arg(long)]
     sync_phases: bool,
+    /// CPU threads that compute a step's micro-batches at once, each with single-threaded kernels (default 2 on
+    /// the CPU; 1 runs them in turn with every kernel spread over the cores). A fresh run without --micro-batch
+    /// then uses batch/workers sequences per micro-batch, on any machine, so the numbers do not depend on it.
+    #[arg(long)]
+    workers: Option<usize>,
     /// Let the CUDA driver return freed GPU memory to the system at every synchronisation (its default) instead of
     /// keeping it for the next step (see `candle_structured::gpu::keep_freed_memory`).
     #[arg(long)]
@@ -167,6 +172,9 @@ impl Args {
         };
         plan.options.progress = !self.no_progress;
         plan.options.sync_phases = self.sync_phases;
+        plan.options.workers = self
+            .workers
+            .unwrap_or(if self.device == "cpu" { 2 } else { 1 });
         Ok(plan)
     }
 }

@@ -291,3 +291,54 @@ fn evaluate_text_agrees_with_the_token_file_evaluation() {
     assert!((a.loss - (300f64).ln()).abs() < 0.5, "{a:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Workers computing a step's micro-batches at once give the serial run bit for bit (dropout on, losses,
+/// validation and test), with the micro-batches shared evenly (2 workers × 2) and unevenly (3 workers over 4).
+#[test]
+fn workers_give_the_serial_result_bit_for_bit() {
+    let dir = tmp_dir("train", "workers");
+    let (cfg, spec) = tiny();
+    for (micro, workers) in [(2, 2), (1, 3)] {
+        let mut serial = opts(&dir.join(format!("serial-{micro}")));
+        serial.micro_batch = Some(micro);
+        let mut par = opts(&dir.join(format!("workers-{micro}-{workers}")));
+        par.micro_batch = Some(micro);
+        par.workers = workers;
+        let a = run(&cfg, &spec, &serial, false);
+        let b = run(&cfg, &spec, &par, false);
+        assert_eq!(a.losses.len(), 8);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&a.losses),
+            bits(&b.losses),
+            "micro {micro}, {workers} workers"
+        );
+        assert_eq!(
+            a.valid.unwrap().loss.to_bits(),
+            b.valid.unwrap().loss.to_bits()
+        );
+        assert_eq!(
+            a.test.unwrap().loss.to_bits(),
+            b.test.unwrap().loss.to_bits()
+        );
+    }
+    // Without a micro-batch, 2 workers on a batch of 4 take micro-batches of 2.
+    let mut o = opts(&dir.join("auto"));
+    o.micro_batch = None;
+    o.workers = 2;
+    run(&cfg, &spec, &o, false);
+    let plan = log_lines(&dir.join("auto").join("log.jsonl"))
+        .into_iter()
+        .find(|l| l.get("micro_batch").is_some())
+        .expect("a plan line");
+    assert_eq!(plan["micro_batch"], 2);
+    // No workers is refused before anything runs.
+    let mut o = opts(&dir.join("none"));
+    o.workers = 0;
+    let vm = VarMap::new();
+    let model = gpt(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+    let c = corpus(&dir, 40_000);
+    let err = train(&model, &vm, &c, &spec, &o, &AtomicBool::new(false)).unwrap_err();
+    assert!(err.to_string().contains("0 workers"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -84,8 +84,10 @@ multiversion! {
     }
 }
 
+/// gemm's threads: candle's count, but no more than the current rayon pool has (a training worker's pool has
+/// one, and gemm would otherwise split the product into pieces that the one thread runs in turn).
 fn threads() -> usize {
-    candle_core::utils::get_num_threads()
+    candle_core::utils::get_num_threads().min(rayon::current_num_threads())
 }
 
 /// `y = x·Wᵀ (+ b)`: `x` `(rows, k)`, `w` `(n, k)`, `b` `(n,)`.

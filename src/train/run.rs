@@ -55,6 +55,13 @@ pub struct TrainOptions {
     /// [`TrainReport::phases`] splits a GPU step truthfully; this removes the overlap between phases, so tokens/s
     /// drop a little. On the CPU, which runs synchronously, the split is right either way.
     pub sync_phases: bool,
+    /// Threads that compute the micro-batches of a step at once on the CPU, each with single-threaded kernels
+    /// (data parallelism inside the step). With small models this beats spreading every kernel over the cores,
+    /// whose pieces are then too short to pay for the hand-over. The gradients are still summed in micro-batch
+    /// order, so the result is the serial one bit for bit; only the speed changes. A fresh run with no
+    /// [`TrainOptions::micro_batch`] then takes `batch / workers` sequences per micro-batch. 1 (the default) runs
+    /// them one after the other; on other devices than the CPU only 1 is accepted.
+    pub workers: usize,
 }
 
 impl TrainOptions {
@@ -75,6 +82,7 @@ impl TrainOptions {
             stop_at_step: None,
             preset: None,
             sync_phases: false,
+            workers: 1,
         }
     }
 }

@@ -52,7 +52,12 @@ pub struct Trainer<'a> {
     counts: ParamCounts,
     /// Where the steps of this call spent their time.
     pub phases: PhaseTimes,
+    /// One single-thread pool per worker ([`TrainOptions::workers`]); empty when micro-batches run in turn.
+    pools: Vec<rayon::ThreadPool>,
 }
+
+/// One micro-batch's loss and gradients (in the optimizer's parameter order), with its forward and backward times.
+type MicroResult = (f64, Vec<Option<Tensor>>, f64, f64);
 
 impl<'a> Trainer<'a> {
     /// Locks the run folder and starts a fresh run (moving an old one aside, see [`RunDir::fresh`]) or, with
@@ -75,7 +80,21 @@ impl<'a> Trainer<'a> {
             None => return Err(Error::Config("the model has no trainable variable".into()).into()),
         };
         check_corpus(corpus, cfg.vocab_size, spec.seq_len)?;
-        let mut micro = plan_micro_batch(cfg, spec, opts.micro_batch, &device)?;
+        if opts.workers == 0 || (opts.workers > 1 && !device.is_cpu()) {
+            return Err(Error::Config(format!(
+                "{} workers: at least 1, and more than 1 only on the CPU",
+                opts.workers
+            ))
+            .into());
+        }
+        // Workers share a step's micro-batches: without a given micro-batch, a fresh run takes the largest that
+        // gives each worker one.
+        let requested = opts.micro_batch.or_else(|| {
+            (opts.workers > 1)
+                .then(|| (1..=spec.batch_size / opts.workers).rev())
+                .and_then(|mut sizes| sizes.find(|d| spec.batch_size.is_multiple_of(*d)))
+        });
+        let mut micro = plan_micro_batch(cfg, spec, requested, &device)?;
         let dir = if opts.resume {
             RunDir::resume(&opts.run_dir)?
         } else {
@@ -132,7 +151,21 @@ impl<'a> Trainer<'a> {
             log,
             counts: model.param_counts(),
             phases: PhaseTimes::default(),
+            pools: Vec::new(),
         };
+        let accum = spec.batch_size / t.micro;
+        if opts.workers > 1 && accum > 1 {
+            let pool = |i| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .thread_name(move |_| format!("train-worker-{i}"))
+                    .build()
+                    .map_err(|e| Error::Config(format!("cannot start worker threads: {e}")))
+            };
+            t.pools = (0..opts.workers.min(accum))
+                .map(pool)
+                .collect::<std::result::Result<_, _>>()?;
+        }
         let plan = t.plan_line();
         t.log(&LogLine::Event(if opts.resume {
             Event::Resume(plan)
@@ -205,21 +238,25 @@ impl<'a> Trainer<'a> {
         let lr = self.schedule.lr(self.tokens + spec.tokens_per_step());
         // Dropout masks depend only on (run seed, step, micro-batch): a resumed run draws the same ones.
         let mode = Mode::train(self.sampler.seed ^ self.step.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        let mut grads: Vec<Option<Tensor>> = vec![None; self.opt.params().len()];
-        let mut loss_sum = 0f64;
         let (sync, device) = (self.opts.sync_phases, &self.device);
         let sync = || if sync { device.synchronize() } else { Ok(()) };
-        for k in 0..accum {
-            let tp = Instant::now();
-            let (x, y) =
+        let tp = Instant::now();
+        let batches = (0..accum)
+            .map(|_| {
                 self.sampler
-                    .next_batch(&self.corpus.train, self.micro, spec.seq_len, device)?;
-            sync()?;
-            self.phases.data_s += tp.elapsed().as_secs_f64();
+                    .next_batch(&self.corpus.train, self.micro, spec.seq_len, device)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        sync()?;
+        self.phases.data_s += tp.elapsed().as_secs_f64();
+        // The loss is scaled by 1/accum so that the summed gradients are those of the batch's mean.
+        let (model, opt) = (self.model, &self.opt);
+        let micro_step = |k: usize| -> Result<MicroResult> {
+            let (x, y) = &batches[k];
             let tp = Instant::now();
-            let loss = self.model.loss(&x, &y, mode.fork(k as u64))?;
-            loss_sum += loss.to_scalar::<f32>()? as f64;
-            self.phases.forward_s += tp.elapsed().as_secs_f64();
+            let loss = model.loss(x, y, mode.fork(k as u64))?;
+            let value = loss.to_scalar::<f32>()? as f64;
+            let forward_s = tp.elapsed().as_secs_f64();
             let tp = Instant::now();
             let scaled = if accum > 1 {
                 (loss / accum as f64)?
@@ -227,14 +264,35 @@ impl<'a> Trainer<'a> {
                 loss
             };
             let store = scaled.backward()?;
-            for (acc, g) in grads.iter_mut().zip(self.opt.grads_of(&store)) {
+            let grads = opt.grads_of(&store);
+            sync()?;
+            Ok((value, grads, forward_s, tp.elapsed().as_secs_f64()))
+        };
+        // Gradients are summed in micro-batch order whatever thread computed them: the same floating-point
+        // result. In turn, each is added as soon as it exists (one set of gradients held, not `accum`).
+        let threads = self.pools.len().max(1) as f64;
+        let mut grads: Vec<Option<Tensor>> = vec![None; self.opt.params().len()];
+        let mut loss_sum = 0f64;
+        let mut add = |(value, micro_grads, forward_s, backward_s): MicroResult| -> Result<()> {
+            loss_sum += value;
+            self.phases.forward_s += forward_s / threads;
+            self.phases.backward_s += backward_s / threads;
+            for (acc, g) in grads.iter_mut().zip(micro_grads) {
                 *acc = match (acc.take(), g) {
                     (Some(a), Some(g)) => Some((a + g)?),
                     (a, g) => a.or(g),
                 };
             }
-            sync()?;
-            self.phases.backward_s += tp.elapsed().as_secs_f64();
+            Ok(())
+        };
+        if self.pools.len() > 1 {
+            for r in parallel_micro_steps(&self.pools, accum, &micro_step)? {
+                add(r)?;
+            }
+        } else {
+            for k in 0..accum {
+                add(micro_step(k)?)?;
+            }
         }
         let loss = (loss_sum / accum as f64) as f32;
         if !loss.is_finite() {
@@ -363,6 +421,41 @@ impl<'a> Trainer<'a> {
 }
 
 /// The corpus fits the model (vocabulary) and holds a window in its training and validation splits.
+/// Runs micro-batches `0..accum` on the workers' pools, worker `i` taking `i, i + w, …`, and returns the results
+/// in micro-batch order. The calling thread waits in the first pool.
+fn parallel_micro_steps<F>(
+    pools: &[rayon::ThreadPool],
+    accum: usize,
+    f: &F,
+) -> Result<Vec<MicroResult>>
+where
+    F: Fn(usize) -> Result<MicroResult> + Sync,
+{
+    let w = pools.len();
+    let run = |i: usize| -> Result<Vec<(usize, MicroResult)>> {
+        (i..accum).step_by(w).map(|k| Ok((k, f(k)?))).collect()
+    };
+    let mut parts = std::thread::scope(|s| {
+        let others: Vec<_> = pools[1..]
+            .iter()
+            .enumerate()
+            .map(|(i, pool)| s.spawn(move || pool.install(|| run(i + 1))))
+            .collect();
+        let mut parts = vec![pools[0].install(|| run(0))];
+        for h in others {
+            parts.push(h.join().unwrap_or_else(|_| {
+                Err(candle_core::Error::Msg("a training worker panicked".into()))
+            }));
+        }
+        parts
+    })
+    .into_iter()
+    .collect::<Result<Vec<_>>>()?
+    .concat();
+    parts.sort_by_key(|(k, _)| *k);
+    Ok(parts.into_iter().map(|(_, r)| r).collect())
+}
+
 fn check_corpus(corpus: &Corpus, vocab_size: usize, seq_len: usize) -> Result<()> {
     if corpus.vocab_size > vocab_size {
         return Err(Error::Config(format!(
