@@ -16,6 +16,7 @@ mod attention;
 mod attn_softmax;
 #[cfg(feature = "cuda-untested")]
 mod cuda;
+mod denormals;
 mod dropout;
 mod fastfood;
 mod gelu;
@@ -27,6 +28,8 @@ mod rotary;
 mod rotary_attention;
 pub mod slow;
 mod softmax_xent;
+
+pub use denormals::{flush_denormals, flush_denormals_on_this_thread, flushes_denormals};
 
 use candle_core::{Result, Tensor, D};
 use kernels::fused_ok;

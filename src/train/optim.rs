@@ -289,22 +289,14 @@ where
     );
     let (ibc2, eps, step, dec) = (c(k.inv_bc2), c(k.eps), c(k.step), c(k.decay));
     let update = |s: &[&[T]]| {
-        let (t0, m0, v0, g0) = (s[0], s[1], s[2], s[3]);
-        let mut t1 = Vec::with_capacity(n);
-        let mut m1 = Vec::with_capacity(n);
-        let mut v1 = Vec::with_capacity(n);
-        for i in 0..n {
-            let (mut th, g) = (t0[i], g0[i]);
-            if decay {
-                th *= dec;
-            }
-            let mi = m0[i] * b1 + g * ob1;
-            let vi = v0[i] * b2 + (g * g) * ob2;
-            let denom = (vi * ibc2).sqrt() + eps;
-            t1.push(th - (mi * step) / denom);
-            m1.push(mi);
-            v1.push(vi);
-        }
+        let (mut t1, mut m1, mut v1) = (vec![T::ZERO; n], vec![T::ZERO; n], vec![T::ZERO; n]);
+        let coeffs = [b1, b2, ob1, ob2, ibc2, eps, step, dec];
+        adamw_rows(
+            [s[0], s[1], s[2], s[3]],
+            [&mut t1, &mut m1, &mut v1],
+            coeffs,
+            decay,
+        );
         (t1, m1, v1)
     };
     let Some((t1, m1, v1)) = with_cpu_slices::<T, _>(&[theta, m, v, g], n, update) else {
@@ -316,6 +308,34 @@ where
         Tensor::from_vec(m1, shape, dev)?,
         Tensor::from_vec(v1, shape, dev)?,
     )))
+}
+
+crate::ops::kernels::multiversion! {
+    /// The loop of [`fused_cpu`], in lanes (no fused multiply-add: Rust does not contract `a * b + c`).
+    /// `inputs`: θ, m, v, g; `outputs`: θ, m, v; `k`: β1, β2, 1 − β1, 1 − β2, 1 / (1 − β2ᵗ), ε, lr / (1 − β1ᵗ), 1 − lr · λ.
+    fn adamw_rows<T: crate::ops::kernels::Real>(
+        inputs: [&[T]; 4],
+        outputs: [&mut [T]; 3],
+        k: [T; 8],
+        decay: bool,
+    ) {
+        let [t0, m0, v0, g0] = inputs;
+        let [t1, m1, v1] = outputs;
+        let [b1, b2, ob1, ob2, ibc2, eps, step, dec] = k;
+        let dec = if decay { dec } else { T::ONE };
+        let inputs = t0.iter().zip(m0).zip(v0).zip(g0);
+        let outputs = t1.iter_mut().zip(m1.iter_mut()).zip(v1.iter_mut());
+        for ((((&th, &m), &v), &g), ((t, mo), vo)) in inputs.zip(outputs) {
+            // `th · 1` is `th` exactly, so the multiply without decay changes nothing.
+            let th = th * dec;
+            let mi = m * b1 + g * ob1;
+            let vi = v * b2 + (g * g) * ob2;
+            let denom = (vi * ibc2).sqrt() + eps;
+            *t = th - (mi * step) / denom;
+            *mo = mi;
+            *vo = vi;
+        }
+    }
 }
 
 /// Global gradient norm `√(Σ ‖g‖²)` over all gradients (computed in f32 on the gradients' device, one host

@@ -153,12 +153,21 @@ impl<'a> Trainer<'a> {
             phases: PhaseTimes::default(),
             pools: Vec::new(),
         };
+        let flush = opts.flush_denormals && t.device.is_cpu();
+        if flush {
+            crate::ops::flush_denormals();
+        }
         let accum = spec.batch_size / t.micro;
         if opts.workers > 1 && accum > 1 {
             let pool = |i| {
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(1)
                     .thread_name(move |_| format!("train-worker-{i}"))
+                    .start_handler(move |_| {
+                        if flush {
+                            crate::ops::flush_denormals_on_this_thread();
+                        }
+                    })
                     .build()
                     .map_err(|e| Error::Config(format!("cannot start worker threads: {e}")))
             };
