@@ -4,6 +4,7 @@
 //!
 //! ```bash
 //! cargo run --release --example scaling_sweep                # the CPU study: runs/sweep/, logs to docs/scaling/runs/
+//! cargo run --release --example scaling_sweep -- --jobs 2    # the same, two runs at a time (one core each)
 //! cargo run --release --example scaling_sweep -- --quick     # a miniature: 6 tiny runs into runs/quick/
 //! cargo run --release --example scaling_report               # fits and figures from docs/scaling/runs/
 //! ```
@@ -13,6 +14,10 @@
 //! (its plan comes from the checkpoint, see `candle_structured::train::plan`). When a run finishes, its log is
 //! copied to the committed folder, so that a sweep started on a fresh clone goes on where the committed runs end.
 //! Ctrl-C stops the current run after its step, writes its checkpoint, and ends the sweep.
+//!
+//! `--jobs N` trains N runs at a time, each in a child process of this program with single-threaded kernels
+//! (`RAYON_NUM_THREADS=1`): small models keep one core busy far better than they share two, so on a 2-core
+//! machine two runs at once finish sooner than one after the other. The runs and their results are the same.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -69,6 +74,15 @@ struct Args {
     /// Print the plan and exit.
     #[arg(long)]
     dry_run: bool,
+    /// Runs trained at a time, each in its own process with single-threaded kernels (see the module docs).
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Only the run of exactly this name (repeatable); used for the child processes of --jobs.
+    #[arg(long)]
+    run: Vec<String>,
+    /// No progress bars.
+    #[arg(long)]
+    no_progress: bool,
 }
 
 /// Whether a log file records a finished run (a `final` event).
@@ -116,6 +130,9 @@ fn main() -> Result<()> {
     if !args.only.is_empty() {
         runs.retain(|r| args.only.iter().any(|o| r.name.contains(o.as_str())));
     }
+    if !args.run.is_empty() {
+        runs.retain(|r| args.run.contains(&r.name));
+    }
     let root = args
         .root
         .clone()
@@ -158,6 +175,10 @@ fn main() -> Result<()> {
     if args.dry_run {
         return Ok(());
     }
+    if args.jobs > 1 {
+        let names: Vec<&str> = plans.iter().map(|(r, _)| r.name.as_str()).collect();
+        return run_jobs(&args, &root, committed.as_deref(), &names);
+    }
     let stop = common::stop_on_ctrl_c(
         "stopping after this step, writing a checkpoint (re-run to resume)",
     )?;
@@ -175,7 +196,7 @@ fn main() -> Result<()> {
             &plan.model,
             VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
         )?;
-        plan.options.progress = true;
+        plan.options.progress = !args.no_progress;
         plan.options.log_every = args.log_every;
         eprintln!(
             "\n== {} ({})",
@@ -215,6 +236,86 @@ fn main() -> Result<()> {
                 to.join(LOG_FILE).display()
             );
         }
+    }
+    eprintln!("\nsweep done in {:.0} s; next:", t0.elapsed().as_secs_f64());
+    eprintln!("  cargo run --release --example scaling_report");
+    Ok(())
+}
+
+/// Trains `names` with `args.jobs` child processes at a time (this program with `--run NAME`, single-threaded
+/// kernels), in order. The children share this process group, so Ctrl-C (or `kill -TERM -<group>`) reaches each:
+/// each checkpoints and stops, and this loop starts no more. A child that fails stops the sweep once the others
+/// have finished.
+fn run_jobs(args: &Args, root: &Path, committed: Option<&Path>, names: &[&str]) -> Result<()> {
+    let exe = std::env::current_exe().context("locating this program")?;
+    let command = |name: &str| {
+        let mut c = std::process::Command::new(&exe);
+        c.env("RAYON_NUM_THREADS", "1")
+            .arg("--run")
+            .arg(name)
+            .arg("--root")
+            .arg(root)
+            .arg("--cache")
+            .arg(&args.cache)
+            .arg("--log-every")
+            .arg(args.log_every.to_string())
+            .arg("--eval-windows")
+            .arg(args.eval_windows.to_string())
+            .arg("--checkpoint-every")
+            .arg(args.checkpoint_every.to_string())
+            .arg("--no-progress");
+        if let Some(c2) = committed {
+            c.arg("--committed").arg(c2);
+        }
+        if let Some(e) = args.eval_every {
+            c.arg("--eval-every").arg(e.to_string());
+        }
+        if let Some(d) = &args.data {
+            c.arg("--data").arg(d);
+        }
+        if args.quick {
+            c.arg("--quick");
+        }
+        c
+    };
+    let stop =
+        common::stop_on_ctrl_c("the runs stop after their step and write their checkpoints")?;
+    let t0 = std::time::Instant::now();
+    let mut pending = names.iter().rev().copied().collect::<Vec<_>>();
+    let mut running: Vec<(&str, std::process::Child)> = Vec::new();
+    let mut failed = Vec::new();
+    loop {
+        while running.len() < args.jobs && failed.is_empty() && !stop.load(Ordering::SeqCst) {
+            let Some(name) = pending.pop() else { break };
+            eprintln!("== {name}: started ({} running)", running.len() + 1);
+            let child = command(name)
+                .spawn()
+                .with_context(|| format!("starting the run {name}"))?;
+            running.push((name, child));
+        }
+        if running.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let mut i = 0;
+        while i < running.len() {
+            if let Some(status) = running[i].1.try_wait()? {
+                let (name, _) = running.swap_remove(i);
+                eprintln!("== {name}: {status}");
+                if !status.success() {
+                    failed.push(name);
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("runs that failed: {}", failed.join(", "));
+    }
+    if stop.load(Ordering::SeqCst) || !pending.is_empty() {
+        eprintln!("sweep interrupted; re-run the same command to resume");
+        return Ok(());
     }
     eprintln!("\nsweep done in {:.0} s; next:", t0.elapsed().as_secs_f64());
     eprintln!("  cargo run --release --example scaling_report");
