@@ -17,7 +17,8 @@ use candle_nn::{VarBuilder, VarMap};
 use candle_structured::data::load_tokenizer;
 use candle_structured::model::gpt;
 use candle_structured::train::{
-    evaluate_text, load_checkpoint, restore_weights, CHECKPOINT_FILE, TOKENIZER_FILE,
+    evaluate_sliding, evaluate_text, load_checkpoint, restore_weights, CHECKPOINT_FILE,
+    TOKENIZER_FILE,
 };
 use clap::Parser;
 use std::path::PathBuf;
@@ -87,12 +88,35 @@ fn main() -> Result<()> {
         let text = candle_structured::data::read_text(path)?;
         let r = evaluate_text(&model, &tokenizer, &text, cfg.context, 8, &device)?;
         println!(
-            "{}: {:.4} nats/token, {:.4} bits/byte over {} tokens ({} bytes of text)",
+            "{}: {:.4} nats/token, {:.4} bits/byte over {} tokens ({} bytes of text), disjoint windows",
             path.display(),
             r.loss,
             r.bits_per_byte,
             r.tokens,
             text.len()
+        );
+        // Read in order, as a compressor reads: windows sliding by half the context.
+        let ids = tokenizer
+            .encode(text.as_str(), false)
+            .map_err(|e| anyhow::anyhow!("cannot tokenize the text: {e}"))?
+            .get_ids()
+            .to_vec();
+        let bytes = candle_structured::data::token_byte_lengths(&tokenizer);
+        let stride = (cfg.context / 2).max(1);
+        let s = evaluate_sliding(
+            &model,
+            ids.len(),
+            (cfg.context, stride),
+            8,
+            &bytes,
+            &device,
+            |a, n, buf| buf.extend_from_slice(&ids[a..a + n]),
+        )?;
+        println!(
+            "{}: {:.4} nats/token, {:.4} bits/byte, read in order (windows sliding by {stride})",
+            path.display(),
+            s.loss,
+            s.bits_per_byte,
         );
         return Ok(());
     }

@@ -47,7 +47,7 @@ use crate::layers::{
 use crate::ops::Mode;
 use crate::params::{CountParams, ParamCount, ParamCounts};
 use crate::rng::splitmix64;
-use candle_core::{DType, Device, IndexOp, Module, ModuleT, Result, Tensor};
+use candle_core::{DType, Device, IndexOp, Module, ModuleT, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -465,6 +465,29 @@ impl Gpt {
         crate::ops::linear(&h.to_dtype(self.compute)?, head, None)?.to_dtype(h.dtype())
     }
 
+    /// Next-token cross-entropy in nats at every position, `(batch, seq)`, of `ids` against `targets` (both
+    /// `(batch, seq)`), in evaluation mode, computed in f32 from the logits (for scoring; [`Gpt::loss`] is the
+    /// training loss, whose mean it equals).
+    pub fn token_losses(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        if targets.dims() != ids.dims() {
+            return Err(Error::Config(format!(
+                "Gpt::token_losses: targets of shape {:?}, expected {:?}",
+                targets.dims(),
+                ids.dims()
+            ))
+            .into());
+        }
+        let logits = self.logits(ids, false)?.to_dtype(DType::F32)?;
+        let max = logits.max_keepdim(D::Minus1)?;
+        let shifted = logits.broadcast_sub(&max)?;
+        let log_z = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+        let picked = shifted.gather(
+            &targets.to_dtype(DType::U32)?.unsqueeze(D::Minus1)?,
+            D::Minus1,
+        )?;
+        (log_z - picked)?.squeeze(D::Minus1)
+    }
+
     /// Mean next-token cross-entropy in nats of `ids` `(batch, seq)` against `targets` `(batch, seq)`.
     /// `mode` as in [`Gpt::hidden_states`].
     pub fn loss(&self, ids: &Tensor, targets: &Tensor, mode: impl Into<Mode>) -> Result<Tensor> {
@@ -638,9 +661,8 @@ pub struct Preset {
     pub train: TrainSpec,
 }
 
-/// Default token budget of the CPU presets, 2,560 steps of 4 × 256 tokens (2.6M tokens): what `d64x2-cpu`, the
-/// main job of `train_small`, trains on in about four minutes on two cores, so that the whole job (a fresh build
-/// included) takes under ten. Studies set their own budgets (`train::sweep`).
+/// Default token budget of the CPU presets, 2,560 steps of 4 × 256 tokens (2.6M tokens): a quick run (about a minute
+/// of two cores for `d64x2-cpu`). The main job of `train_small` and the studies (`train::sweep`) set their own.
 pub const CPU_TOKENS: u64 = 2560 * 1024;
 
 fn paper_train(lr: f64, decay_tokens: u64) -> TrainSpec {

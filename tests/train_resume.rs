@@ -342,3 +342,88 @@ fn workers_give_the_serial_result_bit_for_bit() {
     assert!(err.to_string().contains("0 workers"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Windows sliding by `stride` score every target once, each after the first window with at least
+/// `seq_len - stride` tokens of context, for lengths that do and do not fit the stride.
+#[test]
+fn sliding_windows_score_every_target_once_with_context() {
+    use candle_structured::train::sliding_windows;
+    for len in [2usize, 5, 17, 18, 100, 257, 1000] {
+        for (seq_len, stride) in [(16, 16), (16, 8), (16, 5), (16, 1), (256, 128)] {
+            let spans = sliding_windows(len, seq_len, stride);
+            let mut count = vec![0u32; len];
+            for &(start, wlen, first) in &spans {
+                assert!(
+                    start + wlen < len,
+                    "window past the end: {len} {seq_len} {stride}"
+                );
+                for p in first..wlen {
+                    count[start + p + 1] += 1;
+                    // context of the prediction at position p: p + 1 tokens of the window
+                    if start > 0 {
+                        assert!(
+                            p + 1 >= seq_len.min(len - 1) - stride.min(seq_len),
+                            "{len} {seq_len} {stride}"
+                        );
+                    }
+                }
+            }
+            assert_eq!(count[0], 0);
+            assert!(
+                count[1..].iter().all(|&c| c == 1),
+                "{len} {seq_len} {stride}: {count:?}"
+            );
+        }
+    }
+    assert!(sliding_windows(1, 16, 8).is_empty());
+}
+
+/// The sliding evaluation with disjoint windows equals the token-file evaluation of the same windows (per-token
+/// losses from the logits against the training loss), and reading in order with overlap scores the same tokens.
+#[test]
+fn sliding_evaluation_agrees_with_the_window_evaluation() {
+    use candle_structured::train::evaluate_sliding;
+    let dir = tmp_dir("train", "sliding");
+    let c = corpus(&dir, 40_000);
+    let (cfg, _) = tiny();
+    let vm = VarMap::new();
+    let model = gpt(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+    let seq = 16;
+    // A stream of a whole number of windows plus one token: disjoint sliding windows are eval_windows' windows.
+    let n = (c.valid.len() - 1) / seq * seq + 1;
+    let fill = |s: usize, k: usize, buf: &mut Vec<u32>| c.valid.extend_window(s, k, buf);
+    let a = evaluate_sliding(&model, n, (seq, seq), 8, &c.token_bytes, &Device::Cpu, fill).unwrap();
+    let windows = eval_windows(n, seq, usize::MAX);
+    let b = evaluate(
+        &model,
+        &c.valid,
+        &windows,
+        seq,
+        8,
+        &c.token_bytes,
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(a.tokens, b.tokens);
+    assert!((a.loss - b.loss).abs() < 1e-5, "{a:?} vs {b:?}");
+    assert!(
+        (a.bits_per_byte - b.bits_per_byte).abs() < 1e-5,
+        "{a:?} vs {b:?}"
+    );
+    let o = evaluate_sliding(
+        &model,
+        n,
+        (seq, seq / 2),
+        8,
+        &c.token_bytes,
+        &Device::Cpu,
+        fill,
+    )
+    .unwrap();
+    assert_eq!(o.tokens, n - 1);
+    assert!(
+        o.loss.is_finite() && (o.loss - a.loss).abs() < 0.5,
+        "{o:?} vs {a:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

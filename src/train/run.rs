@@ -286,6 +286,75 @@ pub fn evaluate_text(
     sums.result()
 }
 
+/// The windows that score every next-token prediction of a stream of `len` tokens exactly once, sliding by
+/// `stride`: `(start, window length, first scored position)`. The first window scores all its positions; each
+/// later one scores only the targets not yet scored, so every target after the first window is predicted from at
+/// least `seq_len - stride` tokens of context (a compressor of the stream works so: it never forgets the text just
+/// read). A last window, aligned to the end, scores the remainder. `stride = seq_len` gives disjoint windows. A
+/// stream shorter than `seq_len + 1` tokens is one shorter window; fewer than 2 tokens, none.
+pub fn sliding_windows(len: usize, seq_len: usize, stride: usize) -> Vec<(usize, usize, usize)> {
+    if len < 2 {
+        return Vec::new();
+    }
+    let seq_len = seq_len.min(len - 1).max(1);
+    let stride = stride.clamp(1, seq_len);
+    let mut out = vec![(0, seq_len, 0)];
+    // Targets 1..=scored are scored; window `s` predicts targets s+1 ..= s+seq_len.
+    let mut scored = seq_len;
+    let mut s = stride;
+    while s + seq_len < len {
+        out.push((s, seq_len, scored - s));
+        scored = s + seq_len;
+        s += stride;
+    }
+    if scored < len - 1 {
+        let s = len - 1 - seq_len;
+        out.push((s, seq_len, scored - s));
+    }
+    out
+}
+
+/// Loss of `model` on a whole token stream of `len` tokens, read through `fill(start, n, buf)` (appends tokens
+/// `start..start + n`), with [`sliding_windows`] of `(seq_len, stride)` = `window`, `micro_batch` windows at a
+/// time. Bits per byte count the UTF-8 bytes of the scored targets.
+pub fn evaluate_sliding(
+    model: &Gpt,
+    len: usize,
+    (seq_len, stride): (usize, usize),
+    micro_batch: usize,
+    token_bytes: &[u32],
+    device: &Device,
+    fill: impl Fn(usize, usize, &mut Vec<u32>),
+) -> Result<EvalResult> {
+    let spans = sliding_windows(len, seq_len.min(model.config().context), stride);
+    let mut sums = EvalSums::default();
+    let mut i = 0;
+    while i < spans.len() {
+        let wlen = spans[i].1;
+        let mut j = i;
+        while j < spans.len() && j - i < micro_batch.max(1) && spans[j].1 == wlen {
+            j += 1;
+        }
+        let chunk = &spans[i..j];
+        let mut buf = Vec::with_capacity(chunk.len() * (wlen + 1));
+        for &(start, _, _) in chunk {
+            fill(start, wlen + 1, &mut buf);
+        }
+        let (x, y) = crate::data::windows_to_tensors(&buf, chunk.len(), wlen, device)?;
+        let losses = model.token_losses(&x, &y)?.to_vec2::<f32>()?;
+        for ((&(_, _, first), row), w) in chunk.iter().zip(&losses).zip(buf.chunks_exact(wlen + 1))
+        {
+            for p in first..wlen {
+                sums.nats += row[p] as f64;
+                sums.tokens += 1;
+                sums.bytes += token_bytes.get(w[p + 1] as usize).copied().unwrap_or(0) as u64;
+            }
+        }
+        i = j;
+    }
+    sums.result()
+}
+
 /// Rough activation memory of one forward/backward pass in bytes (f32), for choosing the micro-batch: per
 /// layer about `40·d + 5·heads·seq` floats per token are kept for the backward pass, plus `4·vocab` per token for
 /// the logits and their gradient.
