@@ -119,9 +119,15 @@ impl AdamW {
             let var = &self.params[i].1;
             let theta = var.as_tensor().detach();
             let decay = k.weight_decay && theta.rank() >= 2;
-            let (theta, m, v) = match fused_cpu(&theta, &self.m[i], &self.v[i], g, &k, decay)? {
+            let slot = Slot {
+                theta: &theta,
+                m: &self.m[i],
+                v: &self.v[i],
+                g,
+            };
+            let (theta, m, v) = match fused_cpu(&slot, &k, decay)? {
                 Some(new) => new,
-                None => composed(&theta, &self.m[i], &self.v[i], g, &k, decay)?,
+                None => composed(&slot, &k, decay)?,
             };
             var.set(&theta)?;
             self.m[i] = m;
@@ -203,15 +209,17 @@ struct Coeffs {
     weight_decay: bool,
 }
 
+/// One parameter's tensors in an update: its value, its two moments and its gradient.
+struct Slot<'a> {
+    theta: &'a Tensor,
+    m: &'a Tensor,
+    v: &'a Tensor,
+    g: &'a Tensor,
+}
+
 /// One parameter's update from candle's tensor ops (any device and dtype): the definition the fused loop follows.
-fn composed(
-    theta: &Tensor,
-    m: &Tensor,
-    v: &Tensor,
-    g: &Tensor,
-    k: &Coeffs,
-    decay: bool,
-) -> Result<(Tensor, Tensor, Tensor)> {
+fn composed(p: &Slot, k: &Coeffs, decay: bool) -> Result<(Tensor, Tensor, Tensor)> {
+    let Slot { theta, m, v, g } = *p;
     let theta = if decay {
         (theta * k.decay)?
     } else {
@@ -249,32 +257,19 @@ fn with_cpu_slices<T: candle_core::WithDType, R>(
 /// and three allocations instead of a dozen tensor ops. Each operation is the one candle's op performs, with the
 /// same scalar rounded to `T` and no fused multiply-add, so the result is the same bit for bit. `None` where it
 /// does not apply.
-fn fused_cpu(
-    theta: &Tensor,
-    m: &Tensor,
-    v: &Tensor,
-    g: &Tensor,
-    k: &Coeffs,
-    decay: bool,
-) -> Result<Option<(Tensor, Tensor, Tensor)>> {
-    match theta.dtype() {
-        candle_core::DType::F32 => fused_cpu_typed::<f32>(theta, m, v, g, k, decay),
-        candle_core::DType::F64 => fused_cpu_typed::<f64>(theta, m, v, g, k, decay),
+fn fused_cpu(p: &Slot, k: &Coeffs, decay: bool) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+    match p.theta.dtype() {
+        candle_core::DType::F32 => fused_cpu_typed::<f32>(p, k, decay),
+        candle_core::DType::F64 => fused_cpu_typed::<f64>(p, k, decay),
         _ => Ok(None),
     }
 }
 
-fn fused_cpu_typed<T>(
-    theta: &Tensor,
-    m: &Tensor,
-    v: &Tensor,
-    g: &Tensor,
-    k: &Coeffs,
-    decay: bool,
-) -> Result<Option<(Tensor, Tensor, Tensor)>>
+fn fused_cpu_typed<T>(p: &Slot, k: &Coeffs, decay: bool) -> Result<Option<(Tensor, Tensor, Tensor)>>
 where
     T: crate::ops::kernels::Real,
 {
+    let Slot { theta, m, v, g } = *p;
     let shape = theta.shape();
     if [m, v, g].iter().any(|t| t.shape() != shape) {
         return Ok(None);
@@ -373,6 +368,10 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device};
 
+    fn slot<'a>(theta: &'a Tensor, m: &'a Tensor, v: &'a Tensor, g: &'a Tensor) -> Slot<'a> {
+        Slot { theta, m, v, g }
+    }
+
     /// The fused CPU loop gives candle's composed ops bit for bit: f32 and f64, with and without weight decay,
     /// over several steps (moments carried), on seeded random values, with some elements zero and some gradients
     /// tiny, so that rounding differences would show.
@@ -417,9 +416,10 @@ mod tests {
                         weight_decay: wd != 0.0,
                     };
                     let decay = k.weight_decay && rank2;
-                    (t_a, m_a, v_a) = composed(&t_a, &m_a, &v_a, &g, &k, decay)?;
+                    let a = composed(&slot(&t_a, &m_a, &v_a, &g), &k, decay)?;
+                    (t_a, m_a, v_a) = a;
                     (t_b, m_b, v_b) =
-                        fused_cpu(&t_b, &m_b, &v_b, &g, &k, decay)?.expect("fused path");
+                        fused_cpu(&slot(&t_b, &m_b, &v_b, &g), &k, decay)?.expect("fused path");
                     for (a, b) in [(&t_a, &t_b), (&m_a, &m_b), (&v_a, &v_b)] {
                         let bits = |t: &Tensor| -> Result<Vec<u64>> {
                             Ok(t.to_dtype(DType::F64)?
@@ -460,7 +460,13 @@ mod tests {
             decay: 1.0,
             weight_decay: false,
         };
-        assert!(fused_cpu(&t, &t, &t, &t, &k, false)?.is_none());
+        let slot = Slot {
+            theta: &t,
+            m: &t,
+            v: &t,
+            g: &t,
+        };
+        assert!(fused_cpu(&slot, &k, false)?.is_none());
         Ok(())
     }
 }
