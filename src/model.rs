@@ -314,6 +314,19 @@ pub struct Gpt {
     compute: DType,
 }
 
+/// Refuses targets whose shape is not the ids' (`what` names the caller).
+fn same_shape(what: &str, ids: &Tensor, targets: &Tensor) -> Result<()> {
+    if targets.dims() != ids.dims() {
+        return Err(Error::Config(format!(
+            "{what}: targets of shape {:?}, expected {:?}",
+            targets.dims(),
+            ids.dims()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 /// Builds a [`Gpt`] with its variables under `vb` (`wte.weight`, `h.{i}.…`, `ln_f.{weight,bias}`,
 /// `lm_head.weight` when untied). Fresh variables are initialised from [`GptConfig::seed`]: embeddings
 /// `N(0, 0.02²)` as GPT-2, layers as their constructors do.
@@ -469,14 +482,7 @@ impl Gpt {
     /// `(batch, seq)`), in evaluation mode, computed in f32 from the logits (for scoring; [`Gpt::loss`] is the
     /// training loss, whose mean it equals).
     pub fn token_losses(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        if targets.dims() != ids.dims() {
-            return Err(Error::Config(format!(
-                "Gpt::token_losses: targets of shape {:?}, expected {:?}",
-                targets.dims(),
-                ids.dims()
-            ))
-            .into());
-        }
+        same_shape("Gpt::token_losses", ids, targets)?;
         let logits = self.logits(ids, false)?.to_dtype(DType::F32)?;
         let max = logits.max_keepdim(D::Minus1)?;
         let shifted = logits.broadcast_sub(&max)?;
@@ -491,14 +497,7 @@ impl Gpt {
     /// Mean next-token cross-entropy in nats of `ids` `(batch, seq)` against `targets` `(batch, seq)`.
     /// `mode` as in [`Gpt::hidden_states`].
     pub fn loss(&self, ids: &Tensor, targets: &Tensor, mode: impl Into<Mode>) -> Result<Tensor> {
-        if targets.dims() != ids.dims() {
-            return Err(Error::Config(format!(
-                "Gpt::loss: targets of shape {:?}, expected {:?}",
-                targets.dims(),
-                ids.dims()
-            ))
-            .into());
-        }
+        same_shape("Gpt::loss", ids, targets)?;
         let h = self.hidden_states(ids, mode)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.wte);
         let h = h.to_dtype(self.compute)?;
