@@ -151,7 +151,20 @@ fn main() -> Result<()> {
     let mut plans = Vec::new();
     eprintln!("sweep into {} ({} runs):", root.display(), runs.len());
     for r in &runs {
-        let plan = args.plan(r, root.join(&r.name))?;
+        let plan = match args.plan(r, root.join(&r.name)) {
+            Ok(plan) => plan,
+            // A dry run shows what it cannot plan (a run in use by another process) and goes on.
+            Err(e) if args.dry_run => {
+                let why = e.root_cause().to_string();
+                eprintln!(
+                    "  {:<24} {}",
+                    r.name,
+                    why.lines().next().unwrap_or_default()
+                );
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let (n, spec) = (plan.model.param_counts().non_embedding, &plan.train);
         let state = match (done(&r.name), &plan.resumed) {
             (true, _) => "done, skipped",
