@@ -56,6 +56,10 @@ struct Args {
     /// Skip the figures.
     #[arg(long)]
     no_figures: bool,
+    /// Fit the raw lower envelope of the learning curves instead of the non-increasing frontier (the best loss
+    /// reached with at most C).
+    #[arg(long)]
+    envelope: bool,
 }
 
 /// Synthetic study: baselines on L = (C_c/C)^0.05 with noise, doped runs a bit worse per FLOP at cost 2/3.
@@ -144,6 +148,7 @@ fn main() -> Result<()> {
                 seed: args.seed,
                 level: 0.95,
             },
+            monotone: !args.envelope,
             ..Default::default()
         },
         figures: !args.no_figures,

@@ -179,6 +179,27 @@ pub fn frontier(runs: &[Run], n_grid: usize) -> candle_core::Result<Frontier> {
     Ok(Frontier { points })
 }
 
+impl Frontier {
+    /// The frontier made non-increasing in compute: at each point, the lowest loss reached with at most this
+    /// compute (credited to the run that reached it). A learning curve with a decaying learning rate is only at
+    /// its best at the end of its schedule; past the end of a smaller run, the envelope of the curves would climb
+    /// onto a larger run's middle although the smaller run's final loss was already paid for. Both are upper bounds
+    /// of the loss that compute can reach; this one is the tighter.
+    pub fn monotone(mut self) -> Frontier {
+        let mut best: Option<FrontierPoint> = None;
+        for p in &mut self.points {
+            match best {
+                Some(b) if b.loss <= p.loss => {
+                    p.loss = b.loss;
+                    p.run = b.run;
+                }
+                _ => best = Some(*p),
+            }
+        }
+        self
+    }
+}
+
 /// Drop the first part of each learning curve: keep the points with `C ≥ fraction · C_final` (early training,
 /// before a power law describes it). `fraction = 0` keeps everything.
 pub fn trim_runs(runs: &[Run], fraction: f64) -> Vec<Run> {
@@ -191,4 +212,29 @@ pub fn trim_runs(runs: &[Run], fraction: f64) -> Vec<Run> {
             r
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small run ends low, a larger one passes through higher values before going below: the monotone frontier
+    /// keeps the small run's end until the larger run is lower, the raw envelope climbs.
+    #[test]
+    fn monotone_keeps_the_best_loss_so_far() {
+        let pt = |compute, loss, run| FrontierPoint { compute, loss, run };
+        let raw = Frontier {
+            points: vec![
+                pt(1.0, 5.0, 0),
+                pt(2.0, 4.0, 0),
+                pt(3.0, 4.5, 1),
+                pt(4.0, 4.2, 1),
+                pt(5.0, 3.9, 1),
+            ],
+        };
+        let m = raw.clone().monotone();
+        let got: Vec<(f64, usize)> = m.points.iter().map(|p| (p.loss, p.run)).collect();
+        assert_eq!(got, vec![(5.0, 0), (4.0, 0), (4.0, 0), (4.0, 0), (3.9, 1)]);
+        assert_eq!(m.compute(), raw.compute());
+    }
 }

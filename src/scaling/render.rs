@@ -66,9 +66,15 @@ pub fn header(w: &mut String, a: &Analysis, opts: &ReportOptions) {
     let _ = writeln!(
         w,
         "Compute `C = 6·N_trainable·tokens + 6·f·N_frozen·tokens` FLOPs (f = 2/3 unless stated), shown in PF-days \
-         (1 PF-day = 8.64e19 FLOPs). Frontier: lower envelope on {} log-spaced points after dropping each run's \
+         (1 PF-day = 8.64e19 FLOPs). Frontier: lower envelope{} on {} log-spaced points after dropping each run's \
          points below {}·C_final. Final loss: mean of the last {} logged points. Intervals: {:.0}% percentile \
          bootstrap over runs ({} resamples, seed {}).\n",
+        if so.monotone {
+            ", made non-increasing (the best loss reached with at most C: a run with a decaying schedule is at its \
+             best only at its end)"
+        } else {
+            ""
+        },
         so.n_grid,
         so.trim,
         so.final_points,

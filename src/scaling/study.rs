@@ -23,10 +23,14 @@ pub struct StudyOptions {
     pub final_points: usize,
     /// Bootstrap settings.
     pub bootstrap: BootstrapOptions,
+    /// Make the frontier non-increasing ([`Frontier::monotone`]: the best loss reached with at most `C`), as runs
+    /// with a schedule decaying to their own end need; `false` keeps the raw lower envelope of the curves.
+    pub monotone: bool,
 }
 
 impl Default for StudyOptions {
-    /// 40 grid points, trim 0.1, Huber δ = 10⁻³, final loss over the last 2 points, 500 resamples.
+    /// 40 grid points, trim 0.1, Huber δ = 10⁻³, final loss over the last 2 points, 500 resamples, monotone
+    /// frontier.
     fn default() -> Self {
         StudyOptions {
             n_grid: 40,
@@ -34,6 +38,7 @@ impl Default for StudyOptions {
             huber_delta: 1e-3,
             final_points: 2,
             bootstrap: BootstrapOptions::default(),
+            monotone: true,
         }
     }
 }
@@ -102,7 +107,8 @@ impl ComputeLaw {
 }
 
 fn frontier_of(runs: &[Run], opts: &StudyOptions) -> candle_core::Result<Frontier> {
-    frontier(&trim_runs(runs, opts.trim), opts.n_grid)
+    let f = frontier(&trim_runs(runs, opts.trim), opts.n_grid)?;
+    Ok(if opts.monotone { f.monotone() } else { f })
 }
 
 fn fit_pair(f: &Frontier, delta: f64) -> candle_core::Result<(PowerLaw, PowerLaw)> {
