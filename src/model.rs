@@ -898,6 +898,12 @@ pub fn presets() -> Vec<Preset> {
             dense(2),
         ),
         (
+            "d128x2-cpu",
+            "CPU-only baseline, 2 dense layers",
+            128,
+            dense(2),
+        ),
+        (
             "doped-d64x3-cpu",
             "CPU-only, 2 trainable + 1 frozen layers",
             64,

@@ -116,7 +116,7 @@ fn paper_presets_match_hand_counts() {
 #[test]
 fn cpu_twins_keep_the_pattern() {
     let all = presets();
-    assert_eq!(all.len(), 26);
+    assert_eq!(all.len(), 27);
     for p in all.iter().filter(|p| !p.name.ends_with("-cpu")) {
         let twin = preset(&format!("{}-cpu", p.name)).unwrap();
         let d = twin.model.d_model;

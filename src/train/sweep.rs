@@ -38,9 +38,9 @@ const PASS: u64 = 9728 * 1024;
 /// The default CPU study, in the order it is trained: one seed of every baseline (the law needs them), the doped
 /// twins, the second seeds of the three smallest baselines, then FastFood and block-Hadamard models.
 ///
-/// The baselines span 25K to 1.2M trainable non-embedding parameters (1.7 decades). The three narrow ones reach and
-/// pass their compute-optimal token count inside 5M tokens (Chinchilla's 20 tokens per parameter is 0.5M tokens at
-/// 25K, 4.5M at 224K); the two Table 1 twins get a whole pass (17 and 8 tokens per parameter), without which they
+/// The baselines span 25K to 1.2M trainable non-embedding parameters (1.7 decades), at six sizes. The four narrow
+/// ones reach or near their compute-optimal token count inside 5M tokens (Chinchilla's 20 tokens per parameter is
+/// 0.5M tokens at 25K, 4.5M at 224K, 7.9M at 397K); the two Table 1 twins get a whole pass (17 and 8 tokens per parameter), without which they
 /// stop before overtaking the narrow ones (xxsmall-cpu ended above d96x2-cpu at 4.2M tokens: see
 /// `docs/scaling/superseded/`).
 pub fn default_sweep() -> Vec<SweepRun> {
@@ -48,6 +48,7 @@ pub fn default_sweep() -> Vec<SweepRun> {
         ("d32x2-cpu", 5 * M),
         ("d64x2-cpu", 5 * M),
         ("d96x2-cpu", 5 * M),
+        ("d128x2-cpu", 5 * M),
         ("xxsmall-cpu", PASS),
         ("xsmall-cpu", PASS),
     ];
