@@ -162,7 +162,7 @@ fn cpu_twins_keep_the_pattern() {
     assert_eq!(small.embedding.trainable, 4096 * 128);
     let table = presets_table();
     assert!(table.contains("85056000"), "{table}");
-    assert_eq!(table.lines().count(), 27);
+    assert_eq!(table.lines().count(), 28);
 }
 
 #[test]
