@@ -37,7 +37,7 @@ pub fn flush_denormals_on_this_thread() -> bool {
 
 /// Sets flush-to-zero and denormals-are-zero on the calling thread and on every thread of rayon's global pool
 /// (where candle's and this crate's CPU kernels run), so that a training loop runs at a speed that does not depend
-/// on how many tiny values its weights produce (see the [module docs](self)). Other threads keep their setting:
+/// on how many tiny values its weights produce (subnormal operands take a microcode path tens of times slower). Other threads keep their setting:
 /// a trainer's workers set it when they start; the Walsh-Hadamard transform's own helper threads do not need it
 /// (sums and differences of normal values are never subnormal unless they cancel to below 1.2e-38).
 pub fn flush_denormals() {

@@ -454,7 +454,7 @@ pub fn plan_micro_batch(
 }
 
 /// Trains `model` (whose trainable variables live in `varmap`) on `corpus` with the recipe `spec`; see the
-/// [module docs](self). `stop` is polled after every step: when it is raised, the run writes a checkpoint and
+/// [module docs](crate::train). `stop` is polled after every step: when it is raised, the run writes a checkpoint and
 /// returns with [`TrainReport::interrupted`] set.
 ///
 /// The loop of a [`Trainer`]: step, log, evaluate every [`TrainOptions::eval_every`] steps, checkpoint every
