@@ -301,10 +301,15 @@ fn run_jobs(args: &Args, root: &Path, committed: Option<&Path>, names: &[&str]) 
         while running.len() < args.jobs && failed.is_empty() && !stop.load(Ordering::SeqCst) {
             let Some(name) = pending.pop() else { break };
             eprintln!("== {name}: started ({} running)", running.len() + 1);
-            let child = command(name)
-                .spawn()
-                .with_context(|| format!("starting the run {name}"))?;
-            running.push((name, child));
+            // An error never returns from here while children run: it stops new starts, and the loop waits for
+            // the running ones.
+            match command(name).spawn() {
+                Ok(child) => running.push((name, child)),
+                Err(e) => {
+                    eprintln!("== {name}: cannot start it: {e}");
+                    failed.push(name);
+                }
+            }
         }
         if running.is_empty() {
             break;
@@ -312,14 +317,23 @@ fn run_jobs(args: &Args, root: &Path, committed: Option<&Path>, names: &[&str]) 
         std::thread::sleep(std::time::Duration::from_millis(500));
         let mut i = 0;
         while i < running.len() {
-            if let Some(status) = running[i].1.try_wait()? {
-                let (name, _) = running.swap_remove(i);
-                eprintln!("== {name}: {status}");
-                if !status.success() {
+            match running[i].1.try_wait() {
+                Ok(Some(status)) => {
+                    let (name, _) = running.swap_remove(i);
+                    eprintln!("== {name}: {status}");
+                    if !status.success() {
+                        failed.push(name);
+                    }
+                }
+                Ok(None) => i += 1,
+                Err(e) => {
+                    // Cannot watch it: stop it (its last checkpoint stays) rather than leave it behind.
+                    let (name, mut child) = running.swap_remove(i);
+                    eprintln!("== {name}: cannot wait for it ({e}); stopping it");
+                    let _ = child.kill();
+                    let _ = child.wait();
                     failed.push(name);
                 }
-            } else {
-                i += 1;
             }
         }
     }

@@ -66,18 +66,17 @@ multiversion! {
     }
 }
 
-/// Rows per parallel task.
-fn rows_per_task(rows: usize, d: usize) -> usize {
-    let threads = rayon::current_num_threads().max(1);
-    let by_threads = rows.div_ceil(threads);
-    let min_rows = (super::kernels::PAR_GRAIN / d.max(1)).max(1);
-    by_threads.max(min_rows).max(1)
+/// Rows per parallel task: a fixed block of about [`super::kernels::PAR_GRAIN`] elements, not a share of the
+/// threads, so that the backward's sums of `dw` and `db` over the tasks (in task order) come out the same bit for
+/// bit whatever the number of threads.
+fn rows_per_task(d: usize) -> usize {
+    (super::kernels::PAR_GRAIN / d.max(1)).max(1)
 }
 
 impl LayerNorm {
     fn fwd<T: Real>(&self, x: &[T], w: &[T], b: &[T], d: usize) -> Vec<T> {
         let mut y = vec![T::ZERO; x.len()];
-        let chunk = rows_per_task(x.len() / d, d) * d;
+        let chunk = rows_per_task(d) * d;
         y.par_chunks_mut(chunk)
             .zip(x.par_chunks(chunk))
             .for_each(|(yc, xc)| ln_fwd_rows(xc, w, b, yc, d, self.eps));
@@ -172,7 +171,7 @@ impl LayerNormBwd {
     fn run<T: Real>(&self, x: &[T], w: &[T], g: &[T], rows: usize, d: usize) -> Vec<T> {
         let mut packed = vec![T::ZERO; (rows + 2) * d];
         let (dx, acc) = packed.split_at_mut(rows * d);
-        let chunk = rows_per_task(rows, d) * d;
+        let chunk = rows_per_task(d) * d;
         let partials: Vec<Vec<T>> = dx
             .par_chunks_mut(chunk)
             .zip(x.par_chunks(chunk))

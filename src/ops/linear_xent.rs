@@ -8,7 +8,7 @@
 
 use super::kernels::{expect_contiguous, map_real, multiversion, CpuTensor, Real};
 use super::linear::{backward, dims, forward, Need};
-use super::softmax_xent::{max_and_sumexp, rows_per_task};
+use super::softmax_xent::{max_and_sumexp, rows_per_task, sum_in_order};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -53,12 +53,12 @@ impl LinearCrossEntropy {
         (rows, k, vocab): (usize, usize, usize),
     ) -> (T, Vec<T>) {
         let mut p = forward(h, w, None, rows, k, vocab);
-        let chunk = rows_per_task(rows);
-        let total: f64 = p
-            .par_chunks_mut(chunk * vocab)
-            .zip(self.targets.par_chunks(chunk))
-            .map(|(pc, tc)| softmax_rows_xent(pc, tc, vocab))
-            .sum();
+        let chunk = rows_per_task(vocab);
+        let total = sum_in_order(
+            p.par_chunks_mut(chunk * vocab)
+                .zip(self.targets.par_chunks(chunk))
+                .map(|(pc, tc)| softmax_rows_xent(pc, tc, vocab)),
+        );
         (T::c(total / rows.max(1) as f64), p)
     }
 }
@@ -136,7 +136,7 @@ impl CustomOp2 for LinearCrossEntropy {
                 _ => op.fwd(hv, wv, d).1,
             };
             let scale = T::c(g / rows.max(1) as f64);
-            let chunk = rows_per_task(rows);
+            let chunk = rows_per_task(vocab);
             p.par_chunks_mut(chunk * vocab)
                 .zip(op.targets.par_chunks(chunk))
                 .for_each(|(pc, tc)| {

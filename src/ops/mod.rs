@@ -29,7 +29,7 @@ mod rotary_attention;
 pub mod slow;
 mod softmax_xent;
 
-pub use denormals::{flush_denormals, flush_denormals_on_this_thread, flushes_denormals};
+pub use denormals::{flushes_denormals, set_flush_denormals, set_flush_denormals_on_this_thread};
 
 use candle_core::{Result, Tensor, D};
 use kernels::fused_ok;

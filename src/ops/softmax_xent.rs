@@ -93,25 +93,33 @@ multiversion! {
     }
 }
 
-pub(super) fn rows_per_task(rows: usize) -> usize {
-    rows.div_ceil(4 * rayon::current_num_threads().max(1))
-        .max(1)
+/// Rows per parallel task: a fixed block, not a share of the threads, so that the loss (the tasks' sums added in
+/// task order, [`sum_in_order`]) is the same bit for bit whatever the number of threads.
+pub(super) fn rows_per_task(vocab: usize) -> usize {
+    (4 * super::kernels::PAR_GRAIN / vocab.max(1)).max(1)
+}
+
+/// The sum of the tasks' partial sums, in task order (rayon's `sum` adds them in an order that depends on how the
+/// work was split among the threads).
+pub(super) fn sum_in_order(parts: impl rayon::iter::IndexedParallelIterator<Item = f64>) -> f64 {
+    let parts: Vec<f64> = parts.collect();
+    parts.iter().sum()
 }
 
 fn fwd<T: Real>(x: &[T], t: &[usize], vocab: usize) -> T {
     let rows = t.len();
-    let chunk = rows_per_task(rows);
-    let total: f64 = x
-        .par_chunks(chunk * vocab)
-        .zip(t.par_chunks(chunk))
-        .map(|(xc, tc)| xent_rows(xc, tc, vocab))
-        .sum();
+    let chunk = rows_per_task(vocab);
+    let total = sum_in_order(
+        x.par_chunks(chunk * vocab)
+            .zip(t.par_chunks(chunk))
+            .map(|(xc, tc)| xent_rows(xc, tc, vocab)),
+    );
     T::c(total / rows as f64)
 }
 
 fn bwd<T: Real>(x: &[T], t: &[usize], vocab: usize, g: f64) -> Vec<T> {
     let rows = t.len();
-    let chunk = rows_per_task(rows);
+    let chunk = rows_per_task(vocab);
     let scale = T::c(g / rows as f64);
     let mut dx = vec![T::ZERO; x.len()];
     dx.par_chunks_mut(chunk * vocab)

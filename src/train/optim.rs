@@ -317,16 +317,18 @@ crate::ops::kernels::multiversion! {
         let [t0, m0, v0, g0] = inputs;
         let [t1, m1, v1] = outputs;
         let [b1, b2, ob1, ob2, ibc2, eps, step, dec] = k;
-        let dec = if decay { dec } else { T::ONE };
+        // candle's `tensor * scalar` is `x · s + 0`, which turns −0 into +0: each product below adds `zero` too, so
+        // that even the sign of a zero matches. Without decay θ is untouched: `θ · 1 + (−0)` is θ, −0 included.
+        let zero = T::ZERO;
+        let (dec, dec_zero) = if decay { (dec, zero) } else { (T::ONE, -zero) };
         let inputs = t0.iter().zip(m0).zip(v0).zip(g0);
         let outputs = t1.iter_mut().zip(m1.iter_mut()).zip(v1.iter_mut());
         for ((((&th, &m), &v), &g), ((t, mo), vo)) in inputs.zip(outputs) {
-            // `th · 1` is `th` exactly, so the multiply without decay changes nothing.
-            let th = th * dec;
-            let mi = m * b1 + g * ob1;
-            let vi = v * b2 + (g * g) * ob2;
-            let denom = (vi * ibc2).sqrt() + eps;
-            *t = th - (mi * step) / denom;
+            let th = th * dec + dec_zero;
+            let mi = (m * b1 + zero) + (g * ob1 + zero);
+            let vi = (v * b2 + zero) + ((g * g) * ob2 + zero);
+            let denom = (vi * ibc2 + zero).sqrt() + eps;
+            *t = th - (mi * step + zero) / denom;
             *mo = mi;
             *vo = vi;
         }
@@ -389,8 +391,11 @@ mod tests {
                                 .wrapping_mul(6364136223846793005)
                                 .wrapping_add(1442695040888963407);
                             let u = (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+                            // Zeros of both signs: candle's scalar ops turn −0 into +0, the loop must too.
                             if i % 17 == 0 {
                                 0.0
+                            } else if i % 13 == 0 {
+                                -0.0
                             } else {
                                 u * scale
                             }

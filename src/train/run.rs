@@ -62,9 +62,9 @@ pub struct TrainOptions {
     /// [`TrainOptions::micro_batch`] then takes `batch / workers` sequences per micro-batch. 1 (the default) runs
     /// them one after the other; on other devices than the CPU only 1 is accepted.
     pub workers: usize,
-    /// On the CPU, flush subnormal floats to zero in the training threads ([`crate::ops::flush_denormals`]): steps
-    /// whose values underflow otherwise run several times slower. On by default; the results change only where a
-    /// value below the smallest normal float appeared.
+    /// On the CPU, flush subnormal floats to zero in the training threads ([`crate::ops::set_flush_denormals`]):
+    /// steps whose values underflow otherwise run several times slower. On by default; the results change only
+    /// where a value below the smallest normal float appeared. `false` turns it off on those threads.
     pub flush_denormals: bool,
 }
 

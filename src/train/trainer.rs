@@ -88,13 +88,15 @@ impl<'a> Trainer<'a> {
             .into());
         }
         // Workers share a step's micro-batches: without a given micro-batch, a fresh run takes the largest that
-        // gives each worker one.
-        let requested = opts.micro_batch.or_else(|| {
-            (opts.workers > 1)
-                .then(|| (1..=spec.batch_size / opts.workers).rev())
-                .and_then(|mut sizes| sizes.find(|d| spec.batch_size.is_multiple_of(*d)))
-        });
-        let mut micro = plan_micro_batch(cfg, spec, requested, &device)?;
+        // fits in memory and gives each worker one.
+        let mut micro = plan_micro_batch(cfg, spec, opts.micro_batch, &device)?;
+        if opts.micro_batch.is_none() && opts.workers > 1 {
+            let most = micro.min(spec.batch_size / opts.workers).max(1);
+            micro = (1..=most)
+                .rev()
+                .find(|d| spec.batch_size.is_multiple_of(*d))
+                .unwrap_or(1);
+        }
         let dir = if opts.resume {
             RunDir::resume(&opts.run_dir)?
         } else {
@@ -154,8 +156,9 @@ impl<'a> Trainer<'a> {
             pools: Vec::new(),
         };
         let flush = opts.flush_denormals && t.device.is_cpu();
-        if flush {
-            crate::ops::flush_denormals();
+        if t.device.is_cpu() {
+            // SAFETY: the training code does not depend on subnormal results (see `ops::set_flush_denormals`).
+            unsafe { crate::ops::set_flush_denormals(flush) };
         }
         let accum = spec.batch_size / t.micro;
         if opts.workers > 1 && accum > 1 {
@@ -164,9 +167,8 @@ impl<'a> Trainer<'a> {
                     .num_threads(1)
                     .thread_name(move |_| format!("train-worker-{i}"))
                     .start_handler(move |_| {
-                        if flush {
-                            crate::ops::flush_denormals_on_this_thread();
-                        }
+                        // SAFETY: as above.
+                        unsafe { crate::ops::set_flush_denormals_on_this_thread(flush) };
                     })
                     .build()
                     .map_err(|e| Error::Config(format!("cannot start worker threads: {e}")))
@@ -278,7 +280,8 @@ impl<'a> Trainer<'a> {
             Ok((value, grads, forward_s, tp.elapsed().as_secs_f64()))
         };
         // Gradients are summed in micro-batch order whatever thread computed them: the same floating-point
-        // result. In turn, each is added as soon as it exists (one set of gradients held, not `accum`).
+        // result. In turn, each is added as soon as it exists (one set of gradients held); with workers, all
+        // `accum` sets are held until the sum (the CPU models that use workers are small).
         let threads = self.pools.len().max(1) as f64;
         let mut grads: Vec<Option<Tensor>> = vec![None; self.opt.params().len()];
         let mut loss_sum = 0f64;
@@ -429,7 +432,6 @@ impl<'a> Trainer<'a> {
     }
 }
 
-/// The corpus fits the model (vocabulary) and holds a window in its training and validation splits.
 /// Runs micro-batches `0..accum` on the workers' pools, worker `i` taking `i, i + w, …`, and returns the results
 /// in micro-batch order. The calling thread waits in the first pool.
 fn parallel_micro_steps<F>(
@@ -465,6 +467,7 @@ where
     Ok(parts.into_iter().map(|(_, r)| r).collect())
 }
 
+/// The corpus fits the model (vocabulary) and holds a window in its training and validation splits.
 fn check_corpus(corpus: &Corpus, vocab_size: usize, seq_len: usize) -> Result<()> {
     if corpus.vocab_size > vocab_size {
         return Err(Error::Config(format!(
