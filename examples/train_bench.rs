@@ -557,14 +557,8 @@ fn main() -> Result<()> {
     for &t in &args.threads {
         let mut cmd = std::process::Command::new(&exe);
         common::set_runtime_env(&mut cmd);
-        cmd.env("RAYON_NUM_THREADS", t.to_string())
-            .arg("--child")
-            .arg("--configs")
-            .arg(args.configs.join(","))
-            .arg("--steps")
-            .arg(args.steps.to_string())
-            .arg("--warmup")
-            .arg(args.warmup.to_string());
+        cmd.env("RAYON_NUM_THREADS", t.to_string()).arg("--child");
+        same_work(&mut cmd, &args);
         cmd.arg("--model").arg(&args.model);
         if args.slow {
             cmd.arg("--slow").env("CANDLE_STRUCTURED_SLOW_OPS", "1");
@@ -578,15 +572,8 @@ fn main() -> Result<()> {
         }
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/torch_cpu_train.py");
         let mut py = std::process::Command::new(&args.python);
-        py.arg(script)
-            .arg("--threads")
-            .arg(t.to_string())
-            .arg("--configs")
-            .arg(args.configs.join(","))
-            .arg("--steps")
-            .arg(args.steps.to_string())
-            .arg("--warmup")
-            .arg(args.warmup.to_string());
+        py.arg(script).arg("--threads").arg(t.to_string());
+        same_work(&mut py, &args);
         let theirs = run_and_collect(py, 4)?;
         println!("| threads | config | ours, tok/s | PyTorch, tok/s | ours / PyTorch |");
         println!("|---:|---|---:|---:|---:|");
@@ -635,4 +622,15 @@ fn run_and_collect(mut cmd: std::process::Command, at: usize) -> Result<Vec<(Str
         bail!("{cmd:?} failed: {status}");
     }
     Ok(found)
+}
+
+/// The configurations, steps and warm-up steps of this run, as flags: what the crate's child and the PyTorch
+/// script both measure.
+fn same_work(cmd: &mut std::process::Command, args: &Args) {
+    cmd.arg("--configs")
+        .arg(args.configs.join(","))
+        .arg("--steps")
+        .arg(args.steps.to_string())
+        .arg("--warmup")
+        .arg(args.warmup.to_string());
 }
