@@ -429,6 +429,16 @@ fn bad_flags_are_refused_before_anything_runs() {
         (
             fresh(
                 Overrides {
+                    min_lr_fraction: Some(1.5),
+                    ..Default::default()
+                },
+                cadence(),
+            ),
+            "--min-lr-fraction 1.5",
+        ),
+        (
+            fresh(
+                Overrides {
                     steps: Some(0),
                     ..Default::default()
                 },

@@ -31,6 +31,8 @@ for log in sorted(root.glob("*/log.jsonl")):
             batch=f'{tr["batch_size"]} x {tr["seq_len"]}',
             lr=tr["lr"],
             dropout=cfg["dropout"],
+            floor=tr.get("min_lr_fraction", 0.1),
+            seed=cfg.get("seed", 0),
             budget=tr["max_tokens"],
             v262=at.get(262144),
             v524=at.get(524288),
@@ -40,8 +42,11 @@ for log in sorted(root.glob("*/log.jsonl")):
     )
 
 f = lambda x: "—" if x is None else f"{x:.3f}"
-print("| run | preset | batch | peak LR | dropout | val @ 262K | val @ 524K | final val (nats) | final test (bits/byte) |")
-print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+print(
+    "| run | preset | batch | peak LR | floor | dropout | seed | tokens | val @ 262K | val @ 524K | final val (nats) "
+    "| final test (bits/byte) |"
+)
+print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for r in rows:
     fin = r["final"]
     if fin:
@@ -51,6 +56,7 @@ for r in rows:
     else:
         continue
     print(
-        f'| {r["run"]} | {r["preset"]} | {r["batch"]} | {r["lr"]:.1e} | {r["dropout"]:.2g} | {f(r["v262"])} | '
+        f'| {r["run"]} | {r["preset"]} | {r["batch"]} | {r["lr"]:.1e} | {r["floor"]:.2g} | {r["dropout"]:.2g} | '
+        f'{r["seed"]} | {r["budget"] / 1e6:.2f}M | {f(r["v262"])} | '
         f'{f(r["v524"])} | {fv} | {ft} |'
     )

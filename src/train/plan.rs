@@ -19,6 +19,8 @@ pub struct Overrides {
     pub dropout: Option<f32>,
     /// Peak learning rate.
     pub lr: Option<f64>,
+    /// Learning rate at the end of the decay, as a fraction of the peak, in `[0, 1]`.
+    pub min_lr_fraction: Option<f64>,
     /// Sequences per optimizer step.
     pub batch_size: Option<usize>,
     /// Sequence length.
@@ -79,6 +81,13 @@ impl Overrides {
                 ));
             }
         }
+        if let Some(f) = self.min_lr_fraction {
+            if !(0.0..=1.0).contains(&f) {
+                return bad(format!(
+                    "--min-lr-fraction {f}: the floor of the decay must be in [0, 1] (a fraction of the peak)"
+                ));
+            }
+        }
         if let Some(p) = self.dropout {
             if !(0.0..1.0).contains(&p) {
                 return bad(format!("--dropout {p}: the dropout must be in [0, 1)"));
@@ -136,6 +145,7 @@ impl RunPlan {
         spec.batch_size = ov.batch_size.unwrap_or(spec.batch_size);
         spec.seq_len = ov.seq_len.unwrap_or(spec.seq_len);
         spec.lr = ov.lr.unwrap_or(spec.lr);
+        spec.min_lr_fraction = ov.min_lr_fraction.unwrap_or(spec.min_lr_fraction);
         if spec.seq_len > model.context {
             return Err(Error::Config(format!(
                 "--seq-len {}: above the context of {} tokens of {preset_name}",
@@ -283,6 +293,11 @@ pub fn conflicts(meta: &CheckpointMeta, preset_name: Option<&str>, ov: &Override
         shown(ov.dropout),
     );
     check("--lr", shown(Some(meta.train.lr)), shown(ov.lr));
+    check(
+        "--min-lr-fraction",
+        shown(Some(meta.train.min_lr_fraction)),
+        shown(ov.min_lr_fraction),
+    );
     let (batch, seq) = (meta.train.batch_size, meta.train.seq_len);
     check("--batch-size", shown(Some(batch)), shown(ov.batch_size));
     check("--seq-len", shown(Some(seq)), shown(ov.seq_len));
