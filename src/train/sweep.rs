@@ -36,7 +36,9 @@ const M: u64 = 1 << 20;
 const PASS: u64 = 9728 * 1024;
 
 /// The default CPU study, in the order it is trained: one seed of every baseline (the law needs them), the doped
-/// twins, the second seeds of the three smallest baselines, then FastFood and block-Hadamard models.
+/// twins, the second seeds of the three smallest baselines, FastFood and block-Hadamard models, then the second
+/// seeds of the three largest baselines (runs of one plan differ by up to 2 % in final loss, so a size's place on
+/// the frontier needs more than one draw).
 ///
 /// The baselines span 25K to 1.2M trainable non-embedding parameters (1.7 decades), at six sizes. The four narrow
 /// ones reach or near their compute-optimal token count inside 5M tokens (Chinchilla's 20 tokens per parameter is
@@ -70,6 +72,9 @@ pub fn default_sweep() -> Vec<SweepRun> {
         ("blockdiag-6x160-cpu", 3 * M),
     ] {
         out.push(SweepRun::new(p, 0, t));
+    }
+    for (p, t) in &base[3..] {
+        out.push(SweepRun::new(p, 1, *t));
     }
     out
 }
