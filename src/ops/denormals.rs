@@ -21,7 +21,8 @@ const FTZ_DAZ: u32 = (1 << 15) | (1 << 6);
 /// Returns whether they were on before.
 ///
 /// # Safety
-/// The thread must not run code that relies on subnormal results (see the [module docs](self)).
+/// The thread must not run code that relies on subnormal results: the compiler assumes IEEE subnormals, so a value
+/// folded at compile time can differ from the same operation at run time where the result is subnormal.
 pub unsafe fn set_flush_denormals_on_this_thread(on: bool) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
