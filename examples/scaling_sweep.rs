@@ -1,5 +1,5 @@
 //! Trains the runs of a scaling study (`candle_structured::train::sweep`), each into `<root>/<run>/`, for
-//! `scaling_report`: baselines at six sizes (three with a second seed), the doped twins, and FastFood and
+//! `scaling_report`: baselines at six sizes (two seeds each), the doped twins, and FastFood and
 //! block-Hadamard models at two sizes each.
 //!
 //! ```bash

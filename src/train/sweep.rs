@@ -37,14 +37,14 @@ const PASS: u64 = 9728 * 1024;
 
 /// The default CPU study, in the order it is trained: one seed of every baseline (the law needs them), the doped
 /// twins, the second seeds of the three smallest baselines, FastFood and block-Hadamard models, then the second
-/// seeds of the three largest baselines (runs of one plan differ by up to 2 % in final loss, so a size's place on
-/// the frontier needs more than one draw).
+/// seeds of the three largest baselines (the two seeds of xsmall-cpu ended 5 % apart in final loss, so a size's
+/// place on the frontier needs more than one draw).
 ///
 /// The baselines span 25K to 1.2M trainable non-embedding parameters (1.7 decades), at six sizes. The four narrow
 /// ones reach or near their compute-optimal token count inside 5M tokens (Chinchilla's 20 tokens per parameter is
-/// 0.5M tokens at 25K, 4.5M at 224K, 7.9M at 397K); the two Table 1 twins get a whole pass (17 and 8 tokens per parameter), without which they
-/// stop before overtaking the narrow ones (xxsmall-cpu ended above d96x2-cpu at 4.2M tokens: see
-/// `docs/scaling/superseded/`).
+/// 0.5M tokens at 25K, 4.5M at 224K, 7.9M at 397K); the two Table 1 twins get a whole pass (17 and 8 tokens per
+/// parameter), without which they stop before overtaking the narrow ones (xxsmall-cpu ended above d96x2-cpu at
+/// 4.2M tokens: see `docs/scaling/superseded/`).
 pub fn default_sweep() -> Vec<SweepRun> {
     let base = [
         ("d32x2-cpu", 5 * M),
