@@ -21,7 +21,7 @@ use anyhow::Result;
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use candle_structured::data::{gzip_bits_per_byte, Corpus};
-use candle_structured::model::{gpt, presets_table, GptConfig};
+use candle_structured::model::{gpt, presets_table, GptConfig, OptimizerKind};
 use candle_structured::params::CountParams;
 use candle_structured::train::plan::{Cadence, Overrides, RunPlan};
 use candle_structured::train::{
@@ -95,6 +95,9 @@ struct Args {
     /// Learning rate at the end of the cosine decay, as a fraction of the peak, in [0, 1] (default: the preset's).
     #[arg(long)]
     min_lr_fraction: Option<f64>,
+    /// The update of the hidden matrices: adamw or muon (default: the preset's, adamw).
+    #[arg(long)]
+    optimizer: Option<OptimizerKind>,
     /// Dropout in [0, 1) (default: the preset's).
     #[arg(long)]
     dropout: Option<f32>,
@@ -149,6 +152,7 @@ impl Args {
             dropout: self.dropout,
             lr: self.lr,
             min_lr_fraction: self.min_lr_fraction,
+            optimizer: self.optimizer,
             batch_size: self.batch_size,
             seq_len: self.seq_len,
             micro_batch: self.micro_batch,

@@ -621,6 +621,42 @@ pub struct TrainSpec {
     pub eps: f64,
     /// Global gradient-norm clipping threshold (0: off).
     pub grad_clip: f64,
+    /// The update of the hidden matrices (absent from the plans of older runs: AdamW).
+    #[serde(default)]
+    pub optimizer: OptimizerKind,
+}
+
+/// How a run updates its hidden matrices; everything else (embeddings, head, biases, gains, diagonals) always takes
+/// AdamW.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// AdamW, as the paper.
+    #[default]
+    AdamW,
+    /// Muon (orthogonalised momentum, [`crate::train::MuonConfig`]'s defaults) at the same learning rate, its
+    /// update scaled to AdamW's size.
+    Muon,
+}
+
+impl std::fmt::Display for OptimizerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OptimizerKind::AdamW => "adamw",
+            OptimizerKind::Muon => "muon",
+        })
+    }
+}
+
+impl std::str::FromStr for OptimizerKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "adamw" => Ok(OptimizerKind::AdamW),
+            "muon" => Ok(OptimizerKind::Muon),
+            other => Err(format!("unknown optimizer {other:?}: adamw or muon")),
+        }
+    }
 }
 
 impl TrainSpec {
@@ -678,6 +714,7 @@ fn paper_train(lr: f64, decay_tokens: u64) -> TrainSpec {
         beta2: 0.95,
         eps: 1e-8,
         grad_clip: 1.0,
+        optimizer: OptimizerKind::AdamW,
     }
 }
 
@@ -710,6 +747,7 @@ fn cpu_train(d_model: usize, tokens: u64) -> TrainSpec {
         beta2: 0.95,
         eps: 1e-8,
         grad_clip: 1.0,
+        optimizer: OptimizerKind::AdamW,
     }
 }
 

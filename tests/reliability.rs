@@ -40,6 +40,7 @@ fn tiny() -> (GptConfig, TrainSpec) {
         beta2: 0.95,
         eps: 1e-8,
         grad_clip: 1.0,
+        optimizer: Default::default(),
     };
     (cfg, spec)
 }

@@ -37,6 +37,7 @@ fn spec() -> TrainSpec {
         beta2: 0.95,
         eps: 1e-8,
         grad_clip: 1.0,
+        optimizer: Default::default(),
     }
 }
 

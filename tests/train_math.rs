@@ -76,6 +76,7 @@ fn adamw_and_clipping_equal_hand_computation() {
         beta2: 0.95,
         eps: 1e-8,
         weight_decay: 0.1,
+        muon: None,
     };
     let mut opt = AdamW::new(vec![("w".into(), w.clone()), ("b".into(), b.clone())], cfg).unwrap();
     // params() is sorted by name: b, w.

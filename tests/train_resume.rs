@@ -5,7 +5,7 @@ mod train_common;
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use candle_structured::data::eval_windows;
-use candle_structured::model::{gpt, GptConfig, TrainSpec};
+use candle_structured::model::{gpt, GptConfig, OptimizerKind, TrainSpec};
 use candle_structured::train::{
     evaluate, evaluate_text, load_checkpoint, named_vars, previous_path, train, TrainOptions,
     TrainReport,
@@ -30,6 +30,7 @@ fn tiny() -> (GptConfig, TrainSpec) {
         beta2: 0.95,
         eps: 1e-8,
         grad_clip: 1.0,
+        optimizer: Default::default(),
     };
     (cfg, spec)
 }
@@ -79,8 +80,15 @@ fn log_lines(path: &Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn interrupted_and_resumed_equals_uninterrupted() {
-    let dir = tmp_dir("train", "resume");
-    let (cfg, spec) = tiny();
+    for optimizer in [OptimizerKind::AdamW, OptimizerKind::Muon] {
+        interrupted_and_resumed_equals_uninterrupted_with(optimizer);
+    }
+}
+
+fn interrupted_and_resumed_equals_uninterrupted_with(optimizer: OptimizerKind) {
+    let dir = tmp_dir("train", &format!("resume-{optimizer}"));
+    let (cfg, mut spec) = tiny();
+    spec.optimizer = optimizer;
     let a = run(&cfg, &spec, &opts(&dir.join("a")), false);
     assert_eq!(a.steps, 8);
     assert!(!a.interrupted);
@@ -298,20 +306,25 @@ fn evaluate_text_agrees_with_the_token_file_evaluation() {
 fn workers_give_the_serial_result_bit_for_bit() {
     let dir = tmp_dir("train", "workers");
     let (cfg, spec) = tiny();
-    for (micro, workers) in [(2, 2), (1, 3)] {
-        let mut serial = opts(&dir.join(format!("serial-{micro}")));
+    let muon = TrainSpec {
+        optimizer: OptimizerKind::Muon,
+        ..spec.clone()
+    };
+    for (micro, workers, spec) in [(2, 2, &spec), (1, 3, &spec), (2, 2, &muon)] {
+        let o = spec.optimizer;
+        let mut serial = opts(&dir.join(format!("serial-{micro}-{o}")));
         serial.micro_batch = Some(micro);
-        let mut par = opts(&dir.join(format!("workers-{micro}-{workers}")));
+        let mut par = opts(&dir.join(format!("workers-{micro}-{workers}-{o}")));
         par.micro_batch = Some(micro);
         par.workers = workers;
-        let a = run(&cfg, &spec, &serial, false);
-        let b = run(&cfg, &spec, &par, false);
+        let a = run(&cfg, spec, &serial, false);
+        let b = run(&cfg, spec, &par, false);
         assert_eq!(a.losses.len(), 8);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(
             bits(&a.losses),
             bits(&b.losses),
-            "micro {micro}, {workers} workers"
+            "micro {micro}, {workers} workers, {o}"
         );
         assert_eq!(
             a.valid.unwrap().loss.to_bits(),

@@ -30,6 +30,8 @@ pub mod log;
 #[cfg(feature = "train")]
 mod checkpoint;
 #[cfg(feature = "train")]
+mod muon;
+#[cfg(feature = "train")]
 mod optim;
 #[cfg(feature = "train")]
 pub mod plan;
@@ -54,6 +56,8 @@ pub use checkpoint::{
 #[cfg(feature = "train")]
 pub use log::RunLog;
 pub use log::{finite, Event, LogLine, StepLine};
+#[cfg(feature = "train")]
+pub use muon::{orthogonalize, MuonConfig};
 #[cfg(feature = "train")]
 pub use optim::{clip_grad_norm, global_grad_norm, AdamW, AdamWConfig};
 #[cfg(feature = "train")]

@@ -1,5 +1,7 @@
-//! AdamW over named candle `Var`s, with its moments exposed for checkpoints.
+//! AdamW over named candle `Var`s, with its moments exposed for checkpoints, and optionally Muon for the hidden
+//! matrices.
 
+use super::muon::{orthogonalize, update_scale, MuonConfig};
 use crate::error::Error;
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
@@ -15,6 +17,9 @@ pub struct AdamWConfig {
     pub eps: f64,
     /// Decoupled weight decay, applied to parameters of rank ≥ 2 only (matrices, not biases, gains or diagonals).
     pub weight_decay: f64,
+    /// Muon instead of Adam for the hidden matrices (every parameter of rank 2 but the embedding `wte` and the
+    /// head `lm_head`); `None`: AdamW for all.
+    pub muon: Option<MuonConfig>,
 }
 
 impl Default for AdamWConfig {
@@ -24,6 +29,7 @@ impl Default for AdamWConfig {
             beta2: 0.95,
             eps: 1e-8,
             weight_decay: 0.0,
+            muon: None,
         }
     }
 }
@@ -37,11 +43,22 @@ impl Default for AdamWConfig {
 /// θ ← θ − lr · (m / (1 − β1ᵗ)) / (√(v / (1 − β2ᵗ)) + ε)
 /// ```
 ///
+/// With [`AdamWConfig::muon`], a hidden matrix `θ` (`r × c`) takes Muon's step instead, its momentum kept in `m`
+/// (`v` stays 0):
+///
+/// ```text
+/// θ ← θ · (1 − lr · λ)
+/// m ← μ m + g
+/// θ ← θ − lr · 0.2·√max(r, c) · orthogonalize(g + μ m)
+/// ```
+///
 /// Unlike `candle_nn::AdamW`, the moments `m`, `v` and the step count are public state
 /// ([`AdamW::state`], [`AdamW::load_state`]), so a checkpoint can restore them exactly.
 #[derive(Debug)]
 pub struct AdamW {
     params: Vec<(String, Var)>,
+    /// Per parameter: takes Muon's step (a hidden matrix, with Muon on).
+    muon: Vec<bool>,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
     t: u64,
@@ -59,8 +76,13 @@ impl AdamW {
             .map(|(_, p)| p.as_tensor().zeros_like())
             .collect::<Result<Vec<_>>>()?;
         let v = m.clone();
+        let muon = params
+            .iter()
+            .map(|(name, p)| cfg.muon.is_some() && p.rank() == 2 && !is_embedding(name))
+            .collect();
         Ok(Self {
             params,
+            muon,
             m,
             v,
             t: 0,
@@ -86,6 +108,19 @@ impl AdamW {
     /// One update with learning rate `lr` from `grads` (`grads[i]` is the gradient of `params()[i]`; `None`
     /// leaves that parameter and its moments untouched).
     pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64) -> Result<()> {
+        self.step_on(grads, lr, &[])
+    }
+
+    /// [`AdamW::step`], with Muon's orthogonalisations (one per hidden matrix, independent) spread over `pools`,
+    /// each computing whole matrices with its own kernels (the largest first, each to the least loaded pool):
+    /// the training workers' one-thread pools, where a small matrix product split over threads costs more than
+    /// it saves. The result does not depend on the pools.
+    pub(crate) fn step_on(
+        &mut self,
+        grads: &[Option<Tensor>],
+        lr: f64,
+        pools: &[rayon::ThreadPool],
+    ) -> Result<()> {
         if grads.len() != self.params.len() {
             return Err(Error::Config(format!(
                 "AdamW::step: {} gradients for {} parameters",
@@ -100,6 +135,7 @@ impl AdamW {
             beta2,
             eps,
             weight_decay,
+            muon,
         } = self.cfg;
         let bc1 = 1.0 - beta1.powi(self.t as i32);
         let bc2 = 1.0 - beta2.powi(self.t as i32);
@@ -114,11 +150,23 @@ impl AdamW {
             decay: 1.0 - lr * weight_decay,
             weight_decay: weight_decay != 0.0,
         };
+        let mut directions = match muon {
+            Some(mu) => self.muon_directions(grads, mu, pools)?,
+            None => vec![None; grads.len()],
+        };
         for (i, g) in grads.iter().enumerate() {
             let Some(g) = g else { continue };
             let var = &self.params[i].1;
             let theta = var.as_tensor().detach();
             let decay = k.weight_decay && theta.rank() >= 2;
+            if let Some((m, direction)) = directions[i].take() {
+                let theta = if decay { (theta * k.decay)? } else { theta };
+                let (rows, cols) = theta.dims2()?;
+                let update = (direction * (lr * update_scale(rows, cols)))?;
+                var.set(&(theta - update)?)?;
+                self.m[i] = m;
+                continue;
+            }
             let slot = Slot {
                 theta: &theta,
                 m: &self.m[i],
@@ -134,6 +182,47 @@ impl AdamW {
             self.v[i] = v;
         }
         Ok(())
+    }
+
+    /// For each hidden matrix with a gradient: its new momentum `μ·m + g` and the orthogonalised look-ahead
+    /// `g + μ·(μ·m + g)`; `None` for the other parameters.
+    fn muon_directions(
+        &self,
+        grads: &[Option<Tensor>],
+        mu: MuonConfig,
+        pools: &[rayon::ThreadPool],
+    ) -> Result<Vec<Option<(Tensor, Tensor)>>> {
+        let mut momenta = Vec::new();
+        let mut at = Vec::new();
+        for (i, g) in grads.iter().enumerate() {
+            if let (true, Some(g)) = (self.muon[i], g) {
+                let m = ((&self.m[i] * mu.momentum)? + g)?;
+                let look_ahead = (g + (&m * mu.momentum)?)?;
+                momenta.push((m, look_ahead));
+                at.push(i);
+            }
+        }
+        let orth = |k: usize| orthogonalize(&momenta[k].1, mu.ns_steps);
+        let directions = if pools.len() > 1 {
+            super::trainer::on_pools(pools, &balanced_shares(&momenta, pools.len()), &orth)?
+        } else {
+            (0..momenta.len()).map(orth).collect::<Result<Vec<_>>>()?
+        };
+        let mut out = vec![None; grads.len()];
+        for ((i, (m, _)), d) in at.into_iter().zip(momenta).zip(directions) {
+            out[i] = Some((m, d));
+        }
+        Ok(out)
+    }
+
+    /// Names of the parameters that take Muon's step (none without [`AdamWConfig::muon`]).
+    pub fn muon_params(&self) -> Vec<&str> {
+        self.params
+            .iter()
+            .zip(&self.muon)
+            .filter(|(_, &m)| m)
+            .map(|((n, _), _)| n.as_str())
+            .collect()
     }
 
     /// Gradients of every parameter from a backward pass, in parameter order, detached.
@@ -191,6 +280,30 @@ impl AdamW {
         self.t = t;
         Ok(())
     }
+}
+
+/// Indices of `items` in `workers` groups of nearly equal work (a Gram matrix of the smaller side costs about
+/// `rows · cols · min(rows, cols)`): the largest first, each to the group with the least so far.
+fn balanced_shares(items: &[(Tensor, Tensor)], workers: usize) -> Vec<Vec<usize>> {
+    let cost = |t: &Tensor| {
+        let d = t.dims();
+        d.iter().product::<usize>() * d.iter().copied().min().unwrap_or(1)
+    };
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&k| std::cmp::Reverse(cost(&items[k].1)));
+    let mut shares = vec![Vec::new(); workers];
+    let mut load = vec![0usize; workers];
+    for k in order {
+        let w = (0..workers).min_by_key(|&w| load[w]).unwrap_or(0);
+        load[w] += cost(&items[k].1);
+        shares[w].push(k);
+    }
+    shares
+}
+
+/// The token embedding and the untied head: matrices, but rows of a lookup table, which Muon does not treat.
+fn is_embedding(name: &str) -> bool {
+    name.starts_with("wte.") || name.starts_with("lm_head.")
 }
 
 /// The scalars of one AdamW step, in f64 (each is rounded to the parameter's dtype where it is used, as candle's
@@ -372,6 +485,103 @@ mod tests {
 
     fn slot<'a>(theta: &'a Tensor, m: &'a Tensor, v: &'a Tensor, g: &'a Tensor) -> Slot<'a> {
         Slot { theta, m, v, g }
+    }
+
+    fn seeded(shape: &[usize], seed: u64) -> Result<Tensor> {
+        let n = shape.iter().product::<usize>();
+        let mut s = seed;
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu)
+    }
+
+    /// With Muon on, a hidden matrix follows `θ ← θ(1 − lr·λ) − lr·0.2·√max(r, c)·orthogonalize(g + μ·m)`,
+    /// `m ← μ·m + g`, computed here by hand over two steps; the embedding and a vector take exactly AdamW's steps;
+    /// the orthogonalisations spread over two one-thread pools give the same bits.
+    #[test]
+    fn muon_steps_hidden_matrices_and_leaves_the_rest_to_adamw() -> Result<()> {
+        let shapes: [(&str, &[usize]); 3] = [
+            ("h.0.mlp.weight", &[6, 10]),
+            ("h.0.mlp.bias", &[6]),
+            ("wte.weight", &[12, 4]),
+        ];
+        let vars = |seed: u64| -> Result<Vec<(String, Var)>> {
+            shapes
+                .iter()
+                .enumerate()
+                .map(|(i, (n, s))| {
+                    Ok((
+                        n.to_string(),
+                        Var::from_tensor(&seeded(s, seed + i as u64)?)?,
+                    ))
+                })
+                .collect()
+        };
+        let mu = MuonConfig {
+            momentum: 0.9,
+            ns_steps: 5,
+        };
+        let cfg = |muon| AdamWConfig {
+            weight_decay: 0.1,
+            muon,
+            ..Default::default()
+        };
+        let (with_muon, adam_only, pooled) = (vars(1)?, vars(1)?, vars(1)?);
+        let mut a = AdamW::new(with_muon.clone(), cfg(Some(mu)))?;
+        let mut b = AdamW::new(adam_only.clone(), cfg(None))?;
+        let mut c = AdamW::new(pooled.clone(), cfg(Some(mu)))?;
+        assert_eq!(a.muon_params(), vec!["h.0.mlp.weight"]);
+        assert!(b.muon_params().is_empty());
+        let pools: Vec<rayon::ThreadPool> = (0..2)
+            .map(|_| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        // Parameters are sorted by name: bias, weight, wte.
+        let find = |v: &[(String, Var)], n: &str| v.iter().find(|(k, _)| k == n).unwrap().1.clone();
+        let theta0 = find(&with_muon, "h.0.mlp.weight").as_tensor().copy()?;
+        let (lr, scale) = (0.02, 0.2 * 10f64.sqrt());
+        let mut expected = theta0;
+        let mut m = Tensor::zeros((6, 10), DType::F32, &Device::Cpu)?;
+        for step in 0..2u64 {
+            let grads: Vec<Option<Tensor>> = a
+                .params()
+                .iter()
+                .enumerate()
+                .map(|(i, (_, p))| Ok(Some(seeded(p.dims(), 100 + 10 * step + i as u64)?)))
+                .collect::<Result<_>>()?;
+            a.step(&grads, lr)?;
+            b.step(&grads, lr)?;
+            c.step_on(&grads, lr, &pools)?;
+            let g = grads[1].as_ref().unwrap();
+            m = ((&m * 0.9)? + g)?;
+            let direction = orthogonalize(&(g + (&m * 0.9)?)?, 5)?;
+            expected = ((&expected * (1.0 - lr * 0.1))? - (direction * (lr * scale))?)?;
+        }
+        let diff = |x: &Tensor, y: &Tensor| -> Result<f32> {
+            (x - y)?.abs()?.max_all()?.to_scalar::<f32>()
+        };
+        let got = find(&with_muon, "h.0.mlp.weight");
+        assert!(diff(got.as_tensor(), &expected)? < 1e-6);
+        // It moved, by more than rounding.
+        assert!(diff(got.as_tensor(), &seeded(&[6, 10], 1)?)? > 1e-3);
+        for name in ["h.0.mlp.bias", "wte.weight"] {
+            let (x, y) = (find(&with_muon, name), find(&adam_only, name));
+            assert_eq!(diff(x.as_tensor(), y.as_tensor())?, 0.0, "{name}");
+        }
+        for ((_, x), (_, y)) in with_muon.iter().zip(&pooled) {
+            assert_eq!(diff(x.as_tensor(), y.as_tensor())?, 0.0);
+        }
+        Ok(())
     }
 
     /// The fused CPU loop gives candle's composed ops bit for bit: f32 and f64, with and without weight decay,

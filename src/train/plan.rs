@@ -6,7 +6,7 @@
 use super::{load_checkpoint, CheckpointMeta, RunDir, TrainOptions, CHECKPOINT_FILE};
 use crate::data::CorpusOptions;
 use crate::error::Error;
-use crate::model::{preset, GptConfig, TrainSpec};
+use crate::model::{preset, GptConfig, OptimizerKind, TrainSpec};
 use candle_core::{Device, Result};
 use std::path::PathBuf;
 
@@ -21,6 +21,8 @@ pub struct Overrides {
     pub lr: Option<f64>,
     /// Learning rate at the end of the decay, as a fraction of the peak, in `[0, 1]`.
     pub min_lr_fraction: Option<f64>,
+    /// The update of the hidden matrices.
+    pub optimizer: Option<OptimizerKind>,
     /// Sequences per optimizer step.
     pub batch_size: Option<usize>,
     /// Sequence length.
@@ -146,6 +148,7 @@ impl RunPlan {
         spec.seq_len = ov.seq_len.unwrap_or(spec.seq_len);
         spec.lr = ov.lr.unwrap_or(spec.lr);
         spec.min_lr_fraction = ov.min_lr_fraction.unwrap_or(spec.min_lr_fraction);
+        spec.optimizer = ov.optimizer.unwrap_or(spec.optimizer);
         if spec.seq_len > model.context {
             return Err(Error::Config(format!(
                 "--seq-len {}: above the context of {} tokens of {preset_name}",
@@ -297,6 +300,11 @@ pub fn conflicts(meta: &CheckpointMeta, preset_name: Option<&str>, ov: &Override
         "--min-lr-fraction",
         shown(Some(meta.train.min_lr_fraction)),
         shown(ov.min_lr_fraction),
+    );
+    check(
+        "--optimizer",
+        shown(Some(meta.train.optimizer)),
+        shown(ov.optimizer),
     );
     let (batch, seq) = (meta.train.batch_size, meta.train.seq_len);
     check("--batch-size", shown(Some(batch)), shown(ov.batch_size));

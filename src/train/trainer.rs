@@ -109,6 +109,8 @@ impl<'a> Trainer<'a> {
                 beta2: spec.beta2,
                 eps: spec.eps,
                 weight_decay: spec.weight_decay,
+                muon: (spec.optimizer == crate::model::OptimizerKind::Muon)
+                    .then(super::MuonConfig::default),
             },
         )?;
         let (mut sampler, mut step, mut tokens, mut elapsed_before) =
@@ -322,7 +324,7 @@ impl<'a> Trainer<'a> {
         }
         let tp = Instant::now();
         let grad_norm = clip_grad_norm(&mut grads, spec.grad_clip)?;
-        self.opt.step(&grads, lr)?;
+        self.opt.step_on(&grads, lr, &self.pools)?;
         sync()?;
         self.phases.optimizer_s += tp.elapsed().as_secs_f64();
         self.step += 1;
@@ -433,7 +435,7 @@ impl<'a> Trainer<'a> {
 }
 
 /// Runs micro-batches `0..accum` on the workers' pools, worker `i` taking `i, i + w, …`, and returns the results
-/// in micro-batch order. The calling thread waits in the first pool.
+/// in micro-batch order.
 fn parallel_micro_steps<F>(
     pools: &[rayon::ThreadPool],
     accum: usize,
@@ -443,8 +445,23 @@ where
     F: Fn(usize) -> Result<MicroResult> + Sync,
 {
     let w = pools.len();
-    let run = |i: usize| -> Result<Vec<(usize, MicroResult)>> {
-        (i..accum).step_by(w).map(|k| Ok((k, f(k)?))).collect()
+    let shares: Vec<Vec<usize>> = (0..w).map(|i| (i..accum).step_by(w).collect()).collect();
+    on_pools(pools, &shares, f)
+}
+
+/// `f(k)` for every `k` of `shares[i]` on `pools[i]` (each pool on its own thread, the first on the caller's), the
+/// results in order of `k` (the `shares` together must be `0..n`).
+pub(super) fn on_pools<T, F>(
+    pools: &[rayon::ThreadPool],
+    shares: &[Vec<usize>],
+    f: &F,
+) -> Result<Vec<T>>
+where
+    T: Send,
+    F: Fn(usize) -> Result<T> + Sync,
+{
+    let run = |i: usize| -> Result<Vec<(usize, T)>> {
+        shares[i].iter().map(|&k| Ok((k, f(k)?))).collect()
     };
     let mut parts = std::thread::scope(|s| {
         let others: Vec<_> = pools[1..]
@@ -462,7 +479,9 @@ where
     })
     .into_iter()
     .collect::<Result<Vec<_>>>()?
-    .concat();
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>();
     parts.sort_by_key(|(k, _)| *k);
     Ok(parts.into_iter().map(|(_, r)| r).collect())
 }
