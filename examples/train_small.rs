@@ -43,8 +43,8 @@ const MAIN_LR: f64 = 8e-3;
 #[derive(Parser, Debug)]
 #[command(
     about = "Train a GPT of Chatelain et al. (2021) on French text",
-    after_help = "With --resume the run continues as its checkpoint recorded it (preset, seed, dropout, learning \
-rate, batch, sequence length, micro-batch, data): giving any of those with a different value is an error. Free to \
+    after_help = "With --resume the run continues as its checkpoint recorded it (preset, seed, dropout, learning rate, optimizer, \
+batch, sequence length, micro-batch, data): giving any of those with a different value is an error. Free to \
 change on resume: --steps / --tokens (extend or shorten the budget; the schedule is rescaled to it), --eval-every, \
 --eval-windows, --test-windows, --checkpoint-every, --cache, --device, --no-progress, --sync-phases."
 )]

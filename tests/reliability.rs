@@ -9,7 +9,7 @@
 mod train_common;
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
-use candle_structured::model::{gpt, GptConfig, TrainSpec};
+use candle_structured::model::{gpt, GptConfig, OptimizerKind, TrainSpec};
 use candle_structured::train::plan::{Cadence, Overrides, RunPlan};
 use candle_structured::train::{
     evaluate_text, load_checkpoint, previous_path, train, TrainOptions, TrainReport,
@@ -563,6 +563,16 @@ fn resume_refuses_conflicting_flags_and_takes_the_budget() {
                 },
             ),
             "--lr",
+        ),
+        (
+            err(
+                None,
+                Overrides {
+                    optimizer: Some(OptimizerKind::Muon),
+                    ..Default::default()
+                },
+            ),
+            "--optimizer: checkpoint adamw, given muon",
         ),
         (
             err(
