@@ -37,19 +37,23 @@ use std::path::PathBuf;
 const MAIN_PRESET: &str = "d96x2-cpu";
 /// The main job's budget, 7,168 steps of 4 × 256 tokens (7.3M): about four minutes of two cores.
 const MAIN_TOKENS: u64 = 7168 * 1024;
-/// The main job's peak rate: at this budget 8e-3 beat the width rule's 5.3e-3 and 1.2e-2 (docs/recipe.md).
-const MAIN_LR: f64 = 8e-3;
+/// The main job's update of the hidden matrices: Muon reached 0.02-0.08 bits/byte lower than AdamW on the same
+/// plan and seeds, for about 11 % more time per step (docs/recipe.md).
+const MAIN_OPTIMIZER: OptimizerKind = OptimizerKind::Muon;
+/// The main job's peak rate: with Muon at this budget, 1.2e-2 beat 8e-3 and 1.6e-2 (docs/recipe.md).
+const MAIN_LR: f64 = 1.2e-2;
 
 #[derive(Parser, Debug)]
 #[command(
     about = "Train a GPT of Chatelain et al. (2021) on French text",
-    after_help = "With --resume the run continues as its checkpoint recorded it (preset, seed, dropout, learning rate, optimizer, \
-batch, sequence length, micro-batch, data): giving any of those with a different value is an error. Free to \
+    after_help = "With --resume the run continues as its checkpoint recorded it (preset, seed, dropout, learning \
+rate, optimizer, batch, sequence length, micro-batch, data): giving any of those with a different value is an error. Free to \
 change on resume: --steps / --tokens (extend or shorten the budget; the schedule is rescaled to it), --eval-every, \
 --eval-windows, --test-windows, --checkpoint-every, --cache, --device, --no-progress, --sync-phases."
 )]
 struct Args {
-    /// Preset (see --list-presets). Without it, the main job: d96x2-cpu on 7.3M tokens at LR 8e-3 (docs/recipe.md).
+    /// Preset (see --list-presets). Without it, the main job: d96x2-cpu on 7.3M tokens, Muon at LR 1.2e-2
+    /// (docs/recipe.md).
     #[arg(long)]
     preset: Option<String>,
     /// Print every preset with its parameter counts and exit.
@@ -95,7 +99,7 @@ struct Args {
     /// Learning rate at the end of the cosine decay, as a fraction of the peak, in [0, 1] (default: the preset's).
     #[arg(long)]
     min_lr_fraction: Option<f64>,
-    /// The update of the hidden matrices: adamw or muon (default: the preset's, adamw).
+    /// The update of the hidden matrices: adamw or muon (default: muon for the main job, adamw for a preset).
     #[arg(long)]
     optimizer: Option<OptimizerKind>,
     /// Dropout in [0, 1) (default: the preset's).
@@ -189,6 +193,7 @@ impl Args {
             if preset.is_none() {
                 ov.tokens = ov.tokens.or((ov.steps.is_none()).then_some(MAIN_TOKENS));
                 ov.lr = ov.lr.or(Some(MAIN_LR));
+                ov.optimizer = ov.optimizer.or(Some(MAIN_OPTIMIZER));
             }
             let (dir, cache) = (self.run_dir.clone(), self.cache.clone());
             RunPlan::fresh(p, &ov, cadence, dir, cache)?
@@ -244,7 +249,7 @@ fn main() -> Result<()> {
     let counts = model.param_counts();
     eprintln!(
         "{}: {} layers, d_model {}, {} heads; {} trainable non-embedding parameters ({} frozen, {} emulated, {} \
-         embedding); {} steps of {} × {} tokens = {} tokens",
+         embedding); {} steps of {} × {} tokens = {} tokens; {} at peak LR {:.1e}",
         plan.preset,
         cfg.n_layers(),
         cfg.d_model,
@@ -256,7 +261,9 @@ fn main() -> Result<()> {
         spec.total_steps(),
         spec.batch_size,
         spec.seq_len,
-        spec.max_tokens
+        spec.max_tokens,
+        spec.optimizer,
+        spec.lr
     );
     let stop = common::stop_on_ctrl_c("stopping after this step and writing a checkpoint")?;
     let report = train(&model, &varmap, &corpus, spec, &plan.options, &stop)?;
