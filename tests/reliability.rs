@@ -722,6 +722,8 @@ fn as_format_1(path: &Path) {
     for k in ["micro_batch", "corpus", "data"] {
         m.remove(k);
     }
+    // Nor the optimizer (AdamW then).
+    m["train"].as_object_mut().unwrap().remove("optimizer");
     let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
     names.sort();
     let mut sum = 0xcbf2_9ce4_8422_2325u64;

@@ -1,11 +1,14 @@
 //! Checkpoints: one safetensors file holding the weights, the optimizer moments and the run state (JSON in the
 //! safetensors metadata), with a checksum over everything resume reads, written atomically.
 //!
-//! Format 2 (this build) records the whole plan of the run: the model (seed and dropout included) and the recipe
-//! (batch, sequence, learning rate, budget) as before, plus the micro-batch, the corpus options and the identity of
-//! the data (hashes of the tokenizer and token files). Its checksum (`checksum_all`) covers the run state's JSON,
-//! every tensor's name, dtype, shape and bytes. Format 1 files (written before) still load: their checksum covers
-//! the tensors only, and the fields they lack read as unknown (`None`).
+//! Format 3 (this build) records the whole plan of the run: the model (seed and dropout included) and the recipe
+//! (batch, sequence, learning rate, budget, optimizer), the micro-batch, the corpus options and the identity of the
+//! data (hashes of the tokenizer and token files). Its checksum (`checksum_all`) covers the run state's JSON, every
+//! tensor's name, dtype, shape and bytes. With Muon (`TrainSpec::optimizer`), `adam.m/<name>` of a hidden matrix
+//! holds Muon's momentum and `adam.v/<name>` stays zero. Older files still load: format 2 (the same layout without
+//! the optimizer, which was AdamW) and format 1 (a checksum over the tensors only; the fields it lacks read as
+//! unknown, `None`). Format 3 is new so that a build that knows only AdamW refuses a Muon run instead of resuming it
+//! with the wrong update.
 
 use super::AdamW;
 use crate::data::{fnv1a_extend, write_atomic, BatchSampler, CorpusOptions, DataIdentity};
@@ -17,10 +20,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// Version of the checkpoint layout written by this build (it reads 1 and 2).
-pub const CHECKPOINT_FORMAT: u32 = 2;
+/// Version of the checkpoint layout written by this build (it reads 1 to 3).
+pub const CHECKPOINT_FORMAT: u32 = 3;
 
-/// The safetensors metadata key of the format-2 checksum (run state and tensors).
+/// The safetensors metadata key of the checksum of formats 2 and 3 (run state and tensors).
 const CHECKSUM_ALL: &str = "checksum_all";
 
 /// Everything besides tensors that a resumed run needs.
@@ -142,7 +145,7 @@ fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
     })
 }
 
-/// The format-2 checksum: FNV-1a over the run state's JSON, then each tensor's name, dtype, shape and bytes in
+/// The checksum of formats 2 and 3: FNV-1a over the run state's JSON, then each tensor's name, dtype, shape and bytes in
 /// name order.
 struct Checksum(u64);
 
@@ -289,10 +292,15 @@ pub fn load_checkpoint(path: &Path, device: &Device) -> Result<Checkpoint> {
     }
     let meta: CheckpointMeta =
         serde_json::from_str(meta_json).map_err(|e| corrupt(format!("run state: {e}")))?;
-    let expected_format = if full { CHECKPOINT_FORMAT } else { 1 };
-    if meta.format != expected_format {
+    let readable = if full {
+        (2..=CHECKPOINT_FORMAT).contains(&meta.format)
+    } else {
+        meta.format == 1
+    };
+    if !readable {
+        let checksum = if full { "format-2+" } else { "format-1" };
         return Err(corrupt(format!(
-            "run state of format {} under a format-{expected_format} checksum; this build reads formats 1 and \
+            "run state of format {} under a {checksum} checksum; this build reads formats 1 to \
              {CHECKPOINT_FORMAT}",
             meta.format
         )));

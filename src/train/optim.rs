@@ -15,10 +15,12 @@ pub struct AdamWConfig {
     pub beta2: f64,
     /// ε, added to `√v̂`.
     pub eps: f64,
-    /// Decoupled weight decay, applied to parameters of rank ≥ 2 only (matrices, not biases, gains or diagonals).
+    /// Decoupled weight decay, applied to parameters of rank ≥ 2 only: matrices (and FastFood's diagonals, stored
+    /// as one `(k, n)` tensor), not biases or gains.
     pub weight_decay: f64,
-    /// Muon instead of Adam for the hidden matrices (every parameter of rank 2 but the embedding `wte` and the
-    /// head `lm_head`); `None`: AdamW for all.
+    /// Muon instead of Adam for the hidden matrices: every rank-2 `*.weight` but the embedding `wte` and the head
+    /// `lm_head` (so not FastFood's diagonals, nor block-Hadamard's stacked blocks of rank 3). `None`: AdamW for
+    /// all.
     pub muon: Option<MuonConfig>,
 }
 
@@ -78,7 +80,7 @@ impl AdamW {
         let v = m.clone();
         let muon = params
             .iter()
-            .map(|(name, p)| cfg.muon.is_some() && p.rank() == 2 && !is_embedding(name))
+            .map(|(name, p)| cfg.muon.is_some() && is_hidden_matrix(name, p.rank()))
             .collect();
         Ok(Self {
             params,
@@ -301,9 +303,14 @@ fn balanced_shares(items: &[(Tensor, Tensor)], workers: usize) -> Vec<Vec<usize>
     shares
 }
 
-/// The token embedding and the untied head: matrices, but rows of a lookup table, which Muon does not treat.
-fn is_embedding(name: &str) -> bool {
-    name.starts_with("wte.") || name.starts_with("lm_head.")
+/// A weight matrix of a hidden layer, the parameters Muon treats: rank 2 and named `*.weight`, but not the token
+/// embedding or the untied head (rows of a lookup table), and not FastFood's diagonals (`diag_*`, rank 2 only
+/// because the `k` blocks are stacked).
+fn is_hidden_matrix(name: &str, rank: usize) -> bool {
+    rank == 2
+        && name.ends_with(".weight")
+        && !name.starts_with("wte.")
+        && !name.starts_with("lm_head.")
 }
 
 /// The scalars of one AdamW step, in f64 (each is rounded to the parameter's dtype where it is used, as candle's
@@ -506,9 +513,12 @@ mod tests {
     /// the orthogonalisations spread over two one-thread pools give the same bits.
     #[test]
     fn muon_steps_hidden_matrices_and_leaves_the_rest_to_adamw() -> Result<()> {
-        let shapes: [(&str, &[usize]); 3] = [
-            ("h.0.mlp.weight", &[6, 10]),
+        let shapes: [(&str, &[usize]); 6] = [
+            ("h.0.attn.weight", &[9, 4]),
+            ("h.0.ff.diag_b", &[2, 8]),
             ("h.0.mlp.bias", &[6]),
+            ("h.0.mlp.weight", &[6, 10]),
+            ("h.1.mlp.weight", &[5, 5]),
             ("wte.weight", &[12, 4]),
         ];
         let vars = |seed: u64| -> Result<Vec<(String, Var)>> {
@@ -536,7 +546,10 @@ mod tests {
         let mut a = AdamW::new(with_muon.clone(), cfg(Some(mu)))?;
         let mut b = AdamW::new(adam_only.clone(), cfg(None))?;
         let mut c = AdamW::new(pooled.clone(), cfg(Some(mu)))?;
-        assert_eq!(a.muon_params(), vec!["h.0.mlp.weight"]);
+        assert_eq!(
+            a.muon_params(),
+            vec!["h.0.attn.weight", "h.0.mlp.weight", "h.1.mlp.weight"]
+        );
         assert!(b.muon_params().is_empty());
         let pools: Vec<rayon::ThreadPool> = (0..2)
             .map(|_| {
@@ -546,7 +559,6 @@ mod tests {
                     .unwrap()
             })
             .collect();
-        // Parameters are sorted by name: bias, weight, wte.
         let find = |v: &[(String, Var)], n: &str| v.iter().find(|(k, _)| k == n).unwrap().1.clone();
         let theta0 = find(&with_muon, "h.0.mlp.weight").as_tensor().copy()?;
         let (lr, scale) = (0.02, 0.2 * 10f64.sqrt());
@@ -562,7 +574,7 @@ mod tests {
             a.step(&grads, lr)?;
             b.step(&grads, lr)?;
             c.step_on(&grads, lr, &pools)?;
-            let g = grads[1].as_ref().unwrap();
+            let g = grads[3].as_ref().unwrap(); // sorted by name: h.0.mlp.weight is fourth
             m = ((&m * 0.9)? + g)?;
             let direction = orthogonalize(&(g + (&m * 0.9)?)?, 5)?;
             expected = ((&expected * (1.0 - lr * 0.1))? - (direction * (lr * scale))?)?;
@@ -574,7 +586,7 @@ mod tests {
         assert!(diff(got.as_tensor(), &expected)? < 1e-6);
         // It moved, by more than rounding.
         assert!(diff(got.as_tensor(), &seeded(&[6, 10], 1)?)? > 1e-3);
-        for name in ["h.0.mlp.bias", "wte.weight"] {
+        for name in ["h.0.ff.diag_b", "h.0.mlp.bias", "wte.weight"] {
             let (x, y) = (find(&with_muon, name), find(&adam_only, name));
             assert_eq!(diff(x.as_tensor(), y.as_tensor())?, 0.0, "{name}");
         }

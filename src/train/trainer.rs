@@ -460,6 +460,7 @@ where
     T: Send,
     F: Fn(usize) -> Result<T> + Sync,
 {
+    debug_assert_eq!(shares.len(), pools.len());
     let run = |i: usize| -> Result<Vec<(usize, T)>> {
         shares[i].iter().map(|&k| Ok((k, f(k)?))).collect()
     };
