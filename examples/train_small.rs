@@ -43,14 +43,18 @@ const MAIN_OPTIMIZER: OptimizerKind = OptimizerKind::Muon;
 /// The main job's peak rate: with Muon at this budget, 1.2e-2 ended with a lower validation loss than 8e-3 and
 /// 1.6e-2 for each seed measured (docs/recipe.md).
 const MAIN_LR: f64 = 1.2e-2;
+/// The main job's weight average over about the last 500 steps: the end of a run of small batches is a noisy draw
+/// around its trend, the average sits nearer it (docs/recipe.md).
+const MAIN_EMA_DECAY: f64 = 0.998;
 
 #[derive(Parser, Debug)]
 #[command(
     about = "Train a GPT of Chatelain et al. (2021) on French text",
     after_help = "With --resume the run continues as its checkpoint recorded it (preset, seed, dropout, learning \
-rate, optimizer, batch, sequence length, micro-batch, data): giving any of those with a different value is an \
-error. Free to change on resume: --steps / --tokens (extend or shorten the budget; the schedule is rescaled to it), --eval-every, \
---eval-windows, --test-windows, --checkpoint-every, --cache, --device, --no-progress, --sync-phases."
+rate, optimizer, weight average, batch, sequence length, micro-batch, data): giving any of those with a different \
+value is an error. Free to change on resume: --steps / --tokens (extend or shorten the budget; the schedule is \
+rescaled to it), --eval-every, --eval-windows, --test-windows, --checkpoint-every, --cache, --device, \
+--no-progress, --sync-phases."
 )]
 struct Args {
     /// Preset (see --list-presets). Without it, the main job: d96x2-cpu on 7.3M tokens, Muon at LR 1.2e-2
@@ -103,6 +107,10 @@ struct Args {
     /// The update of the hidden matrices: adamw or muon (default: muon for the main job, adamw for a preset).
     #[arg(long)]
     optimizer: Option<OptimizerKind>,
+    /// Decay of the moving average of the weights measured and saved at the end, in [0, 1); 0: none (default: the
+    /// main job's 0.998, none for a preset).
+    #[arg(long)]
+    ema_decay: Option<f64>,
     /// Dropout in [0, 1) (default: the preset's).
     #[arg(long)]
     dropout: Option<f32>,
@@ -158,6 +166,7 @@ impl Args {
             lr: self.lr,
             min_lr_fraction: self.min_lr_fraction,
             optimizer: self.optimizer,
+            ema_decay: self.ema_decay,
             batch_size: self.batch_size,
             seq_len: self.seq_len,
             micro_batch: self.micro_batch,
@@ -195,6 +204,7 @@ impl Args {
                 ov.tokens = ov.tokens.or((ov.steps.is_none()).then_some(MAIN_TOKENS));
                 ov.lr = ov.lr.or(Some(MAIN_LR));
                 ov.optimizer = ov.optimizer.or(Some(MAIN_OPTIMIZER));
+                ov.ema_decay = ov.ema_decay.or(Some(MAIN_EMA_DECAY));
             }
             let (dir, cache) = (self.run_dir.clone(), self.cache.clone());
             RunPlan::fresh(p, &ov, cadence, dir, cache)?

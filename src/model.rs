@@ -624,6 +624,10 @@ pub struct TrainSpec {
     /// The update of the hidden matrices (absent from the plans of older runs: AdamW).
     #[serde(default)]
     pub optimizer: OptimizerKind,
+    /// Decay of the exponential moving average of the weights that the run measures at its end and saves for use
+    /// (`crate::train::WeightAverage`), in `[0, 1)`; 0 (the default, and older runs): none.
+    #[serde(default)]
+    pub ema_decay: f64,
 }
 
 /// How a run updates its hidden matrices; everything else (embeddings, head, biases, gains, diagonals) always takes
@@ -715,6 +719,7 @@ fn paper_train(lr: f64, decay_tokens: u64) -> TrainSpec {
         eps: 1e-8,
         grad_clip: 1.0,
         optimizer: OptimizerKind::AdamW,
+        ema_decay: 0.0,
     }
 }
 
@@ -748,6 +753,7 @@ fn cpu_train(d_model: usize, tokens: u64) -> TrainSpec {
         eps: 1e-8,
         grad_clip: 1.0,
         optimizer: OptimizerKind::AdamW,
+        ema_decay: 0.0,
     }
 }
 

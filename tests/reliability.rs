@@ -41,6 +41,7 @@ fn tiny() -> (GptConfig, TrainSpec) {
         eps: 1e-8,
         grad_clip: 1.0,
         optimizer: Default::default(),
+        ema_decay: 0.0,
     };
     (cfg, spec)
 }
@@ -440,6 +441,16 @@ fn bad_flags_are_refused_before_anything_runs() {
         (
             fresh(
                 Overrides {
+                    ema_decay: Some(1.0),
+                    ..Default::default()
+                },
+                cadence(),
+            ),
+            "--ema-decay 1",
+        ),
+        (
+            fresh(
+                Overrides {
                     steps: Some(0),
                     ..Default::default()
                 },
@@ -573,6 +584,16 @@ fn resume_refuses_conflicting_flags_and_takes_the_budget() {
                 },
             ),
             "--optimizer: checkpoint adamw, given muon",
+        ),
+        (
+            err(
+                None,
+                Overrides {
+                    ema_decay: Some(0.99),
+                    ..Default::default()
+                },
+            ),
+            "--ema-decay: checkpoint 0, given 0.99",
         ),
         (
             err(

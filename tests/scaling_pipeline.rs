@@ -38,6 +38,7 @@ fn spec() -> TrainSpec {
         eps: 1e-8,
         grad_clip: 1.0,
         optimizer: Default::default(),
+        ema_decay: 0.0,
     }
 }
 

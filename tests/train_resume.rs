@@ -7,8 +7,8 @@ use candle_nn::{VarBuilder, VarMap};
 use candle_structured::data::eval_windows;
 use candle_structured::model::{gpt, GptConfig, OptimizerKind, TrainSpec};
 use candle_structured::train::{
-    evaluate, evaluate_text, load_checkpoint, named_vars, previous_path, train, TrainOptions,
-    TrainReport,
+    evaluate, evaluate_text, load_checkpoint, named_vars, previous_path, restore_weights, train,
+    TrainOptions, TrainReport,
 };
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -31,6 +31,7 @@ fn tiny() -> (GptConfig, TrainSpec) {
         eps: 1e-8,
         grad_clip: 1.0,
         optimizer: Default::default(),
+        ema_decay: 0.0,
     };
     (cfg, spec)
 }
@@ -80,15 +81,20 @@ fn log_lines(path: &Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn interrupted_and_resumed_equals_uninterrupted() {
-    for optimizer in [OptimizerKind::AdamW, OptimizerKind::Muon] {
-        interrupted_and_resumed_equals_uninterrupted_with(optimizer);
+    for (optimizer, ema_decay) in [
+        (OptimizerKind::AdamW, 0.0),
+        (OptimizerKind::Muon, 0.0),
+        (OptimizerKind::Muon, 0.8),
+    ] {
+        interrupted_and_resumed_equals_uninterrupted_with(optimizer, ema_decay);
     }
 }
 
-fn interrupted_and_resumed_equals_uninterrupted_with(optimizer: OptimizerKind) {
-    let dir = tmp_dir("train", &format!("resume-{optimizer}"));
+fn interrupted_and_resumed_equals_uninterrupted_with(optimizer: OptimizerKind, ema_decay: f64) {
+    let dir = tmp_dir("train", &format!("resume-{optimizer}-{ema_decay}"));
     let (cfg, mut spec) = tiny();
     spec.optimizer = optimizer;
+    spec.ema_decay = ema_decay;
     let a = run(&cfg, &spec, &opts(&dir.join("a")), false);
     assert_eq!(a.steps, 8);
     assert!(!a.interrupted);
@@ -248,6 +254,106 @@ fn bad_checkpoints_and_recipes_get_clear_errors() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("truncated or corrupt"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With a weight average the run reports the average, hand-computed here from the live weights of every step's
+/// checkpoint, and `restore_weights` loads it (the final validation loss is that of the loaded model), while
+/// the checkpoint keeps the live weights apart.
+#[test]
+fn a_weight_average_is_what_the_run_measures_and_saves() {
+    let dir = tmp_dir("train", "ema");
+    let (cfg, mut spec) = tiny();
+    spec.ema_decay = 0.7;
+    let c = corpus(&dir, 40_000);
+    let mut o = opts(&dir.join("run"));
+    o.checkpoint_every = 1;
+    let vm = VarMap::new();
+    let model = gpt(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+    let initial: Vec<candle_core::Tensor> = named_vars(&vm)
+        .iter()
+        .map(|(_, v)| v.as_tensor().copy().unwrap())
+        .collect();
+    // Live weights after each step, read back from the checkpoints written every step (the last one is read
+    // after the run).
+    let live_at = |path: &Path| -> Vec<candle_core::Tensor> {
+        let ck = load_checkpoint(path, &Device::Cpu).unwrap();
+        named_vars(&vm)
+            .iter()
+            .map(|(n, _)| ck.tensors[&format!("model/{n}")].clone())
+            .collect()
+    };
+    let mut steps = Vec::new();
+    for stop in 1..=8u64 {
+        let mut os = o.clone();
+        os.resume = stop > 1;
+        os.stop_at_step = (stop < 8).then_some(stop);
+        let r = train(&model, &vm, &c, &spec, &os, &AtomicBool::new(false)).unwrap();
+        steps.push(live_at(&r.checkpoint));
+        if stop == 8 {
+            let ck = load_checkpoint(&r.checkpoint, &Device::Cpu).unwrap();
+            // a ← 0.7·a + 0.3·θ after every step, from a = θ₀.
+            let mut expected = initial.clone();
+            for live in &steps {
+                for (a, t) in expected.iter_mut().zip(live) {
+                    *a = ((&*a * 0.7).unwrap() + (t * 0.3).unwrap()).unwrap();
+                }
+            }
+            for ((n, v), a) in named_vars(&vm).iter().zip(&expected) {
+                let saved = &ck.tensors[&format!("ema/{n}")];
+                let diff = |x: &candle_core::Tensor| {
+                    (x - a)
+                        .unwrap()
+                        .abs()
+                        .unwrap()
+                        .max_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap()
+                };
+                assert!(diff(saved) < 1e-6, "{n}: saved average");
+                // The variables hold the average after the run.
+                assert!(diff(v.as_tensor()) < 1e-6, "{n}: the model's weights");
+            }
+            // The live weights differ from the average (the test compares something).
+            let live = &steps[7];
+            let apart = live
+                .iter()
+                .zip(&expected)
+                .map(|(l, a)| {
+                    (l - a)
+                        .unwrap()
+                        .abs()
+                        .unwrap()
+                        .max_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap()
+                })
+                .fold(0f32, f32::max);
+            assert!(apart > 1e-4, "live and average weights coincide");
+            // restore_weights loads the average: the reported validation loss is the loaded model's.
+            let vm2 = VarMap::new();
+            let loaded = gpt(
+                &cfg,
+                VarBuilder::from_varmap(&vm2, DType::F32, &Device::Cpu),
+            )
+            .unwrap();
+            restore_weights(&ck, &cfg, &vm2, &r.checkpoint).unwrap();
+            let windows = eval_windows(c.valid.len(), 16, 8);
+            let v = evaluate(
+                &loaded,
+                &c.valid,
+                &windows,
+                16,
+                2,
+                &c.token_bytes,
+                &Device::Cpu,
+            )
+            .unwrap();
+            assert_eq!(v.loss.to_bits(), r.valid.unwrap().loss.to_bits());
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -360,8 +360,8 @@ pub fn training_tensors(opt: &AdamW) -> Vec<(String, Tensor)> {
     tensors
 }
 
-/// Restores what [`training_tensors`] saved: the weights into `varmap` (see [`restore_weights`]) and the moments
-/// and step count into `opt`.
+/// Restores what [`training_tensors`] saved: the live weights into `varmap` (not the weight average that
+/// [`restore_weights`] prefers) and the moments and step count into `opt`.
 pub fn restore_training_state(
     ckpt: &Checkpoint,
     cfg: &GptConfig,
@@ -369,7 +369,7 @@ pub fn restore_training_state(
     opt: &mut AdamW,
     path: &Path,
 ) -> Result<()> {
-    restore_weights(ckpt, cfg, varmap, path)?;
+    restore(ckpt, cfg, varmap, path, false)?;
     let t = &ckpt.tensors;
     opt.load_state(
         |name| {
@@ -390,13 +390,25 @@ pub fn named_vars(varmap: &VarMap) -> Vec<(String, Var)> {
     vars
 }
 
-/// Loads the weights of a checkpoint into `varmap`'s variables. Errors (and changes nothing) when the checkpoint
-/// was written for another configuration or misses a variable.
+/// Loads the weights of a checkpoint into `varmap`'s variables: the run's weight average when it kept one
+/// (`ema/<name>`, what it measured at its end; see [`super::WeightAverage`]), else its weights. Errors (and changes
+/// nothing) when the checkpoint was written for another configuration or misses a variable.
 pub fn restore_weights(
     ckpt: &Checkpoint,
     cfg: &GptConfig,
     varmap: &VarMap,
     path: &Path,
+) -> Result<()> {
+    restore(ckpt, cfg, varmap, path, true)
+}
+
+/// [`restore_weights`], from the weight average when `average` and the checkpoint has one.
+fn restore(
+    ckpt: &Checkpoint,
+    cfg: &GptConfig,
+    varmap: &VarMap,
+    path: &Path,
+    average: bool,
 ) -> Result<()> {
     if ckpt.meta.config != *cfg {
         return Err(Error::Checkpoint(format!(
@@ -411,7 +423,10 @@ pub fn restore_weights(
     for (name, var) in &vars {
         // Checkpoints from before FastFood's renamed diagonals and stored permutations still load.
         let former = || crate::layers::former_name(name).map(|old| format!("model/{old}"));
-        let t = ckpt.tensors.get(&format!("model/{name}"));
+        let averaged = average
+            .then(|| ckpt.tensors.get(&format!("ema/{name}")))
+            .flatten();
+        let t = averaged.or_else(|| ckpt.tensors.get(&format!("model/{name}")));
         let Some(t) = t.or_else(|| former().and_then(|k| ckpt.tensors.get(&k))) else {
             if crate::layers::is_permutation_table(name) {
                 continue;

@@ -28,6 +28,8 @@
 pub mod log;
 
 #[cfg(feature = "train")]
+mod average;
+#[cfg(feature = "train")]
 mod checkpoint;
 #[cfg(feature = "train")]
 mod muon;
@@ -47,6 +49,8 @@ pub mod sweep;
 mod trainer;
 
 pub(crate) use crate::flops::{flops_to_pf_days, training_flops};
+#[cfg(feature = "train")]
+pub use average::WeightAverage;
 #[cfg(feature = "train")]
 pub use checkpoint::{
     checkpoint_bytes, config_differences, load_checkpoint, named_vars, previous_path,

@@ -23,6 +23,8 @@ pub struct Overrides {
     pub min_lr_fraction: Option<f64>,
     /// The update of the hidden matrices.
     pub optimizer: Option<OptimizerKind>,
+    /// Decay of the weight average measured and saved at the end, in `[0, 1)` (0: none).
+    pub ema_decay: Option<f64>,
     /// Sequences per optimizer step.
     pub batch_size: Option<usize>,
     /// Sequence length.
@@ -90,6 +92,13 @@ impl Overrides {
                 ));
             }
         }
+        if let Some(d) = self.ema_decay {
+            if !(0.0..1.0).contains(&d) {
+                return bad(format!(
+                    "--ema-decay {d}: the decay of the weight average must be in [0, 1) (0: none)"
+                ));
+            }
+        }
         if let Some(p) = self.dropout {
             if !(0.0..1.0).contains(&p) {
                 return bad(format!("--dropout {p}: the dropout must be in [0, 1)"));
@@ -149,6 +158,7 @@ impl RunPlan {
         spec.lr = ov.lr.unwrap_or(spec.lr);
         spec.min_lr_fraction = ov.min_lr_fraction.unwrap_or(spec.min_lr_fraction);
         spec.optimizer = ov.optimizer.unwrap_or(spec.optimizer);
+        spec.ema_decay = ov.ema_decay.unwrap_or(spec.ema_decay);
         if spec.seq_len > model.context {
             return Err(Error::Config(format!(
                 "--seq-len {}: above the context of {} tokens of {preset_name}",
@@ -305,6 +315,11 @@ pub fn conflicts(meta: &CheckpointMeta, preset_name: Option<&str>, ov: &Override
         "--optimizer",
         shown(Some(meta.train.optimizer)),
         shown(ov.optimizer),
+    );
+    check(
+        "--ema-decay",
+        shown(Some(meta.train.ema_decay)),
+        shown(ov.ema_decay),
     );
     let (batch, seq) = (meta.train.batch_size, meta.train.seq_len);
     check("--batch-size", shown(Some(batch)), shown(ov.batch_size));

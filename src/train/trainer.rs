@@ -10,7 +10,8 @@ use super::log::{finite, Event, FinalLine, LogLine, PlanLine, RunLog, StepLine};
 use super::run_dir::RunDir;
 use super::{
     clip_grad_norm, evaluate, named_vars, plan_micro_batch, training_flops, AdamW, AdamWConfig,
-    EvalResult, LrSchedule, PhaseTimes, TrainOptions, CHECKPOINT_FILE, LOG_FILE, TOKENIZER_FILE,
+    EvalResult, LrSchedule, PhaseTimes, TrainOptions, WeightAverage, CHECKPOINT_FILE, LOG_FILE,
+    TOKENIZER_FILE,
 };
 use crate::data::{eval_windows, fnv1a, BatchSampler, Corpus, TokenFile};
 use crate::error::Error;
@@ -54,6 +55,8 @@ pub struct Trainer<'a> {
     pub phases: PhaseTimes,
     /// One single-thread pool per worker ([`TrainOptions::workers`]); empty when micro-batches run in turn.
     pools: Vec<rayon::ThreadPool>,
+    /// The weight average, when the recipe keeps one.
+    average: Option<WeightAverage>,
 }
 
 /// One micro-batch's loss and gradients (in the optimizer's parameter order), with its forward and backward times.
@@ -115,12 +118,18 @@ impl<'a> Trainer<'a> {
         )?;
         let (mut sampler, mut step, mut tokens, mut elapsed_before) =
             (BatchSampler::new(opts.seed), 0, 0, 0.0);
+        let mut average = (spec.ema_decay > 0.0)
+            .then(|| WeightAverage::new(spec.ema_decay, opt.params()))
+            .transpose()?;
         if opts.resume {
             let path = opts.run_dir.join(CHECKPOINT_FILE);
             let ckpt = load_checkpoint(&path, &device)?;
             micro = check_resume(&ckpt.meta, spec, opts.micro_batch, micro, corpus, &path)?;
             micro = plan_micro_batch(cfg, spec, Some(micro), &device)?;
             restore_training_state(&ckpt, cfg, varmap, &mut opt, &path)?;
+            if let Some(a) = &mut average {
+                a.load(opt.params(), |k| ckpt.tensors.get(k).cloned())?;
+            }
             sampler = ckpt.meta.sampler;
             (step, tokens, elapsed_before) =
                 (ckpt.meta.step, ckpt.meta.tokens, ckpt.meta.elapsed_s);
@@ -156,6 +165,7 @@ impl<'a> Trainer<'a> {
             counts: model.param_counts(),
             phases: PhaseTimes::default(),
             pools: Vec::new(),
+            average,
         };
         let flush = opts.flush_denormals && t.device.is_cpu();
         if t.device.is_cpu() {
@@ -325,6 +335,9 @@ impl<'a> Trainer<'a> {
         let tp = Instant::now();
         let grad_norm = clip_grad_norm(&mut grads, spec.grad_clip)?;
         self.opt.step_on(&grads, lr, &self.pools)?;
+        if let Some(a) = &mut self.average {
+            a.update(self.opt.params())?;
+        }
         sync()?;
         self.phases.optimizer_s += tp.elapsed().as_secs_f64();
         self.step += 1;
@@ -390,18 +403,26 @@ impl<'a> Trainer<'a> {
             data: Some(self.corpus.identity),
         };
         self.log.sync()?;
-        save_checkpoint(&path, &meta, &training_tensors(&self.opt))?;
+        let mut tensors = training_tensors(&self.opt);
+        if let Some(a) = &self.average {
+            tensors.extend(a.tensors(self.opt.params()));
+        }
+        save_checkpoint(&path, &meta, &tensors)?;
         Ok(path)
     }
 
     /// Ends the run: a finished one is measured on the validation and test splits and logs `final`; an interrupted
-    /// one logs `interrupted`. Returns `(valid, test)` (both `None` when interrupted).
+    /// one logs `interrupted`. Returns `(valid, test)` (both `None` when interrupted). With a weight average, a
+    /// finished run's variables are set to it first, and measured and left so.
     pub fn finish(mut self, interrupted: bool) -> Result<(Option<EvalResult>, Option<EvalResult>)> {
         if interrupted {
             let (step, tokens) = (self.step, self.tokens);
             self.log(&LogLine::Event(Event::Interrupted { step, tokens }))?;
             self.log.sync()?;
             return Ok((None, None));
+        }
+        if let Some(a) = &self.average {
+            a.apply(self.opt.params())?;
         }
         let v = self
             .evaluate(Split::Valid)?
