@@ -33,6 +33,7 @@ for log in sorted(root.glob("*/log.jsonl")):
             opt=tr.get("optimizer", "adamw"),
             dropout=cfg["dropout"],
             floor=tr.get("min_lr_fraction", 0.1),
+            ema=tr.get("ema_decay", 0.0),
             seed=cfg.get("seed", 0),
             budget=tr["max_tokens"],
             v262=at.get(262144),
@@ -44,10 +45,10 @@ for log in sorted(root.glob("*/log.jsonl")):
 
 f = lambda x: "—" if x is None else f"{x:.3f}"
 print(
-    "| run | preset | batch | optimizer | peak LR | floor | dropout | seed | tokens | val @ 262K | val @ 524K | final val (nats) "
+    "| run | preset | batch | optimizer | peak LR | floor | weight average | dropout | seed | tokens | val @ 262K | val @ 524K | final val (nats) "
     "| final test (bits/byte) |"
 )
-print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for r in rows:
     fin = r["final"]
     if fin:
@@ -57,7 +58,7 @@ for r in rows:
     else:
         continue
     print(
-        f'| {r["run"]} | {r["preset"]} | {r["batch"]} | {r["opt"]} | {r["lr"]:.1e} | {r["floor"]:.2g} | {r["dropout"]:.2g} | '
+        f'| {r["run"]} | {r["preset"]} | {r["batch"]} | {r["opt"]} | {r["lr"]:.1e} | {r["floor"]:.2g} | {r["ema"] or "—"} | {r["dropout"]:.2g} | '
         f'{r["seed"]} | {r["budget"] / 1e6:.2f}M | {f(r["v262"])} | '
         f'{f(r["v524"])} | {fv} | {ft} |'
     )

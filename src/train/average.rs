@@ -28,9 +28,11 @@ impl WeightAverage {
             ))
             .into());
         }
+        // Detached: a copy of a variable records the op, and every update would then chain onto the graph of all
+        // the previous ones, holding each step's average alive.
         let values = params
             .iter()
-            .map(|(_, p)| p.as_tensor().copy())
+            .map(|(_, p)| p.as_tensor().detach().copy())
             .collect::<Result<_>>()?;
         Ok(Self { decay, values })
     }
@@ -39,7 +41,7 @@ impl WeightAverage {
     pub fn update(&mut self, params: &[(String, Var)]) -> Result<()> {
         let d = self.decay;
         for (a, (_, p)) in self.values.iter_mut().zip(params) {
-            *a = ((&*a * d)? + (p.as_tensor().detach() * (1.0 - d))?)?;
+            *a = ((&*a * d)? + (p.as_tensor().detach() * (1.0 - d))?)?.detach();
         }
         Ok(())
     }
@@ -83,6 +85,41 @@ impl WeightAverage {
         for (a, (_, p)) in self.values.iter().zip(params) {
             p.set(a)?;
         }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The average follows `a ← d·a + (1 − d)·θ` and holds plain values: no tensor of it records the ops that made
+    /// it (else every step would keep the previous ones alive).
+    #[test]
+    fn the_average_follows_its_rule_and_keeps_no_graph() -> Result<()> {
+        let v = Var::from_tensor(&Tensor::new(&[1.0f64, -2.0, 4.0], &Device::Cpu)?)?;
+        let params = vec![("w".to_string(), v.clone())];
+        let mut avg = WeightAverage::new(0.5, &params)?;
+        let mut expected = [1.0f64, -2.0, 4.0];
+        for step in 1..=3 {
+            let theta = [step as f64, 0.5 * step as f64, -1.0];
+            v.set(&Tensor::new(&theta, &Device::Cpu)?)?;
+            avg.update(&params)?;
+            for (e, t) in expected.iter_mut().zip(theta) {
+                *e = 0.5 * *e + 0.5 * t;
+            }
+            let saved = avg.tensors(&params);
+            assert_eq!(saved[0].0, "ema/w");
+            assert!(
+                !saved[0].1.track_op(),
+                "step {step}: the average records ops"
+            );
+            assert_eq!(saved[0].1.to_vec1::<f64>()?, expected.to_vec());
+        }
+        avg.apply(&params)?;
+        assert_eq!(v.as_tensor().to_vec1::<f64>()?, expected.to_vec());
+        assert!(WeightAverage::new(1.0, &params).is_err());
         Ok(())
     }
 }
