@@ -195,6 +195,21 @@ fn bad_checkpoints_and_recipes_get_clear_errors() {
             .to_string()
     };
 
+    // A checkpoint of a format this build does not know yet (its checksum intact) is refused as newer, not corrupt.
+    let newer_path = dir.join("newer.safetensors");
+    let mut newer = load_checkpoint(&ckpt, &Device::Cpu).unwrap();
+    newer.meta.format = candle_structured::train::CHECKPOINT_FORMAT + 1;
+    let mut tensors: Vec<_> = newer.tensors.into_iter().collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    candle_structured::train::save_checkpoint(&newer_path, &newer.meta, &tensors).unwrap();
+    let e = load_checkpoint(&newer_path, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("newer") && !e.contains("corrupt"),
+        "a newer format: {e}"
+    );
+
     // A checkpoint from another configuration.
     let mut other = cfg.clone();
     other.d_model = 64;

@@ -297,6 +297,15 @@ pub fn load_checkpoint(path: &Path, device: &Device) -> Result<Checkpoint> {
     } else {
         meta.format == 1
     };
+    if full && meta.format > CHECKPOINT_FORMAT {
+        return Err(Error::Checkpoint(format!(
+            "{} was written by a newer candle-structured (checkpoint format {}); this build reads formats 1 to \
+             {CHECKPOINT_FORMAT}",
+            path.display(),
+            meta.format
+        ))
+        .into());
+    }
     if !readable {
         let checksum = if full { "format-2+" } else { "format-1" };
         return Err(corrupt(format!(
