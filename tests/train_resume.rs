@@ -316,35 +316,19 @@ fn a_weight_average_is_what_the_run_measures_and_saves() {
             }
             for ((n, v), a) in named_vars(&vm).iter().zip(&expected) {
                 let saved = &ck.tensors[&format!("ema/{n}")];
-                let diff = |x: &candle_core::Tensor| {
-                    (x - a)
-                        .unwrap()
-                        .abs()
-                        .unwrap()
-                        .max_all()
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap()
-                };
-                assert!(diff(saved) < 1e-6, "{n}: saved average");
+                assert!(max_abs_diff(saved, a) < 1e-6, "{n}: saved average");
                 // The variables hold the average after the run.
-                assert!(diff(v.as_tensor()) < 1e-6, "{n}: the model's weights");
+                assert!(
+                    max_abs_diff(v.as_tensor(), a) < 1e-6,
+                    "{n}: the model's weights"
+                );
             }
             // The live weights differ from the average (the test compares something).
             let live = &steps[7];
             let apart = live
                 .iter()
                 .zip(&expected)
-                .map(|(l, a)| {
-                    (l - a)
-                        .unwrap()
-                        .abs()
-                        .unwrap()
-                        .max_all()
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap()
-                })
+                .map(|(l, a)| max_abs_diff(l, a))
                 .fold(0f32, f32::max);
             assert!(apart > 1e-4, "live and average weights coincide");
             // restore_weights loads the average: the reported validation loss is the loaded model's.
@@ -356,20 +340,42 @@ fn a_weight_average_is_what_the_run_measures_and_saves() {
             .unwrap();
             restore_weights(&ck, &cfg, &vm2, &r.checkpoint).unwrap();
             let windows = eval_windows(c.valid.len(), 16, 8);
-            let v = evaluate(
-                &loaded,
-                &c.valid,
-                &windows,
-                16,
-                2,
-                &c.token_bytes,
-                &Device::Cpu,
-            )
-            .unwrap();
+            let v = evaluate_valid(&loaded, &c, &windows, 2);
             assert_eq!(v.loss.to_bits(), r.valid.unwrap().loss.to_bits());
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The largest absolute difference between two f32 tensors of one shape.
+fn max_abs_diff(x: &candle_core::Tensor, y: &candle_core::Tensor) -> f32 {
+    (x - y)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// The loss on the validation windows of length 16 starting at `windows`, in micro-batches of `micro`.
+fn evaluate_valid(
+    model: &candle_structured::model::Gpt,
+    c: &candle_structured::data::Corpus,
+    windows: &[usize],
+    micro: usize,
+) -> candle_structured::train::EvalResult {
+    evaluate(
+        model,
+        &c.valid,
+        windows,
+        16,
+        micro,
+        &c.token_bytes,
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -383,16 +389,7 @@ fn evaluate_text_agrees_with_the_token_file_evaluation() {
     let text = std::fs::read_to_string(dir.join("src").join("valid.txt")).unwrap();
     let a = evaluate_text(&model, &tok, &text, 16, 8, &Device::Cpu).unwrap();
     let windows = eval_windows(c.valid.len(), 16, usize::MAX);
-    let b = evaluate(
-        &model,
-        &c.valid,
-        &windows,
-        16,
-        8,
-        &c.token_bytes,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let b = evaluate_valid(&model, &c, &windows, 8);
     // Every token after the first is scored: the full windows, then the tail after them.
     assert_eq!(a.tokens, c.valid.len() - 1);
     let tail_start = windows.len() * 16;
