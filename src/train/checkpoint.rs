@@ -292,11 +292,6 @@ pub fn load_checkpoint(path: &Path, device: &Device) -> Result<Checkpoint> {
     }
     let meta: CheckpointMeta =
         serde_json::from_str(meta_json).map_err(|e| corrupt(format!("run state: {e}")))?;
-    let readable = if full {
-        (2..=CHECKPOINT_FORMAT).contains(&meta.format)
-    } else {
-        meta.format == 1
-    };
     if full && meta.format > CHECKPOINT_FORMAT {
         return Err(Error::Checkpoint(format!(
             "{} was written by a newer candle-structured (checkpoint format {}); this build reads formats 1 to \
@@ -306,7 +301,8 @@ pub fn load_checkpoint(path: &Path, device: &Device) -> Result<Checkpoint> {
         ))
         .into());
     }
-    if !readable {
+    // A format-2+ checksum covers formats 2 and up (newer ones refused above), the format-1 checksum format 1.
+    if full != (meta.format >= 2) {
         let checksum = if full { "format-2+" } else { "format-1" };
         return Err(corrupt(format!(
             "run state of format {} under a {checksum} checksum; this build reads formats 1 to \

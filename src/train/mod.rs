@@ -38,6 +38,8 @@ mod optim;
 #[cfg(feature = "train")]
 pub mod plan;
 #[cfg(feature = "train")]
+mod pools;
+#[cfg(feature = "train")]
 mod run;
 #[cfg(feature = "train")]
 mod run_dir;

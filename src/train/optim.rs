@@ -206,7 +206,7 @@ impl AdamW {
         }
         let orth = |k: usize| orthogonalize(&momenta[k].1, mu.ns_steps);
         let directions = if pools.len() > 1 {
-            super::trainer::on_pools(pools, &balanced_shares(&momenta, pools.len()), &orth)?
+            super::pools::on_pools(pools, &balanced_shares(&momenta, pools.len()), &orth)?
         } else {
             (0..momenta.len()).map(orth).collect::<Result<Vec<_>>>()?
         };
