@@ -11,8 +11,11 @@
 //!    (radix-`2^r`), so a row of `2^k` elements costs about `(k - w) / r` sweeps over memory;
 //! 3. rows longer than an L1-sized block are first transformed block by block (each block stays in L1), then the
 //!    remaining stages run as radix-`2^r` passes over the whole row, at most 8 registers at once when the stride is
-//!    4 KiB or more (such vectors share one set of the 8-way L1, and holding more of them than its ways evicts
-//!    lines still in use); rows longer than L2 are first transformed that way in L2-sized blocks, so only the last stages sweep the whole row;
+//!    4 KiB or more (such vectors share one set of the L1, and holding more of them than its ways evicts lines
+//!    still in use); rows longer than L2 are first transformed that way in L2-sized blocks, so only the stages that
+//!    span blocks sweep the whole row, in one sweep through L3 or memory: column chunks of every block go through
+//!    all of those passes while they sit in L2, and they run beside the last block's last pass, which makes each
+//!    chunk of that block while it is still in cache;
 //! 4. the scale is multiplied into the values of the last pass before they are stored;
 //! 5. rows of up to 16 AVX2 registers skip all of that: [`small`] is one straight-line kernel per length, written
 //!    for latency (a repeated transform of a hot short row is a single dependency chain); where 512-bit operations
@@ -331,33 +334,56 @@ unsafe fn butterflies<V: Vector, const N: usize, const FMA: bool>(r: &mut [V; N]
     }
 }
 
+/// The groups of a pass it runs: those whose first vector `j` (counted from the start of its run of `N · h`
+/// vectors) lies in `start..end` modulo `period` (a power of two dividing `h`). [`Span::all`] is the whole pass.
+#[derive(Clone, Copy)]
+struct Span {
+    period: usize,
+    start: usize,
+    end: usize,
+}
+
+impl Span {
+    /// Every group of a pass of stride `h`.
+    fn all(h: usize) -> Self {
+        Span {
+            period: h,
+            start: 0,
+            end: h,
+        }
+    }
+}
+
 /// One radix-`N` pass over `nvec` vectors read at `src` and written at the same offsets from `dst` (the same pointer
-/// for a pass in place): for every group of `N` vectors `h` apart, `log2(N)` stages across registers (after the
-/// in-register stages when `FIRST`, where `h` must be 1), times `scale` when `SCALE`.
+/// for a pass in place): for every group of `N` vectors `h` apart within `span`, `log2(N)` stages across registers
+/// (after the in-register stages when `FIRST`, where `h` must be 1), times `scale` when `SCALE`.
 #[inline(always)]
 unsafe fn pass<V: Vector, const N: usize, const FIRST: bool, const SCALE: bool>(
     src: *const V::E,
     dst: *mut V::E,
     nvec: usize,
     h: usize,
+    span: Span,
     scale: V,
 ) {
     let w = 1usize << V::LOG;
     let neg_one = std::hint::black_box(V::splat(V::NEG_ONE));
     let mut block = 0;
     while block < nvec {
-        for j in 0..h {
-            let at = (block + j) * w;
-            let (q, d) = (src.add(at), dst.add(at));
-            let mut r = [scale; N];
-            for (i, v) in r.iter_mut().enumerate() {
-                let x = V::load(q.add(i * h * w));
-                *v = if FIRST { x.inreg() } else { x };
-            }
-            butterflies::<V, N, true>(&mut r, neg_one);
-            for (i, v) in r.iter().enumerate() {
-                let y = if SCALE { v.mul(scale) } else { *v };
-                y.store(d.add(i * h * w));
+        for m in (0..h).step_by(span.period) {
+            for j in m + span.start..m + span.end {
+                let at = (block + j) * w;
+                let (q, d) = (src.add(at), dst.add(at));
+                let mut r = [scale; N];
+                for (i, v) in r.iter_mut().enumerate() {
+                    let x = V::load(q.add(i * h * w));
+                    *v = if FIRST { x.inreg() } else { x };
+                }
+                butterflies::<V, N, true>(&mut r, neg_one);
+                for (i, v) in r.iter().enumerate() {
+                    let y = if SCALE { v.mul(scale) } else { *v };
+                    y.store(d.add(i * h * w));
+                }
             }
         }
         block += N * h;
@@ -409,15 +435,17 @@ unsafe fn run_pass<V: Vector>(
     (src, dst): (*const V::E, *mut V::E),
     nvec: usize,
     h: usize,
+    span: Span,
     scale: Option<V>,
 ) {
+    let one = V::splat(V::ONE);
     macro_rules! go {
         ($n:literal) => {
             match (first, scale) {
-                (true, None) => pass::<V, $n, true, false>(src, dst, nvec, h, V::splat(V::ONE)),
-                (true, Some(s)) => pass::<V, $n, true, true>(src, dst, nvec, h, s),
-                (false, None) => pass::<V, $n, false, false>(src, dst, nvec, h, V::splat(V::ONE)),
-                (false, Some(s)) => pass::<V, $n, false, true>(src, dst, nvec, h, s),
+                (true, None) => pass::<V, $n, true, false>(src, dst, nvec, h, span, one),
+                (true, Some(s)) => pass::<V, $n, true, true>(src, dst, nvec, h, span, s),
+                (false, None) => pass::<V, $n, false, false>(src, dst, nvec, h, span, one),
+                (false, Some(s)) => pass::<V, $n, false, true>(src, dst, nvec, h, span, s),
             }
         };
     }
@@ -459,7 +487,7 @@ unsafe fn passes<V: Vector>(
     for i in 0..count {
         let r = base + u32::from(i < extra);
         let s = if i + 1 == count { scale } else { None };
-        run_pass::<V>(r, false, route.pass(i, count), nvec, h, s);
+        run_pass::<V>(r, false, route.pass(i, count), nvec, h, Span::all(h), s);
         h <<= r;
     }
 }
@@ -472,10 +500,26 @@ unsafe fn in_cache<V: Vector>(route: Route<V::E>, k: u32, plan: Plan, scale: Opt
     let cross = k - V::LOG;
     let first = cross.min(plan.rmax);
     if cross == first {
-        run_pass::<V>(first, true, (route.from, route.to), nvec, 1, scale);
+        run_pass::<V>(
+            first,
+            true,
+            (route.from, route.to),
+            nvec,
+            1,
+            Span::all(1),
+            scale,
+        );
         return;
     }
-    run_pass::<V>(first, true, (route.from, route.work), nvec, 1, None);
+    run_pass::<V>(
+        first,
+        true,
+        (route.from, route.work),
+        nvec,
+        1,
+        Span::all(1),
+        None,
+    );
     let rest = Route {
         from: route.work,
         ..route
@@ -484,13 +528,11 @@ unsafe fn in_cache<V: Vector>(route: Route<V::E>, k: u32, plan: Plan, scale: Opt
 }
 
 /// Tuning of one kernel: the widest radix (log2 of the registers held at once), the widest radix at strides of
-/// 4 KiB or more, the widest radix of the passes that span L2 blocks, the L1 block and the L2 block (log2 of
-/// elements).
+/// 4 KiB or more, the L1 block and the L2 block (log2 of elements).
 #[derive(Clone, Copy)]
 struct Plan {
     rmax: u32,
     far_rmax: u32,
-    top_rmax: u32,
     l1_log: u32,
     l2_log: u32,
 }
@@ -517,9 +559,9 @@ const SCRATCH_ROW_BYTES: usize = 4 << 20;
 /// Rows longer than the L1 block are transformed block by block, then the stages that span blocks run as radix
 /// passes over the whole row (8 registers at once, the strides being 4 KiB or more). Rows longer than L2 (1 MiB)
 /// are first transformed in 1 MiB blocks that way, so that only the stages spanning those blocks sweep the whole
-/// row (through L3 or memory), which needs fewer sweeps of the row through memory than passes over the whole row.
-/// (A variant that copied column panels into a contiguous buffer moved more bytes and was slower, so it is not
-/// used; the measurements are in `docs/fwht.md`, tuning notes.)
+/// row (through L3 or memory), once ([`across_blocks`]). (A variant that copied column panels into a contiguous
+/// buffer moved more bytes and was slower, so it is not used; the measurements are in `docs/fwht.md`, tuning
+/// notes.)
 ///
 /// A row that does not start on a cache line (the usual case for a large `Vec` from the system allocator, 16 bytes
 /// past a page boundary) makes vector loads and stores straddle two lines, so every access costs two. Such rows
@@ -634,32 +676,135 @@ unsafe fn by_blocks<V: Vector>(
                 to: dst.add(start),
             },
         };
-        in_l2::<V>(block_route, l2_log, plan, None);
         start += block;
+        if start < n {
+            in_l2::<V>(block_route, l2_log, plan, None);
+            continue;
+        }
+        // The passes that span blocks: from the row's scratch into the row, or in the row. They run chunk by chunk
+        // beside the last block's last pass, which makes each chunk of that block while it is still in cache.
+        let across = match scratch {
+            Scratch::Row(s) => Route {
+                from: s,
+                work: s,
+                to: dst,
+            },
+            _ => Route::at(dst),
+        };
+        let (nvec, bv) = (n >> V::LOG, block >> V::LOG);
+        let (rest, last) = l2_all_but_last::<V>(block_route, l2_log, plan);
+        let chunk = top_chunk::<V>();
+        for c in (0..last.h).step_by(chunk) {
+            let span = Span {
+                period: last.h,
+                start: c,
+                end: (c + chunk).min(last.h),
+            };
+            run_pass::<V>(last.radix, false, rest.pass(1, 2), bv, last.h, span, None);
+            across_blocks::<V>(across, nvec, bv, k - l2_log, plan, span, scale);
+        }
     }
-    // The passes that span blocks: from the row's scratch into the row, or in the row.
-    let across = match scratch {
-        Scratch::Row(s) => Route {
-            from: s,
-            work: s,
-            to: dst,
-        },
-        _ => Route::at(dst),
-    };
-    let top = Plan {
-        rmax: plan.top_rmax,
-        far_rmax: plan.top_rmax,
-        ..plan
-    };
-    passes::<V>(across, n >> V::LOG, block >> V::LOG, k - l2_log, top, scale);
 }
 
-/// `2^k` elements (`k > plan.l1_log`) that fit in L2, along `route`: L1-sized blocks transformed one by one (each
-/// left in `route.work`), then the stages that span blocks as radix passes over all of them.
+/// The last L2-level pass of a block: its radix and stride (in vectors).
+#[derive(Clone, Copy)]
+struct LastPass {
+    radix: u32,
+    h: usize,
+}
+
+/// [`in_l2`] of one L2 block of `2^k` elements along `route`, but for its last pass, which is returned (with the
+/// route it must take: [`Route::pass`]`(1, 2)`, reading the block's work buffer) for the caller to run.
 #[inline(always)]
-unsafe fn in_l2<V: Vector>(route: Route<V::E>, k: u32, plan: Plan, scale: Option<V>) {
-    let n = 1usize << k;
-    let block = 1usize << plan.l1_log;
+unsafe fn l2_all_but_last<V: Vector>(
+    route: Route<V::E>,
+    k: u32,
+    plan: Plan,
+) -> (Route<V::E>, LastPass) {
+    l1_blocks::<V>(route, k, plan);
+    let rest = Route {
+        from: route.work,
+        ..route
+    };
+    let (nvec, mut h) = (1usize << (k - V::LOG), 1usize << (plan.l1_log - V::LOG));
+    let stages = k - plan.l1_log;
+    let count = pass_count::<V>(h, stages, plan);
+    let (base, extra) = (stages / count, stages % count);
+    for i in 0..count - 1 {
+        let r = base + u32::from(i < extra);
+        // In place in the work buffer: every pass but the last reads and writes there.
+        run_pass::<V>(
+            r,
+            false,
+            (rest.work, rest.work),
+            nvec,
+            h,
+            Span::all(h),
+            None,
+        );
+        h <<= r;
+    }
+    let radix = base + u32::from(count - 1 < extra);
+    (rest, LastPass { radix, h })
+}
+
+/// Vectors of each L2 block in one chunk of [`across_blocks`] ([`TOP_CHUNK_BYTES`]).
+fn top_chunk<V: Vector>() -> usize {
+    (TOP_CHUNK_BYTES >> V::LOG) / std::mem::size_of::<V::E>()
+}
+
+/// Bytes of each L2 block that one chunk of [`across_blocks`] takes (32 cache lines).
+const TOP_CHUNK_BYTES: usize = 2048;
+
+/// The `stages` stages that span the L2 blocks of `bv` vectors (a row of `nvec` vectors), along `route`; the last
+/// pass applies `scale`.
+///
+/// Up to `plan.far_rmax` stages (8 vectors, one per block, which the L1 holds at once although they share a set) run
+/// as one pass over the row. More stages would need more vectors of one set at once than the L1 has ways (they
+/// would evict one another between load and store, and lines prefetched for the next group), or a second sweep of
+/// the row through L3 or memory. Instead the row is walked in chunks of [`TOP_CHUNK_BYTES`] of every block
+/// (`2^stages` · 2 KiB, within L2), and each chunk goes through all the passes, of at most `plan.far_rmax` stages
+/// each, before the next: one sweep through L3, the later passes from L2. Each element still sees the stages in
+/// order, so the results do not change.
+#[inline(always)]
+unsafe fn across_blocks<V: Vector>(
+    route: Route<V::E>,
+    nvec: usize,
+    bv: usize,
+    stages: u32,
+    plan: Plan,
+    span: Span,
+    scale: Option<V>,
+) {
+    if stages <= plan.far_rmax {
+        run_pass::<V>(stages, false, route.pass(0, 1), nvec, bv, span, scale);
+        return;
+    }
+    let chunk = top_chunk::<V>();
+    let count = stages.div_ceil(plan.far_rmax);
+    let (base, extra) = (stages / count, stages % count);
+    for m in (0..bv).step_by(span.period) {
+        for start in (m + span.start..m + span.end).step_by(chunk) {
+            let mut h = bv;
+            for i in 0..count {
+                let r = base + u32::from(i < extra);
+                let s = if i + 1 == count { scale } else { None };
+                let one = Span {
+                    period: bv,
+                    start,
+                    end: (start + chunk).min(m + span.end),
+                };
+                run_pass::<V>(r, false, route.pass(i, count), nvec, h, one, s);
+                h <<= r;
+            }
+        }
+    }
+}
+
+/// The L1-sized blocks of `2^k` elements along `route`, transformed one by one, each left in `route.work`.
+#[inline(always)]
+unsafe fn l1_blocks<V: Vector>(route: Route<V::E>, k: u32, plan: Plan) {
+    let (n, block) = (1usize << k, 1usize << plan.l1_log);
     let mut start = 0;
     while start < n {
         let r = route.add(start);
@@ -667,6 +812,14 @@ unsafe fn in_l2<V: Vector>(route: Route<V::E>, k: u32, plan: Plan, scale: Option
         in_cache::<V>(to_work, plan.l1_log, plan, None);
         start += block;
     }
+}
+
+/// `2^k` elements (`k > plan.l1_log`) that fit in L2, along `route`: L1-sized blocks transformed one by one (each
+/// left in `route.work`), then the stages that span blocks as radix passes over all of them.
+#[inline(always)]
+unsafe fn in_l2<V: Vector>(route: Route<V::E>, k: u32, plan: Plan, scale: Option<V>) {
+    let (n, block) = (1usize << k, 1usize << plan.l1_log);
+    l1_blocks::<V>(route, k, plan);
     let rest = Route {
         from: route.work,
         ..route
@@ -681,47 +834,32 @@ unsafe fn in_l2<V: Vector>(route: Route<V::E>, k: u32, plan: Plan, scale: Option
     );
 }
 
-// At strides of 4 KiB or more the vectors of one pass share a set of the L1 (8-way on the CPUs tuned for), so such
-// passes hold at most 8: more would evict lines the pass still needs. The exception, where 512-bit operations run
-// at full width (Intel): the passes that span L2 blocks hold up to 32 vectors (each loads and stores one whole cache
-// line, so nothing is lost when a line leaves the L1 in between), which turns the last 4–5 stages of rows longer
-// than L2 into one sweep through L3 or memory instead of two. Within L2 there is no sweep to save, and the
-// evictions make them slower, so they stay at 8 there.
+// At strides of 4 KiB or more the vectors of one pass share a set of the L1 (8- to 12-way on the CPUs tuned for),
+// so such passes hold at most 8: more would evict lines the pass still needs, and the lines prefetched for the next
+// group. That holds for the passes that span L2 blocks too, which [`across_blocks`] chunks instead of widening.
 const AVX2_F32: Plan = Plan {
     rmax: 3,
     far_rmax: 3,
-    top_rmax: 3,
     l1_log: 12,
     l2_log: 18,
 };
 const AVX2_F64: Plan = Plan {
     rmax: 3,
     far_rmax: 3,
-    top_rmax: 3,
-    l1_log: 11,
-    l2_log: 17,
-};
-const AVX512_SPLIT_F32: Plan = Plan {
-    rmax: 4,
-    far_rmax: 3,
-    top_rmax: 3,
-    l1_log: 12,
-    l2_log: 18,
-};
-const AVX512_SPLIT_F64: Plan = Plan {
-    rmax: 4,
-    far_rmax: 3,
-    top_rmax: 3,
     l1_log: 11,
     l2_log: 17,
 };
 const AVX512_F32: Plan = Plan {
-    top_rmax: 5,
-    ..AVX512_SPLIT_F32
+    rmax: 4,
+    far_rmax: 3,
+    l1_log: 12,
+    l2_log: 18,
 };
 const AVX512_F64: Plan = Plan {
-    top_rmax: 5,
-    ..AVX512_SPLIT_F64
+    rmax: 4,
+    far_rmax: 3,
+    l1_log: 11,
+    l2_log: 17,
 };
 
 /// AVX2 kernel for f32: the row of `n` elements at `src` (a power of two ≥ 8), transformed into `dst` (`src`
@@ -743,15 +881,13 @@ pub(super) unsafe fn f64_avx2(src: *const f64, dst: *mut f64, n: usize, scale: f
     transform::<F64x4>(src, dst, n, scale, AVX2_F64)
 }
 
-/// AVX-512 kernel for f32, as [`f32_avx2`] (`n` ≥ 16), tuned for CPUs that run 512-bit operations at full width
-/// (`full`) or split them.
+/// AVX-512 kernel for f32, as [`f32_avx2`] (`n` ≥ 16).
 ///
 /// # Safety
 /// The CPU must support AVX-512F.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn f32_avx512(src: *const f32, dst: *mut f32, n: usize, scale: f32, full: bool) {
-    let plan = if full { AVX512_F32 } else { AVX512_SPLIT_F32 };
-    transform::<F32x16>(src, dst, n, scale, plan)
+pub(super) unsafe fn f32_avx512(src: *const f32, dst: *mut f32, n: usize, scale: f32) {
+    transform::<F32x16>(src, dst, n, scale, AVX512_F32)
 }
 
 /// AVX-512 kernel for f64, as [`f32_avx512`] (`n` ≥ 8).
@@ -759,9 +895,8 @@ pub(super) unsafe fn f32_avx512(src: *const f32, dst: *mut f32, n: usize, scale:
 /// # Safety
 /// The CPU must support AVX-512F.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn f64_avx512(src: *const f64, dst: *mut f64, n: usize, scale: f64, full: bool) {
-    let plan = if full { AVX512_F64 } else { AVX512_SPLIT_F64 };
-    transform::<F64x8>(src, dst, n, scale, plan)
+pub(super) unsafe fn f64_avx512(src: *const f64, dst: *mut f64, n: usize, scale: f64) {
+    transform::<F64x8>(src, dst, n, scale, AVX512_F64)
 }
 
 /// The whole transform of `N` vectors (`N · 2^V::LOG` elements) read at `src` and written at `p` (the same pointer
