@@ -559,7 +559,7 @@ const SCRATCH_ROW_BYTES: usize = 4 << 20;
 /// Rows longer than the L1 block are transformed block by block, then the stages that span blocks run as radix
 /// passes over the whole row (8 registers at once, the strides being 4 KiB or more). Rows longer than L2 (1 MiB)
 /// are first transformed in 1 MiB blocks that way, so that only the stages spanning those blocks sweep the whole
-/// row (through L3 or memory), once ([`across_blocks`]). (A variant that copied column panels into a contiguous
+/// row (through L3 or memory), once ([`across_in_chunks`]). (A variant that copied column panels into a contiguous
 /// buffer moved more bytes and was slower, so it is not used; the measurements are in `docs/fwht.md`, tuning
 /// notes.)
 ///
@@ -681,8 +681,7 @@ unsafe fn by_blocks<V: Vector>(
             in_l2::<V>(block_route, l2_log, plan, None);
             continue;
         }
-        // The passes that span blocks: from the row's scratch into the row, or in the row. They run chunk by chunk
-        // beside the last block's last pass, which makes each chunk of that block while it is still in cache.
+        // The stages that span blocks: from the row's scratch into the row, or in the row.
         let across = match scratch {
             Scratch::Row(s) => Route {
                 from: s,
@@ -691,8 +690,24 @@ unsafe fn by_blocks<V: Vector>(
             },
             _ => Route::at(dst),
         };
-        let (nvec, bv) = (n >> V::LOG, block >> V::LOG);
+        let (nvec, bv, stages) = (n >> V::LOG, block >> V::LOG, k - l2_log);
         let (rest, last) = l2_all_but_last::<V>(block_route, l2_log, plan);
+        if stages > plan.far_rmax {
+            run_pass::<V>(
+                last.radix,
+                false,
+                rest.pass(1, 2),
+                bv,
+                last.h,
+                Span::all(last.h),
+                None,
+            );
+            across_in_chunks::<V>(across, nvec, bv, stages, plan, scale);
+            return;
+        }
+        // One pass (up to 8 vectors, one per block, which the L1 holds at once although they share a set), run
+        // chunk by chunk beside the last block's last pass, which makes each chunk of that block while it is still
+        // in cache: the sweep through L3 reads and writes one block less.
         let chunk = top_chunk::<V>();
         for c in (0..last.h).step_by(chunk) {
             let span = Span {
@@ -701,7 +716,7 @@ unsafe fn by_blocks<V: Vector>(
                 end: (c + chunk).min(last.h),
             };
             run_pass::<V>(last.radix, false, rest.pass(1, 2), bv, last.h, span, None);
-            across_blocks::<V>(across, nvec, bv, k - l2_log, plan, span, scale);
+            run_pass::<V>(stages, false, across.pass(0, 1), nvec, bv, span, scale);
         }
     }
 }
@@ -748,55 +763,47 @@ unsafe fn l2_all_but_last<V: Vector>(
     (rest, LastPass { radix, h })
 }
 
-/// Vectors of each L2 block in one chunk of [`across_blocks`] ([`TOP_CHUNK_BYTES`]).
+/// Vectors of each L2 block in one chunk of the stages across blocks ([`TOP_CHUNK_BYTES`]).
 fn top_chunk<V: Vector>() -> usize {
     (TOP_CHUNK_BYTES >> V::LOG) / std::mem::size_of::<V::E>()
 }
 
-/// Bytes of each L2 block that one chunk of [`across_blocks`] takes (32 cache lines).
+/// Bytes of each L2 block that one chunk of the stages across blocks takes (32 cache lines).
 const TOP_CHUNK_BYTES: usize = 2048;
 
-/// The `stages` stages that span the L2 blocks of `bv` vectors (a row of `nvec` vectors), along `route`; the last
-/// pass applies `scale`.
+/// The `stages` stages that span the L2 blocks of `bv` vectors (a row of `nvec` vectors), more than one pass of
+/// `plan.far_rmax` stages holds, along `route`; the last pass applies `scale`.
 ///
-/// Up to `plan.far_rmax` stages (8 vectors, one per block, which the L1 holds at once although they share a set) run
-/// as one pass over the row. More stages would need more vectors of one set at once than the L1 has ways (they
-/// would evict one another between load and store, and lines prefetched for the next group), or a second sweep of
-/// the row through L3 or memory. Instead the row is walked in chunks of [`TOP_CHUNK_BYTES`] of every block
+/// Wider passes would hold more vectors of one L1 set at once than the L1 has ways (they would evict one another
+/// between load and store, and the lines prefetched for the next group), and more passes over the row would sweep it
+/// through L3 or memory again. Instead the row is walked in chunks of [`TOP_CHUNK_BYTES`] of every block
 /// (`2^stages` · 2 KiB, within L2), and each chunk goes through all the passes, of at most `plan.far_rmax` stages
 /// each, before the next: one sweep through L3, the later passes from L2. Each element still sees the stages in
 /// order, so the results do not change.
 #[inline(always)]
-unsafe fn across_blocks<V: Vector>(
+unsafe fn across_in_chunks<V: Vector>(
     route: Route<V::E>,
     nvec: usize,
     bv: usize,
     stages: u32,
     plan: Plan,
-    span: Span,
     scale: Option<V>,
 ) {
-    if stages <= plan.far_rmax {
-        run_pass::<V>(stages, false, route.pass(0, 1), nvec, bv, span, scale);
-        return;
-    }
     let chunk = top_chunk::<V>();
     let count = stages.div_ceil(plan.far_rmax);
     let (base, extra) = (stages / count, stages % count);
-    for m in (0..bv).step_by(span.period) {
-        for start in (m + span.start..m + span.end).step_by(chunk) {
-            let mut h = bv;
-            for i in 0..count {
-                let r = base + u32::from(i < extra);
-                let s = if i + 1 == count { scale } else { None };
-                let one = Span {
-                    period: bv,
-                    start,
-                    end: (start + chunk).min(m + span.end),
-                };
-                run_pass::<V>(r, false, route.pass(i, count), nvec, h, one, s);
-                h <<= r;
-            }
+    for start in (0..bv).step_by(chunk) {
+        let mut h = bv;
+        for i in 0..count {
+            let r = base + u32::from(i < extra);
+            let s = if i + 1 == count { scale } else { None };
+            let span = Span {
+                period: bv,
+                start,
+                end: (start + chunk).min(bv),
+            };
+            run_pass::<V>(r, false, route.pass(i, count), nvec, h, span, s);
+            h <<= r;
         }
     }
 }
@@ -836,7 +843,7 @@ unsafe fn in_l2<V: Vector>(route: Route<V::E>, k: u32, plan: Plan, scale: Option
 
 // At strides of 4 KiB or more the vectors of one pass share a set of the L1 (8- to 12-way on the CPUs tuned for),
 // so such passes hold at most 8: more would evict lines the pass still needs, and the lines prefetched for the next
-// group. That holds for the passes that span L2 blocks too, which [`across_blocks`] chunks instead of widening.
+// group. That holds for the passes that span L2 blocks too, which [`across_in_chunks`] chunks instead of widening.
 const AVX2_F32: Plan = Plan {
     rmax: 3,
     far_rmax: 3,
