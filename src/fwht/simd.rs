@@ -13,9 +13,10 @@
 //!    remaining stages run as radix-`2^r` passes over the whole row, at most 8 registers at once when the stride is
 //!    4 KiB or more (such vectors share one set of the L1, and holding more of them than its ways evicts lines
 //!    still in use); rows longer than L2 are first transformed that way in L2-sized blocks, so only the stages that
-//!    span blocks sweep the whole row, in one sweep through L3 or memory: column chunks of every block go through
-//!    all of those passes while they sit in L2, and they run beside the last block's last pass, which makes each
-//!    chunk of that block while it is still in cache;
+//!    span blocks sweep the whole row, in one sweep through L3 or memory: one pass, run chunk by chunk beside the
+//!    last block's last pass (which makes each chunk of that block while it is still in cache), or, for more
+//!    stages than one pass holds, column chunks of every block taken through all of those passes while they sit in
+//!    L2;
 //! 4. the scale is multiplied into the values of the last pass before they are stored;
 //! 5. rows of up to 16 AVX2 registers skip all of that: [`small`] is one straight-line kernel per length, written
 //!    for latency (a repeated transform of a hot short row is a single dependency chain); where 512-bit operations
@@ -366,6 +367,9 @@ unsafe fn pass<V: Vector, const N: usize, const FIRST: bool, const SCALE: bool>(
     span: Span,
     scale: V,
 ) {
+    debug_assert!(
+        h.is_multiple_of(span.period) && span.start < span.end && span.end <= span.period
+    );
     let w = 1usize << V::LOG;
     let neg_one = std::hint::black_box(V::splat(V::NEG_ONE));
     let mut block = 0;
@@ -427,7 +431,7 @@ impl<E> Route<E> {
     }
 }
 
-/// Runs [`pass`] with `N = 2^radix` (0 ≤ radix ≤ 5).
+/// Runs [`pass`] with `N = 2^radix` (0 ≤ radix ≤ 4: no plan holds more than 16 vectors).
 #[inline(always)]
 unsafe fn run_pass<V: Vector>(
     radix: u32,
@@ -455,7 +459,7 @@ unsafe fn run_pass<V: Vector>(
         2 => go!(4),
         3 => go!(8),
         4 => go!(16),
-        _ => go!(32),
+        _ => unreachable!("radix {radix} above the widest plan's"),
     }
 }
 
@@ -471,23 +475,29 @@ fn pass_count<V: Vector>(h: usize, stages: u32, plan: Plan) -> u32 {
     stages.div_ceil(rmax)
 }
 
+/// The radices of `count` passes that share `stages` stages as evenly as possible, the wider ones first.
+fn radices(stages: u32, count: u32) -> impl Iterator<Item = u32> {
+    (0..count).map(move |i| stages / count + u32::from(i < stages % count))
+}
+
 /// Cross-register stages, `stages ≥ 1` of them, starting at a stride of `h` vectors, in passes of at most
-/// [`pass_count`] stages (as even as possible) along `route`; the last pass applies `scale`.
+/// [`pass_count`] stages (as even as possible) along `route`, each over the groups in `span` (whose period must
+/// divide `h`); the last pass applies `scale`.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn passes<V: Vector>(
     route: Route<V::E>,
     nvec: usize,
     mut h: usize,
     stages: u32,
     plan: Plan,
+    span: Span,
     scale: Option<V>,
 ) {
     let count = pass_count::<V>(h, stages, plan);
-    let (base, extra) = (stages / count, stages % count);
-    for i in 0..count {
-        let r = base + u32::from(i < extra);
+    for (i, r) in (0..count).zip(radices(stages, count)) {
         let s = if i + 1 == count { scale } else { None };
-        run_pass::<V>(r, false, route.pass(i, count), nvec, h, Span::all(h), s);
+        run_pass::<V>(r, false, route.pass(i, count), nvec, h, span, s);
         h <<= r;
     }
 }
@@ -524,7 +534,15 @@ unsafe fn in_cache<V: Vector>(route: Route<V::E>, k: u32, plan: Plan, scale: Opt
         from: route.work,
         ..route
     };
-    passes::<V>(rest, nvec, 1 << first, cross - first, plan, scale);
+    passes::<V>(
+        rest,
+        nvec,
+        1 << first,
+        cross - first,
+        plan,
+        Span::all(1 << first),
+        scale,
+    );
 }
 
 /// Tuning of one kernel: the widest radix (log2 of the registers held at once), the widest radix at strides of
@@ -559,9 +577,9 @@ const SCRATCH_ROW_BYTES: usize = 4 << 20;
 /// Rows longer than the L1 block are transformed block by block, then the stages that span blocks run as radix
 /// passes over the whole row (8 registers at once, the strides being 4 KiB or more). Rows longer than L2 (1 MiB)
 /// are first transformed in 1 MiB blocks that way, so that only the stages spanning those blocks sweep the whole
-/// row (through L3 or memory), once ([`across_in_chunks`]). (A variant that copied column panels into a contiguous
-/// buffer moved more bytes and was slower, so it is not used; the measurements are in `docs/fwht.md`, tuning
-/// notes.)
+/// row (through L3 or memory), once ([`by_blocks`], [`across_in_chunks`]). (A variant that copied column panels
+/// into a contiguous buffer moved more bytes and was slower, so it is not used; the measurements are in
+/// `docs/fwht.md`, tuning notes.)
 ///
 /// A row that does not start on a cache line (the usual case for a large `Vec` from the system allocator, 16 bytes
 /// past a page boundary) makes vector loads and stores straddle two lines, so every access costs two. Such rows
@@ -649,127 +667,103 @@ unsafe fn by_blocks<V: Vector>(
         in_cache::<V>(route, k, plan, scale);
         return;
     }
-    let l2_log = plan.l2_log;
-    if k <= l2_log {
+    if k <= plan.l2_log {
         in_l2::<V>(route, k, plan, scale);
         return;
     }
-    let (n, block) = (1usize << k, 1usize << l2_log);
-    let mut start = 0;
-    while start < n {
-        let block_route = match scratch {
-            // Each block lands in its place in the row's scratch.
-            Scratch::Row(s) => Route {
-                from: src.add(start),
-                work: s.add(start),
-                to: s.add(start),
-            },
-            // Each block uses the whole block scratch and lands in the row.
-            Scratch::Block(s) => Route {
-                from: src.add(start),
-                work: s,
-                to: dst.add(start),
-            },
-            Scratch::None => Route {
-                from: src.add(start),
-                work: dst.add(start),
-                to: dst.add(start),
-            },
-        };
-        start += block;
-        if start < n {
-            in_l2::<V>(block_route, l2_log, plan, None);
-            continue;
-        }
-        // The stages that span blocks: from the row's scratch into the row, or in the row.
-        let across = match scratch {
-            Scratch::Row(s) => Route {
-                from: s,
-                work: s,
-                to: dst,
-            },
-            _ => Route::at(dst),
-        };
-        let (nvec, bv, stages) = (n >> V::LOG, block >> V::LOG, k - l2_log);
-        let (rest, last) = l2_all_but_last::<V>(block_route, l2_log, plan);
-        if stages > plan.far_rmax {
-            run_pass::<V>(
-                last.radix,
-                false,
-                rest.pass(1, 2),
-                bv,
-                last.h,
-                Span::all(last.h),
-                None,
-            );
-            across_in_chunks::<V>(across, nvec, bv, stages, plan, scale);
-            return;
-        }
-        // One pass (up to 8 vectors, one per block, which the L1 holds at once although they share a set), run
-        // chunk by chunk beside the last block's last pass, which makes each chunk of that block while it is still
-        // in cache: the sweep through L3 reads and writes one block less.
-        let chunk = top_chunk::<V>();
-        for c in (0..last.h).step_by(chunk) {
-            let span = Span {
-                period: last.h,
-                start: c,
-                end: (c + chunk).min(last.h),
-            };
-            run_pass::<V>(last.radix, false, rest.pass(1, 2), bv, last.h, span, None);
-            run_pass::<V>(stages, false, across.pass(0, 1), nvec, bv, span, scale);
-        }
-    }
-}
-
-/// The last L2-level pass of a block: its radix and stride (in vectors).
-#[derive(Clone, Copy)]
-struct LastPass {
-    radix: u32,
-    h: usize,
-}
-
-/// [`in_l2`] of one L2 block of `2^k` elements along `route`, but for its last pass, which is returned (with the
-/// route it must take: [`Route::pass`]`(1, 2)`, reading the block's work buffer) for the caller to run.
-#[inline(always)]
-unsafe fn l2_all_but_last<V: Vector>(
-    route: Route<V::E>,
-    k: u32,
-    plan: Plan,
-) -> (Route<V::E>, LastPass) {
-    l1_blocks::<V>(route, k, plan);
-    let rest = Route {
-        from: route.work,
-        ..route
-    };
-    let (nvec, mut h) = (1usize << (k - V::LOG), 1usize << (plan.l1_log - V::LOG));
-    let stages = k - plan.l1_log;
-    let count = pass_count::<V>(h, stages, plan);
-    let (base, extra) = (stages / count, stages % count);
-    for i in 0..count - 1 {
-        let r = base + u32::from(i < extra);
-        // In place in the work buffer: every pass but the last reads and writes there.
-        run_pass::<V>(
-            r,
-            false,
-            (rest.work, rest.work),
-            nvec,
-            h,
-            Span::all(h),
+    let (n, block) = (1usize << k, 1usize << plan.l2_log);
+    for start in (0..n - block).step_by(block) {
+        in_l2::<V>(
+            block_route(src, dst, scratch, start),
+            plan.l2_log,
+            plan,
             None,
         );
-        h <<= r;
     }
-    let radix = base + u32::from(count - 1 < extra);
-    (rest, LastPass { radix, h })
+    // The last block, but for its last pass, then the stages that span blocks: from the row's scratch into the row,
+    // or in the row.
+    let last = l2_all_but_last::<V>(block_route(src, dst, scratch, n - block), plan.l2_log, plan);
+    let across = match scratch {
+        Scratch::Row(s) => Route {
+            from: s,
+            work: s,
+            to: dst,
+        },
+        _ => Route::at(dst),
+    };
+    let (nvec, bv, stages) = (n >> V::LOG, block >> V::LOG, k - plan.l2_log);
+    if stages > plan.far_rmax {
+        last.run::<V>(bv, Span::all(last.h), None);
+        across_in_chunks::<V>(across, nvec, bv, stages, plan, scale);
+        return;
+    }
+    // One pass (up to 8 vectors, one per block, which the L1 holds at once although they share a set), run chunk by
+    // chunk beside the last block's last pass, which makes each chunk of that block while it is still in cache: the
+    // sweep through L3 reads and writes one block less.
+    let chunk = top_chunk::<V>();
+    for c in (0..last.h).step_by(chunk) {
+        let span = Span {
+            period: last.h,
+            start: c,
+            end: (c + chunk).min(last.h),
+        };
+        last.run::<V>(bv, span, None);
+        run_pass::<V>(stages, false, across.pass(0, 1), nvec, bv, span, scale);
+    }
 }
+
+/// Where the L2 block at `start` of a row longer than one goes: through the row's scratch (landing in its place
+/// there), through the block scratch (landing in the row), or in the row.
+#[inline(always)]
+unsafe fn block_route<E>(
+    src: *const E,
+    dst: *mut E,
+    scratch: Scratch<E>,
+    start: usize,
+) -> Route<E> {
+    let from = src.add(start);
+    match scratch {
+        Scratch::Row(s) => Route {
+            from,
+            work: s.add(start),
+            to: s.add(start),
+        },
+        Scratch::Block(s) => Route {
+            from,
+            work: s,
+            to: dst.add(start),
+        },
+        Scratch::None => Route {
+            from,
+            work: dst.add(start),
+            to: dst.add(start),
+        },
+    }
+}
+
+/// The last L2-level pass of a block, not yet run: its radix, its stride (in vectors) and where it reads and writes.
+#[derive(Clone, Copy)]
+struct LastPass<E> {
+    radix: u32,
+    h: usize,
+    io: (*const E, *mut E),
+}
+
+impl<E> LastPass<E> {
+    /// Runs the pass over the groups in `span`, on a block of `nvec` vectors.
+    #[inline(always)]
+    unsafe fn run<V: Vector<E = E>>(self, nvec: usize, span: Span, scale: Option<V>) {
+        run_pass::<V>(self.radix, false, self.io, nvec, self.h, span, scale);
+    }
+}
+
+/// Bytes of each L2 block that one chunk of the stages across blocks takes (32 cache lines).
+const TOP_CHUNK_BYTES: usize = 2048;
 
 /// Vectors of each L2 block in one chunk of the stages across blocks ([`TOP_CHUNK_BYTES`]).
 fn top_chunk<V: Vector>() -> usize {
     (TOP_CHUNK_BYTES >> V::LOG) / std::mem::size_of::<V::E>()
 }
-
-/// Bytes of each L2 block that one chunk of the stages across blocks takes (32 cache lines).
-const TOP_CHUNK_BYTES: usize = 2048;
 
 /// The `stages` stages that span the L2 blocks of `bv` vectors (a row of `nvec` vectors), more than one pass of
 /// `plan.far_rmax` stages holds, along `route`; the last pass applies `scale`.
@@ -777,9 +771,9 @@ const TOP_CHUNK_BYTES: usize = 2048;
 /// Wider passes would hold more vectors of one L1 set at once than the L1 has ways (they would evict one another
 /// between load and store, and the lines prefetched for the next group), and more passes over the row would sweep it
 /// through L3 or memory again. Instead the row is walked in chunks of [`TOP_CHUNK_BYTES`] of every block
-/// (`2^stages` · 2 KiB, within L2), and each chunk goes through all the passes, of at most `plan.far_rmax` stages
-/// each, before the next: one sweep through L3, the later passes from L2. Each element still sees the stages in
-/// order, so the results do not change.
+/// (`2^stages` · 2 KiB, which L2 holds unless too many of them fall in the same sets), and each chunk goes through
+/// all the passes, of at most `plan.far_rmax` stages each, before the next: one sweep through L3, the later passes
+/// from L2. Each element still sees the stages in order, so the results do not change.
 #[inline(always)]
 unsafe fn across_in_chunks<V: Vector>(
     route: Route<V::E>,
@@ -790,21 +784,13 @@ unsafe fn across_in_chunks<V: Vector>(
     scale: Option<V>,
 ) {
     let chunk = top_chunk::<V>();
-    let count = stages.div_ceil(plan.far_rmax);
-    let (base, extra) = (stages / count, stages % count);
     for start in (0..bv).step_by(chunk) {
-        let mut h = bv;
-        for i in 0..count {
-            let r = base + u32::from(i < extra);
-            let s = if i + 1 == count { scale } else { None };
-            let span = Span {
-                period: bv,
-                start,
-                end: (start + chunk).min(bv),
-            };
-            run_pass::<V>(r, false, route.pass(i, count), nvec, h, span, s);
-            h <<= r;
-        }
+        let span = Span {
+            period: bv,
+            start,
+            end: (start + chunk).min(bv),
+        };
+        passes::<V>(route, nvec, bv, stages, plan, span, scale);
     }
 }
 
@@ -821,29 +807,48 @@ unsafe fn l1_blocks<V: Vector>(route: Route<V::E>, k: u32, plan: Plan) {
     }
 }
 
-/// `2^k` elements (`k > plan.l1_log`) that fit in L2, along `route`: L1-sized blocks transformed one by one (each
-/// left in `route.work`), then the stages that span blocks as radix passes over all of them.
+/// [`in_l2`] of `2^k` elements along `route`, but for its last pass, which is returned for the caller to run: the
+/// L1-sized blocks, then all but the last of the passes that span them, in `route.work`.
 #[inline(always)]
-unsafe fn in_l2<V: Vector>(route: Route<V::E>, k: u32, plan: Plan, scale: Option<V>) {
-    let (n, block) = (1usize << k, 1usize << plan.l1_log);
+unsafe fn l2_all_but_last<V: Vector>(route: Route<V::E>, k: u32, plan: Plan) -> LastPass<V::E> {
     l1_blocks::<V>(route, k, plan);
     let rest = Route {
         from: route.work,
         ..route
     };
-    passes::<V>(
-        rest,
-        n >> V::LOG,
-        block >> V::LOG,
-        k - plan.l1_log,
-        plan,
-        scale,
-    );
+    let (nvec, mut h) = (1usize << (k - V::LOG), 1usize << (plan.l1_log - V::LOG));
+    let stages = k - plan.l1_log;
+    let count = pass_count::<V>(h, stages, plan);
+    let mut radix = radices(stages, count);
+    for i in 0..count - 1 {
+        let r = radix.next().unwrap_or(0);
+        run_pass::<V>(r, false, rest.pass(i, count), nvec, h, Span::all(h), None);
+        h <<= r;
+    }
+    LastPass {
+        radix: radix.next().unwrap_or(0),
+        h,
+        io: rest.pass(count - 1, count),
+    }
+}
+
+/// `2^k` elements (`k > plan.l1_log`) that fit in L2, along `route`: L1-sized blocks transformed one by one (each
+/// left in `route.work`), then the stages that span blocks as radix passes over all of them.
+#[inline(always)]
+unsafe fn in_l2<V: Vector>(route: Route<V::E>, k: u32, plan: Plan, scale: Option<V>) {
+    let last = l2_all_but_last::<V>(route, k, plan);
+    last.run(1usize << (k - V::LOG), Span::all(last.h), scale);
 }
 
 // At strides of 4 KiB or more the vectors of one pass share a set of the L1 (8- to 12-way on the CPUs tuned for),
 // so such passes hold at most 8: more would evict lines the pass still needs, and the lines prefetched for the next
 // group. That holds for the passes that span L2 blocks too, which [`across_in_chunks`] chunks instead of widening.
+/// Every plan has stages between its L1 and L2 blocks, and passes of at least one stage.
+const fn valid(p: Plan) -> bool {
+    p.l1_log < p.l2_log && p.rmax >= p.far_rmax && p.far_rmax >= 1 && p.rmax <= 4
+}
+const _: () = assert!(valid(AVX2_F32) && valid(AVX2_F64) && valid(AVX512_F32) && valid(AVX512_F64));
+
 const AVX2_F32: Plan = Plan {
     rmax: 3,
     far_rmax: 3,
