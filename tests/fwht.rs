@@ -620,6 +620,34 @@ fn misaligned_rows_agree_with_portable() {
     }
 }
 
+/// Every kernel runs on a thread with a small stack (256 KiB; test threads get 2 MiB, rayon's workers as much), in
+/// optimised and debug builds alike: unoptimised, the kernels' generic passes once took megabytes of stack.
+#[test]
+fn kernels_fit_a_small_stack() {
+    let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.is_available()).collect();
+    std::thread::Builder::new()
+        .stack_size(256 << 10)
+        .spawn(move || {
+            for &isa in &isas {
+                for k in [3u32, 6, 7, 12, 18, 21] {
+                    let n = 1usize << k;
+                    let mut x32: Vec<f32> =
+                        random(n, 40 + k as u64).iter().map(|&a| a as f32).collect();
+                    fwht_rows_inplace_with(isa, false, &mut x32, n, 0.5).unwrap();
+                    let mut x64 = random(n, 60 + k as u64);
+                    fwht_rows_inplace_with(isa, false, &mut x64, n, 0.5).unwrap();
+                    assert!(
+                        x32.iter().chain(&[0.0]).all(|v| v.is_finite()),
+                        "{isa:?} 2^{k}"
+                    );
+                }
+            }
+        })
+        .unwrap()
+        .join()
+        .expect("a kernel overflowed a 256 KiB stack");
+}
+
 #[test]
 fn large_batches_use_the_parallel_path_correctly() {
     // 300 rows of 256: above the threading threshold; compare with one row at a time.

@@ -358,7 +358,12 @@ impl Span {
 /// One radix-`N` pass over `nvec` vectors read at `src` and written at the same offsets from `dst` (the same pointer
 /// for a pass in place): for every group of `N` vectors `h` apart within `span`, `log2(N)` stages across registers
 /// (after the in-register stages when `FIRST`, where `h` must be 1), times `scale` when `SCALE`.
-#[inline(always)]
+///
+/// Inlined into the entry point in optimised builds; in debug builds each instance is a function of its own, since
+/// without optimisation the dozens of instances inlined into one entry point would each keep their own registers'
+/// worth of stack, megabytes in all, more than a test thread's 2 MiB.
+#[cfg_attr(not(debug_assertions), inline(always))]
+#[cfg_attr(debug_assertions, inline(never))]
 unsafe fn pass<V: Vector, const N: usize, const FIRST: bool, const SCALE: bool>(
     src: *const V::E,
     dst: *mut V::E,
@@ -509,27 +514,16 @@ unsafe fn in_cache<V: Vector>(route: Route<V::E>, k: u32, plan: Plan, scale: Opt
     let nvec = 1usize << (k - V::LOG);
     let cross = k - V::LOG;
     let first = cross.min(plan.rmax);
+    // One pass does it all (into `route.to`, scaled), or it is the first of several (into `route.work`).
+    let (to, s) = if cross == first {
+        (route.to, scale)
+    } else {
+        (route.work, None)
+    };
+    run_pass::<V>(first, true, (route.from, to), nvec, 1, Span::all(1), s);
     if cross == first {
-        run_pass::<V>(
-            first,
-            true,
-            (route.from, route.to),
-            nvec,
-            1,
-            Span::all(1),
-            scale,
-        );
         return;
     }
-    run_pass::<V>(
-        first,
-        true,
-        (route.from, route.work),
-        nvec,
-        1,
-        Span::all(1),
-        None,
-    );
     let rest = Route {
         from: route.work,
         ..route
@@ -915,8 +909,10 @@ pub(super) unsafe fn f64_avx512(src: *const f64, dst: *mut f64, n: usize, scale:
 /// in place), in registers, straight-line: the in-register
 /// stages with the short dependency chain, the `log2(N)` stages across registers as plain additions and
 /// subtractions (shorter latency than the FMA form, which only pays when the add pipes are the bottleneck), then
-/// the scale, if any. For short rows one call is a single dependency chain, so its latency is its cost.
-#[inline(always)]
+/// the scale, if any. For short rows one call is a single dependency chain, so its latency is its cost. (A function
+/// of its own in debug builds, as [`pass`].)
+#[cfg_attr(not(debug_assertions), inline(always))]
+#[cfg_attr(debug_assertions, inline(never))]
 unsafe fn small<V: Vector, const N: usize>(src: *const V::E, p: *mut V::E, scale: V::E) {
     let w = 1usize << V::LOG;
     let mut r = [V::splat(scale); N];
