@@ -23,11 +23,13 @@ pub enum Isa {
     Avx2 = 1,
     /// x86-64 AVX-512F (512-bit registers), tuned for CPUs that split 512-bit operations into two 256-bit halves
     /// (AMD Zen 4 and earlier): rows of up to 128 f32 or 64 f64 elements run the straight-line AVX2 kernels (latency
-    /// bounds them, and a split 512-bit operation costs two 256-bit ones), longer rows the AVX-512 kernel.
+    /// bounds them, and a split 512-bit operation costs two 256-bit ones), longer rows the AVX-512 kernel, through an
+    /// aligned buffer when they do not start on a cache line.
     Avx512Split = 2,
     /// x86-64 AVX-512F on CPUs that run 512-bit operations at full width: the short rows that fill all 16 AVX2
     /// registers (128 f32 or 64 f64 elements) run a straight-line AVX-512 kernel (8 registers), shorter ones the
-    /// AVX2 kernels, longer ones the AVX-512 kernel.
+    /// AVX2 kernels, longer ones the AVX-512 kernel; rows that do not start on a cache line stay in place (split
+    /// accesses cost little there).
     Avx512 = 3,
 }
 
@@ -173,11 +175,11 @@ macro_rules! impl_fwht_float {
                             return;
                         }
                         match isa.0 {
-                            Isa::Avx512 => return super::simd::$avx512(src, dst, n, scale),
+                            Isa::Avx512 => return super::simd::$avx512(src, dst, n, scale, true),
                             // Split 512-bit operations: each costs two 256-bit ones, so below `$min512` elements
                             // (where latency, not bandwidth, bounds the pass) the 256-bit kernel serves.
                             Isa::Avx512Split if n >= $min512 => {
-                                return super::simd::$avx512(src, dst, n, scale)
+                                return super::simd::$avx512(src, dst, n, scale, false)
                             }
                             _ => return super::simd::$avx2(src, dst, n, scale),
                         }

@@ -540,13 +540,15 @@ unsafe fn in_cache<V: Vector>(route: Route<V::E>, k: u32, plan: Plan, scale: Opt
 }
 
 /// Tuning of one kernel: the widest radix (log2 of the registers held at once), the widest radix at strides of
-/// 4 KiB or more, the L1 block and the L2 block (log2 of elements).
+/// 4 KiB or more, the L1 block and the L2 block (log2 of elements), and whether rows that do not start on a cache
+/// line go through an aligned buffer ([`transform`]).
 #[derive(Clone, Copy)]
 struct Plan {
     rmax: u32,
     far_rmax: u32,
     l1_log: u32,
     l2_log: u32,
+    realign: bool,
 }
 
 /// A cache line of scratch space.
@@ -576,11 +578,13 @@ const SCRATCH_ROW_BYTES: usize = 4 << 20;
 /// `docs/fwht.md`, tuning notes.)
 ///
 /// A row that does not start on a cache line (the usual case for a large `Vec` from the system allocator, 16 bytes
-/// past a page boundary) makes vector loads and stores straddle two lines, so every access costs two. Such rows
-/// longer than the L1 block run their first pass from the
-/// row into a thread-local aligned buffer (an L2 block at most, kept for the thread's next call), the middle passes
+/// past a page boundary) makes vector loads and stores straddle two lines. Where that costs (`plan.realign`: AMD
+/// Zen 4, where every such access costs two), such rows longer than the L1 block run their first pass from the row
+/// into a thread-local aligned buffer (an L2 block at most, kept for the thread's next call), the middle passes
 /// there, and the last pass back into the row: the same passes, in the same order, so the results do not change.
-/// Rows within the L1 block are left in place: their two or three passes do not pay for the copy.
+/// Rows within the L1 block are left in place: their two or three passes do not pay for the copy. Where split
+/// accesses cost little (Intel, 512-bit operations at full width), every row stays in place: the buffer's extra
+/// traffic cost more than it saved (`docs/fwht.md`, tuning notes).
 #[inline(always)]
 unsafe fn transform<V: Vector>(
     src: *const V::E,
@@ -596,7 +600,7 @@ unsafe fn transform<V: Vector>(
     } else {
         Some(V::splat(scale))
     };
-    if (dst as usize).is_multiple_of(64) || k <= plan.l1_log {
+    if (dst as usize).is_multiple_of(64) || k <= plan.l1_log || !plan.realign {
         return by_blocks::<V>(src, dst, Scratch::None, k, plan, scale);
     }
     // Rows up to `SCRATCH_ROW_BYTES` go through a scratch as long as the row; longer ones through one L2 block.
@@ -848,24 +852,28 @@ const AVX2_F32: Plan = Plan {
     far_rmax: 3,
     l1_log: 12,
     l2_log: 18,
+    realign: true,
 };
 const AVX2_F64: Plan = Plan {
     rmax: 3,
     far_rmax: 3,
     l1_log: 11,
     l2_log: 17,
+    realign: true,
 };
 const AVX512_F32: Plan = Plan {
     rmax: 4,
     far_rmax: 3,
     l1_log: 12,
     l2_log: 18,
+    realign: true,
 };
 const AVX512_F64: Plan = Plan {
     rmax: 4,
     far_rmax: 3,
     l1_log: 11,
     l2_log: 17,
+    realign: true,
 };
 
 /// AVX2 kernel for f32: the row of `n` elements at `src` (a power of two ≥ 8), transformed into `dst` (`src`
@@ -887,13 +895,18 @@ pub(super) unsafe fn f64_avx2(src: *const f64, dst: *mut f64, n: usize, scale: f
     transform::<F64x4>(src, dst, n, scale, AVX2_F64)
 }
 
-/// AVX-512 kernel for f32, as [`f32_avx2`] (`n` ≥ 16).
+/// AVX-512 kernel for f32, as [`f32_avx2`] (`n` ≥ 16), for CPUs that run 512-bit operations at full width
+/// (`full`: rows that do not start on a cache line stay in place) or split them.
 ///
 /// # Safety
 /// The CPU must support AVX-512F.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn f32_avx512(src: *const f32, dst: *mut f32, n: usize, scale: f32) {
-    transform::<F32x16>(src, dst, n, scale, AVX512_F32)
+pub(super) unsafe fn f32_avx512(src: *const f32, dst: *mut f32, n: usize, scale: f32, full: bool) {
+    let plan = Plan {
+        realign: !full,
+        ..AVX512_F32
+    };
+    transform::<F32x16>(src, dst, n, scale, plan)
 }
 
 /// AVX-512 kernel for f64, as [`f32_avx512`] (`n` ≥ 8).
@@ -901,8 +914,12 @@ pub(super) unsafe fn f32_avx512(src: *const f32, dst: *mut f32, n: usize, scale:
 /// # Safety
 /// The CPU must support AVX-512F.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn f64_avx512(src: *const f64, dst: *mut f64, n: usize, scale: f64) {
-    transform::<F64x8>(src, dst, n, scale, AVX512_F64)
+pub(super) unsafe fn f64_avx512(src: *const f64, dst: *mut f64, n: usize, scale: f64, full: bool) {
+    let plan = Plan {
+        realign: !full,
+        ..AVX512_F64
+    };
+    transform::<F64x8>(src, dst, n, scale, plan)
 }
 
 /// The whole transform of `N` vectors (`N · 2^V::LOG` elements) read at `src` and written at `p` (the same pointer
