@@ -691,7 +691,7 @@ unsafe fn by_blocks<V: Vector>(
     };
     let (nvec, bv, stages) = (n >> V::LOG, block >> V::LOG, k - plan.l2_log);
     if stages > plan.far_rmax {
-        last.run::<V>(bv, Span::all(last.h), None);
+        last.run::<V>(Span::all(last.h), None);
         across_in_chunks::<V>(across, nvec, bv, stages, plan, scale);
         return;
     }
@@ -705,7 +705,7 @@ unsafe fn by_blocks<V: Vector>(
             start: c,
             end: (c + chunk).min(last.h),
         };
-        last.run::<V>(bv, span, None);
+        last.run::<V>(span, None);
         run_pass::<V>(stages, false, across.pass(0, 1), nvec, bv, span, scale);
     }
 }
@@ -739,19 +739,21 @@ unsafe fn block_route<E>(
     }
 }
 
-/// The last L2-level pass of a block, not yet run: its radix, its stride (in vectors) and where it reads and writes.
+/// The last L2-level pass of a block, not yet run: its radix, its stride and the block's length (in vectors), and
+/// where it reads and writes.
 #[derive(Clone, Copy)]
 struct LastPass<E> {
     radix: u32,
     h: usize,
+    nvec: usize,
     io: (*const E, *mut E),
 }
 
 impl<E> LastPass<E> {
-    /// Runs the pass over the groups in `span`, on a block of `nvec` vectors.
+    /// Runs the pass over the groups in `span`.
     #[inline(always)]
-    unsafe fn run<V: Vector<E = E>>(self, nvec: usize, span: Span, scale: Option<V>) {
-        run_pass::<V>(self.radix, false, self.io, nvec, self.h, span, scale);
+    unsafe fn run<V: Vector<E = E>>(self, span: Span, scale: Option<V>) {
+        run_pass::<V>(self.radix, false, self.io, self.nvec, self.h, span, scale);
     }
 }
 
@@ -826,6 +828,7 @@ unsafe fn l2_all_but_last<V: Vector>(route: Route<V::E>, k: u32, plan: Plan) -> 
     LastPass {
         radix: radix.next().unwrap_or(0),
         h,
+        nvec,
         io: rest.pass(count - 1, count),
     }
 }
@@ -835,7 +838,7 @@ unsafe fn l2_all_but_last<V: Vector>(route: Route<V::E>, k: u32, plan: Plan) -> 
 #[inline(always)]
 unsafe fn in_l2<V: Vector>(route: Route<V::E>, k: u32, plan: Plan, scale: Option<V>) {
     let last = l2_all_but_last::<V>(route, k, plan);
-    last.run(1usize << (k - V::LOG), Span::all(last.h), scale);
+    last.run(Span::all(last.h), scale);
 }
 
 // At strides of 4 KiB or more the vectors of one pass share a set of the L1 (8- to 12-way on the CPUs tuned for),

@@ -103,14 +103,9 @@ mod tests {
     use candle_core::{DType, Device};
 
     fn seeded(rows: usize, cols: usize, seed: u64) -> Result<Tensor> {
-        let mut s = seed;
+        let mut rng = crate::rng::SeededRng::new(seed, "muon-test");
         let v: Vec<f64> = (0..rows * cols)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-            })
+            .map(|_| rng.uniform_in(-0.5, 0.5))
             .collect();
         Tensor::from_vec(v, (rows, cols), &Device::Cpu)
     }

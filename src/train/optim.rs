@@ -495,16 +495,9 @@ mod tests {
     }
 
     fn seeded(shape: &[usize], seed: u64) -> Result<Tensor> {
+        let mut rng = crate::rng::SeededRng::new(seed, "optim-test");
         let n = shape.iter().product::<usize>();
-        let mut s = seed;
-        let v: Vec<f32> = (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32
-            })
-            .collect();
+        let v: Vec<f32> = (0..n).map(|_| rng.uniform_in(-0.5, 0.5) as f32).collect();
         Tensor::from_vec(v, shape, &Device::Cpu)
     }
 
